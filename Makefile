@@ -1,0 +1,28 @@
+# Set-up and main entry points. Everything installs into ./.venv from the project's own files.
+# TORCH_SPEC pins the CPU build of torch available on this machine; see README for CUDA installs.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= cpu,dev
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.segood-installed
+
+.PHONY: install demo test clean-demo
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/segood demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-demo:
+	rm -rf runs/demo

@@ -1,0 +1,6 @@
+"""``python -m segood`` (also what torchrun launches)."""
+import sys
+
+from segood.cli import main
+
+sys.exit(main())

@@ -1,0 +1,164 @@
+"""Scans -> network batches: augmentation, voxelisation, image normalisation, collation.
+
+The batch layout (all tensors, P points and V voxels over B scans) is documented in DEVELOPERS.md.
+Voxels are a view for the sparse network only: every original point keeps its own entry and its
+index into the voxels (``point2voxel``), so predictions and metrics are always per original point.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from segood.data.labels import LabelMap
+from segood.data.scan import Scan
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class VoxelGrid:
+    """A fixed grid: points outside ``point_range`` are clamped into the border voxels (never dropped)."""
+
+    voxel_size: float
+    point_range: tuple[float, float, float, float, float, float]  # xmin, ymin, zmin, xmax, ymax, zmax
+
+    @property
+    def spatial_shape(self) -> list[int]:
+        """[Z, Y, X] in voxels (spconv's order)."""
+        lo, hi = np.array(self.point_range[:3]), np.array(self.point_range[3:])
+        x, y, z = np.ceil((hi - lo) / self.voxel_size).astype(int).tolist()
+        return [z, y, x]
+
+    def coords(self, xyz: np.ndarray) -> np.ndarray:
+        """(N, 3) integer [z, y, x] voxel coordinates."""
+        lo = np.array(self.point_range[:3], dtype=np.float64)
+        ijk = np.floor((xyz - lo) / self.voxel_size).astype(np.int64)
+        zyx = ijk[:, ::-1]
+        return np.clip(zyx, 0, np.array(self.spatial_shape) - 1)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time geometric augmentation; the camera projection is computed before it, so the
+    image features stay attached to the right points."""
+
+    rotate_z_deg: float = 0.0
+    flip_y: bool = False
+    scale: tuple[float, float] = (1.0, 1.0)
+    jitter: float = 0.0
+
+    def __call__(self, xyz: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        a = np.deg2rad(rng.uniform(-self.rotate_z_deg, self.rotate_z_deg))
+        c, s = np.cos(a), np.sin(a)
+        rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        if self.flip_y and rng.random() < 0.5:
+            rot = rot @ np.diag([1.0, -1.0, 1.0])
+        out = xyz @ rot.T * rng.uniform(*self.scale)
+        if self.jitter > 0:
+            out = out + rng.normal(0.0, self.jitter, out.shape)
+        return out.astype(np.float32)
+
+
+def crop_to_fov(scan: Scan) -> Scan:
+    """The camera-visible points of a scan (the fusion training protocol), labels kept aligned."""
+    keep = scan.visible
+    sub = lambda a: None if a is None else a[keep]  # noqa: E731
+    return replace(scan, points=scan.points[keep], raw_labels=sub(scan.raw_labels),
+                   learning_labels=sub(scan.learning_labels), pixel_uv=sub(scan.pixel_uv),
+                   camera_id=sub(scan.camera_id))
+
+
+def scan_to_sample(scan: Scan, label_map: LabelMap | None, augment: Augment | None = None,
+                   rng: np.random.Generator | None = None) -> dict:
+    """One scan as numpy arrays ready for :func:`collate`."""
+    xyz = scan.points[:, :3]
+    if augment is not None:
+        xyz = augment(xyz, rng if rng is not None else np.random.default_rng())
+    sample = {
+        "points": np.concatenate([xyz, scan.points[:, 3:4]], axis=1).astype(np.float32),
+        "visible": scan.visible.copy(),
+        "pixel_uv": scan.pixel_uv if scan.pixel_uv is not None else np.zeros((scan.num_points, 2), np.float32),
+        "source": scan.source,
+    }
+    if scan.images:
+        img = scan.images[0].astype(np.float32) / 255.0
+        sample["image"] = ((img - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+    if scan.learning_labels is not None and label_map is not None:
+        sample["target"] = label_map.to_train(scan.learning_labels)
+        sample["ood_target"] = label_map.to_ood_target(scan.learning_labels)
+    return sample
+
+
+def collate(samples: list[dict], grid: VoxelGrid) -> dict:
+    """Concatenate samples and voxelise them (mean point features + offset to the voxel centre)."""
+    batch_idx = np.concatenate([np.full(len(s["points"]), b, dtype=np.int64) for b, s in enumerate(samples)])
+    points = np.concatenate([s["points"] for s in samples])
+    zyx = grid.coords(points[:, :3])
+    keys = np.concatenate([batch_idx[:, None], zyx], axis=1)
+    voxel_keys, point2voxel = np.unique(keys, axis=0, return_inverse=True)
+    point2voxel = point2voxel.reshape(-1)
+    v = len(voxel_keys)
+    counts = np.bincount(point2voxel, minlength=v).astype(np.float32)[:, None]
+    mean = np.zeros((v, 4), dtype=np.float64)
+    np.add.at(mean, point2voxel, points)
+    mean = (mean / counts).astype(np.float32)
+    lo = np.array(grid.point_range[:3], dtype=np.float32)
+    centre = (voxel_keys[:, 1:][:, ::-1].astype(np.float32) + 0.5) * grid.voxel_size + lo
+    batch = {
+        "points": torch.from_numpy(points),
+        "batch_idx": torch.from_numpy(batch_idx),
+        "voxel_coords": torch.from_numpy(voxel_keys.astype(np.int32)),
+        "voxel_feats": torch.from_numpy(np.concatenate([mean, mean[:, :3] - centre], axis=1)),
+        "point2voxel": torch.from_numpy(point2voxel.astype(np.int64)),
+        "spatial_shape": grid.spatial_shape,
+        "batch_size": len(samples),
+        "visible": torch.from_numpy(np.concatenate([s["visible"] for s in samples])),
+        "pixel_uv": torch.from_numpy(np.concatenate([s["pixel_uv"] for s in samples]).astype(np.float32)),
+        "sources": [s["source"] for s in samples],
+    }
+    if all("image" in s for s in samples):
+        batch["images"] = torch.from_numpy(_pad_stack([s["image"] for s in samples]))
+    if all("target" in s for s in samples):
+        batch["target"] = torch.from_numpy(np.concatenate([s["target"] for s in samples]))
+        batch["ood_target"] = torch.from_numpy(np.concatenate([s["ood_target"] for s in samples]))
+    return batch
+
+
+def _pad_stack(images: list[np.ndarray]) -> np.ndarray:
+    """Stack (3, H, W) images of possibly different sizes (KITTI sequences differ by a pixel),
+    zero-padding at the bottom/right so pixel coordinates stay valid."""
+    h = max(im.shape[1] for im in images)
+    w = max(im.shape[2] for im in images)
+    out = np.zeros((len(images), 3, h, w), dtype=np.float32)
+    for k, im in enumerate(images):
+        out[k, :, : im.shape[1], : im.shape[2]] = im
+    return out
+
+
+class ScanDataset(Dataset):
+    """Wraps a reader (anything with ``__len__`` and ``__getitem__ -> Scan``) into samples.
+
+    Augmentation randomness is seeded per (seed, epoch, index) so a run is reproducible whatever
+    the number of loader workers. ``fov_only`` crops every scan to its camera-visible points.
+    """
+
+    def __init__(self, reader, label_map: LabelMap | None, augment: Augment | None = None, seed: int = 0,
+                 fov_only: bool = False):
+        self.reader = reader
+        self.fov_only = fov_only
+        self.label_map = label_map
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        scan = self.reader[i]
+        return scan_to_sample(crop_to_fov(scan) if self.fov_only else scan, self.label_map, self.augment, rng)

@@ -1,0 +1,205 @@
+"""SemanticKITTI reader for the standard odometry layout.
+
+```
+ROOT/sequences/SS/velodyne/NNNNNN.bin    float32 (N, 4) x, y, z, intensity
+ROOT/sequences/SS/labels/NNNNNN.label    uint32 (N,) semantic id in the low 16 bits, instance above
+ROOT/sequences/SS/image_2/NNNNNN.png     left colour camera
+ROOT/sequences/SS/calib.txt              P0..P3 (3x4) and Tr (3x4, velodyne -> rectified camera 0)
+ROOT/sequences/SS/poses.txt              one 3x4 pose per scan (optional)
+```
+A point X projects into image_2 through ``P2 @ [Tr; 0 0 0 1] @ X``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segood.data.errors import DataError
+from segood.data.labels import LabelMap
+from segood.data.projection import assign_cameras, check_projection_matrix
+from segood.data.scan import Scan
+
+CAMERA_MATRIX = {"image_2": "P2", "image_3": "P3"}
+
+
+def read_bin(path: Path) -> np.ndarray:
+    """Read a KITTI velodyne ``.bin``: (N, 4) float32, finite."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: point file is missing")
+    size = path.stat().st_size
+    if size % 16:
+        raise DataError(
+            f"{path}: file size {size} bytes is not a multiple of 16 "
+            "(expected float32 records x, y, z, intensity)"
+        )
+    pts = np.fromfile(path, dtype=np.float32).reshape(-1, 4)
+    bad = ~np.isfinite(pts).all(axis=1)
+    if bad.any():
+        raise DataError(
+            f"{path}: {int(bad.sum())} point(s) have NaN or inf values (first at index {int(np.argmax(bad))})"
+        )
+    return pts
+
+
+def read_label(path: Path, num_points: int) -> np.ndarray:
+    """Read a ``.label`` file and return the semantic raw ids (N,) uint32."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: label file is missing")
+    size = path.stat().st_size
+    if size % 4:
+        raise DataError(f"{path}: file size {size} bytes is not a multiple of 4 (expected uint32 labels)")
+    labels = np.fromfile(path, dtype=np.uint32)
+    if len(labels) != num_points:
+        raise DataError(f"{path}: {len(labels)} labels but the scan has {num_points} points (expected one per point)")
+    return labels & 0xFFFF
+
+
+def read_calib(path: Path) -> dict[str, np.ndarray]:
+    """Parse a KITTI odometry ``calib.txt`` into 3x4 matrices keyed by name (P0..P3, Tr)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: calibration file is missing (expected KITTI odometry calib.txt with P2 and Tr)")
+    out: dict[str, np.ndarray] = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        key, _, values = line.partition(":")
+        try:
+            nums = np.array([float(v) for v in values.split()], dtype=np.float64)
+        except ValueError as e:
+            raise DataError(f"{path}:{lineno}: field '{key.strip()}' is not a list of numbers") from e
+        if nums.size != 12:
+            raise DataError(f"{path}:{lineno}: field '{key.strip()}' has {nums.size} values, expected 12 (3x4)")
+        out[key.strip()] = nums.reshape(3, 4)
+    for key in ("P2", "Tr"):
+        if key not in out:
+            raise DataError(f"{path}: field '{key}' is missing (found {sorted(out)})")
+    return out
+
+
+def read_poses(path: Path) -> np.ndarray | None:
+    """Read ``poses.txt`` as (S, 4, 4), or None when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    rows = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    if rows.shape[1] != 12:
+        raise DataError(f"{path}: {rows.shape[1]} values per line, expected 12 (3x4 pose)")
+    poses = np.tile(np.eye(4), (len(rows), 1, 1))
+    poses[:, :3, :] = rows.reshape(-1, 3, 4)
+    return poses
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an RGB image as (H, W, 3) uint8."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: camera image is missing")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as e:
+        raise DataError(f"{path}: not a readable image ({e})") from e
+
+
+def lidar_to_image_matrix(calib: dict[str, np.ndarray], camera: str, source: str) -> np.ndarray:
+    """``P @ [Tr; 0 0 0 1]`` for the named camera (image_2 or image_3)."""
+    if camera not in CAMERA_MATRIX:
+        raise DataError(f"{source}: unknown camera '{camera}', expected one of {sorted(CAMERA_MATRIX)}")
+    tr = np.vstack([calib["Tr"], [0.0, 0.0, 0.0, 1.0]])
+    return check_projection_matrix(calib[CAMERA_MATRIX[camera]] @ tr, f"{source} ({CAMERA_MATRIX[camera]} @ Tr)")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where one scan's files live."""
+
+    sequence: str
+    index: str
+    root: Path
+
+    @property
+    def seq_dir(self) -> Path:
+        return self.root / "sequences" / self.sequence
+
+    def path(self, folder: str, ext: str) -> Path:
+        return self.seq_dir / folder / f"{self.index}.{ext}"
+
+
+class SemanticKittiReader:
+    """Reads scans of the given sequences into :class:`Scan` records.
+
+    ``with_labels=False`` reads unlabelled scans (test sequences). ``camera=None`` skips images
+    (LiDAR-only use); otherwise every scan gets its image, projection matrix and per-point pixel.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        sequences: list[str],
+        label_map: LabelMap,
+        camera: str | None = "image_2",
+        with_labels: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.label_map = label_map
+        self.camera = camera
+        self.with_labels = with_labels
+        self.frames = self._list_frames([f"{int(s):02d}" if str(s).isdigit() else str(s) for s in sequences])
+        self._calib: dict[str, dict[str, np.ndarray]] = {}
+        self._poses: dict[str, np.ndarray | None] = {}
+
+    def _list_frames(self, sequences: list[str]) -> list[Frame]:
+        frames = []
+        for seq in sequences:
+            vdir = self.root / "sequences" / seq / "velodyne"
+            if not vdir.is_dir():
+                raise DataError(f"{vdir}: folder is missing (expected SemanticKITTI layout sequences/{seq}/velodyne/*.bin)")
+            names = sorted(p.stem for p in vdir.glob("*.bin"))
+            if not names:
+                raise DataError(f"{vdir}: no .bin scans found")
+            frames += [Frame(seq, n, self.root) for n in names]
+        return frames
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def calib(self, seq: str) -> dict[str, np.ndarray]:
+        if seq not in self._calib:
+            self._calib[seq] = read_calib(self.root / "sequences" / seq / "calib.txt")
+        return self._calib[seq]
+
+    def pose(self, frame: Frame) -> np.ndarray | None:
+        if frame.sequence not in self._poses:
+            self._poses[frame.sequence] = read_poses(frame.seq_dir / "poses.txt")
+        poses = self._poses[frame.sequence]
+        i = int(frame.index)
+        return None if poses is None or i >= len(poses) else poses[i]
+
+    def __getitem__(self, i: int) -> Scan:
+        frame = self.frames[i]
+        bin_path = frame.path("velodyne", "bin")
+        points = read_bin(bin_path)
+        scan = Scan(points=points, source=str(bin_path), pose=self.pose(frame),
+                    meta={"sequence": frame.sequence, "frame": frame.index})
+        if self.with_labels:
+            label_path = frame.path("labels", "label")
+            scan.raw_labels = read_label(label_path, len(points))
+            scan.learning_labels = self.label_map.to_learning(scan.raw_labels, str(label_path))
+        if self.camera is not None:
+            self._attach_camera(scan, frame)
+        return scan
+
+    def _attach_camera(self, scan: Scan, frame: Frame) -> None:
+        matrix = lidar_to_image_matrix(self.calib(frame.sequence), self.camera, str(frame.seq_dir / "calib.txt"))
+        image = read_image(frame.path(self.camera, "png"))
+        h, w = image.shape[:2]
+        scan.images = [image]
+        scan.lidar_to_image = [matrix]
+        scan.pixel_uv, scan.camera_id = assign_cameras(scan.points[:, :3], [matrix], [(w, h)])

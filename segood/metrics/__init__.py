@@ -1,0 +1,1 @@
+"""Evaluation metrics: OOD (AUROC / AUPR / FPR95) and confusion-matrix IoU (numpy only)."""

@@ -1,0 +1,108 @@
+"""FusionSegmenter: LiDAR + image per-point features, fused, with OOD heads.
+
+One ``forward`` for training and evaluation.  The stages are separate methods
+(``encode`` -> ``fuse`` -> ``heads``) because outlier synthesis (Feature
+Mixing, NP-Mix, ...) works on the per-modality features right before fusion
+and sends its outliers through the same ``fuse`` and ``heads``.
+
+The fusion MLP and the heads use LayerNorm, not BatchNorm: outliers pass
+through them in a separate call, and BatchNorm would mix outlier statistics
+into its running estimates and make eval behave differently from training.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from segood.models.image_net import ImageBranch
+from segood.models.lidar_unet import LidarBranch
+
+Synthesizer = Callable[
+    [torch.Tensor, torch.Tensor, dict], "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"
+]
+
+
+def _ln_mlp(c_in: int, c_hidden: int, c_out: int) -> nn.Sequential:
+    """Linear-LayerNorm-ReLU twice (per-point, batch-composition independent)."""
+    return nn.Sequential(
+        nn.Linear(c_in, c_hidden),
+        nn.LayerNorm(c_hidden),
+        nn.ReLU(inplace=True),
+        nn.Linear(c_hidden, c_out),
+        nn.LayerNorm(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class FusionSegmenter(nn.Module):
+    """Late-fusion point segmenter with per-modality heads and an anomaly head.
+
+    Output dict of :meth:`forward` (P points, C classes):
+    ``logits`` (P, C) fused head, ``logits_lidar`` / ``logits_image`` (P, C)
+    modality heads, ``anomaly_logit`` (P,), ``feat_image`` (P, d_c),
+    ``feat_lidar`` (P, d_l), ``fused`` (P, d_f); with a synthesizer also
+    ``outlier_index`` (M,), ``outlier_logits`` (M, C), ``outlier_anomaly_logit`` (M,).
+    """
+
+    def __init__(self, lidar: LidarBranch, image: ImageBranch, num_classes: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.lidar = lidar
+        self.image = image
+        self.num_classes = num_classes
+        d_l, d_c = lidar.out_channels, image.out_channels
+        self.fusion = _ln_mlp(d_c + d_l + 1, hidden, hidden)
+        self.seg_head = nn.Linear(hidden, num_classes)
+        self.anomaly_head = nn.Sequential(
+            nn.Linear(hidden, hidden // 2), nn.ReLU(inplace=True), nn.Linear(hidden // 2, 1)
+        )
+        self.lidar_head = nn.Linear(d_l, num_classes)
+        self.image_head = nn.Linear(d_c, num_classes)
+
+    def encode(self, batch: dict) -> dict:
+        """Per-point features of each modality: feat_image (P, d_c), feat_lidar (P, d_l)."""
+        return {"feat_image": self.image(batch), "feat_lidar": self.lidar(batch)}
+
+    def fuse(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Concatenate both modalities and the visibility flag, then MLP -> (P, d_f)."""
+        flag = visible.to(feat_lidar.dtype).view(-1, 1)
+        return self.fusion(torch.cat([feat_image, feat_lidar, flag], dim=1))
+
+    def heads(self, fused: torch.Tensor) -> dict:
+        """Fused segmentation logits (P, C) and anomaly logit (P,)."""
+        return {
+            "logits": self.seg_head(fused),
+            "anomaly_logit": self.anomaly_head(fused).squeeze(1),
+        }
+
+    def _visible(self, batch: dict, n_points: int, device: torch.device) -> torch.Tensor:
+        """Visibility mask; all False when the batch has no images."""
+        if batch.get("images") is None or "visible" not in batch:
+            return torch.zeros(n_points, dtype=torch.bool, device=device)
+        return batch["visible"]
+
+    def forward(self, batch: dict, synthesize: Optional[Synthesizer] = None) -> dict:
+        """Encode, fuse and run all heads; optionally synthesize and score outliers."""
+        out = self.encode(batch)
+        fi, fl = out["feat_image"], out["feat_lidar"]
+        visible = self._visible(batch, fl.shape[0], fl.device)
+        fused = self.fuse(fi, fl, visible)
+        out.update(self.heads(fused))
+        out["fused"] = fused
+        out["logits_lidar"] = self.lidar_head(fl)
+        out["logits_image"] = self.image_head(fi)
+        if synthesize is not None:
+            out.update(self.score_outliers(*synthesize(fi, fl, batch)))
+        return out
+
+    def score_outliers(self, index: torch.Tensor, mixed_image: torch.Tensor, mixed_lidar: torch.Tensor) -> dict:
+        """Send synthesized outliers through fuse (visible=True) and the heads."""
+        visible = torch.ones(index.shape[0], dtype=torch.bool, device=mixed_lidar.device)
+        heads = self.heads(self.fuse(mixed_image, mixed_lidar, visible))
+        return {
+            "outlier_index": index,
+            "outlier_logits": heads["logits"],
+            "outlier_anomaly_logit": heads["anomaly_logit"],
+        }

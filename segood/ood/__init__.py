@@ -1,0 +1,1 @@
+"""OOD pieces: outlier synthesis (Feature Mixing), training losses and per-point anomaly scores."""

@@ -1,0 +1,135 @@
+"""Feature Mixing outlier synthesis, plain-torch reference (DESIGN.md "Feature Mixing").
+
+For each camera-visible, ID-labelled point p, pick ``n_swap`` distinct dims of the image feature
+``f_c[p]`` and ``n_swap`` distinct dims of the LiDAR feature ``f_l[p]`` uniformly at random,
+independently per point, and swap their values between the modalities. The outlier is the
+concatenation of the two mixed vectors. The swap is a permutation of each point's values, so
+it is differentiable (gradients flow back to both inputs) and preserves every point's multiset
+of values (image values together with LiDAR values).
+
+This module is the reference the ``cuda_ext`` kernel is tested against; it draws its indices
+from a ``torch.Generator`` rather than the kernel's counter-based RNG, so the two agree in
+distribution and properties, not bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+__all__ = ["feature_mixing", "FeatureMixing"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def _check_mixing_inputs(feat_image: torch.Tensor, feat_lidar: torch.Tensor, n_swap: int) -> None:
+    """Raise ValueError for shapes, dtypes or ``n_swap`` that make the swap ill-defined."""
+    if feat_image.dim() != 2 or feat_lidar.dim() != 2:
+        raise ValueError(f"features must be 2-D (M, d), got {tuple(feat_image.shape)} "
+                         f"and {tuple(feat_lidar.shape)}")
+    if feat_image.shape[0] != feat_lidar.shape[0]:
+        raise ValueError(f"row counts differ: image {feat_image.shape[0]} vs lidar {feat_lidar.shape[0]}")
+    if feat_image.dtype != feat_lidar.dtype or feat_image.device != feat_lidar.device:
+        raise ValueError(f"features must share dtype and device, got {feat_image.dtype}/{feat_image.device} "
+                         f"and {feat_lidar.dtype}/{feat_lidar.device}")
+    max_swap = min(feat_image.shape[1], feat_lidar.shape[1])
+    if not 0 <= n_swap <= max_swap:
+        raise ValueError(f"n_swap must be in [0, min(d_c, d_l)] = [0, {max_swap}], got {n_swap}")
+
+
+def _random_dims(rows: int, dims: int, n_swap: int, generator: torch.Generator,
+                 device: torch.device) -> torch.Tensor:
+    """(rows, n_swap) distinct column indices per row, uniform: argsort of a uniform matrix.
+
+    Drawn on the generator's device, then moved, so a given generator state yields the same
+    indices whatever device the features live on.
+    """
+    noise = torch.rand((rows, dims), generator=generator, device=generator.device)
+    return noise.argsort(dim=1)[:, :n_swap].to(device)
+
+
+def feature_mixing(feat_image: torch.Tensor, feat_lidar: torch.Tensor, n_swap: int,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Swap ``n_swap`` random dims between the image and LiDAR features of every row.
+
+    Args:
+        feat_image: (M, d_c) image features right before fusion.
+        feat_lidar: (M, d_l) LiDAR features right before fusion.
+        n_swap: number of dims swapped per point, 0 <= n_swap <= min(d_c, d_l).
+        generator: source of randomness (image indices are drawn first, then LiDAR indices).
+
+    Returns:
+        (mixed_image, mixed_lidar), new tensors with
+        ``mixed_image[p, ic[p, k]] = feat_lidar[p, il[p, k]]`` and
+        ``mixed_lidar[p, il[p, k]] = feat_image[p, ic[p, k]]``. Inputs are not modified.
+    """
+    _check_mixing_inputs(feat_image, feat_lidar, n_swap)
+    if n_swap == 0:
+        return feat_image.clone(), feat_lidar.clone()
+    rows, device = feat_image.shape[0], feat_image.device
+    idx_image = _random_dims(rows, feat_image.shape[1], n_swap, generator, device)
+    idx_lidar = _random_dims(rows, feat_lidar.shape[1], n_swap, generator, device)
+    from_lidar = feat_lidar.gather(1, idx_lidar)
+    from_image = feat_image.gather(1, idx_image)
+    mixed_image = feat_image.scatter(1, idx_image, from_lidar)
+    mixed_lidar = feat_lidar.scatter(1, idx_lidar, from_image)
+    return mixed_image, mixed_lidar
+
+
+def _step_seed(seed: int, step: int) -> int:
+    """Mix (seed, step) into one 63-bit seed (splitmix64 finaliser), distinct per step."""
+    x = (int(seed) * 0x9E3779B97F4A7C15 + int(step) + 0x632BE59BD9B4E019) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (x ^ (x >> 31)) >> 1
+
+
+class FeatureMixing:
+    """Outlier synthesis for one training step: select points, then :func:`feature_mixing`.
+
+    Points used are those that are camera-visible (``batch['visible']``) and ID-labelled
+    (``batch['target'] >= 0``), optionally subsampled to ``max_points``. A fresh CPU
+    ``torch.Generator`` seeded from ``(seed, step)`` drives both the subsampling and the
+    swapped dims, so the same (seed, step) reproduces the same outliers and a new step
+    draws new ones.
+    """
+
+    def __init__(self, n_swap: int, seed: int = 0, max_points: int | None = None) -> None:
+        if n_swap < 0:
+            raise ValueError(f"n_swap must be >= 0, got {n_swap}")
+        if max_points is not None and max_points < 1:
+            raise ValueError(f"max_points must be >= 1 or None, got {max_points}")
+        self.n_swap, self.seed, self.max_points = int(n_swap), int(seed), max_points
+
+    def generator(self, step: int) -> torch.Generator:
+        """The CPU generator for ``step`` (a new one each call, so calls never interfere)."""
+        return torch.Generator().manual_seed(_step_seed(self.seed, step))
+
+    def select(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        """Sorted LongTensor of visible, ID-labelled points, subsampled to ``max_points``."""
+        mask = batch["visible"].bool() & (batch["target"] >= 0)
+        index = torch.nonzero(mask.cpu(), as_tuple=False).squeeze(1)
+        if self.max_points is not None and index.numel() > self.max_points:
+            keep = torch.randperm(index.numel(), generator=generator)[: self.max_points]
+            index = index[keep.sort().values]
+        return index
+
+    def __call__(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor,
+                 batch: Mapping[str, torch.Tensor], step: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return (index, mixed_image, mixed_lidar) for the selected points of ``batch``.
+
+        ``feat_image`` (P, d_c) and ``feat_lidar`` (P, d_l) are per-point features for all P
+        points of the batch; the outputs have one row per entry of ``index`` (on the features'
+        device).
+        """
+        num_points = batch["target"].shape[0]
+        if feat_image.shape[0] != num_points or feat_lidar.shape[0] != num_points:
+            raise ValueError(f"features must have one row per point ({num_points}), got "
+                             f"{feat_image.shape[0]} (image) and {feat_lidar.shape[0]} (lidar)")
+        generator = self.generator(step)
+        index = self.select(batch, generator).to(feat_image.device)
+        mixed_image, mixed_lidar = feature_mixing(feat_image[index], feat_lidar[index],
+                                                  self.n_swap, generator)
+        return index, mixed_image, mixed_lidar

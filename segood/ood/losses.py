@@ -1,0 +1,97 @@
+"""Training losses for ID segmentation and outlier exposure (all return a scalar tensor).
+
+Conventions: ``logits`` are (N, C), ``probs`` are (N, C) softmax outputs, ``target`` holds train
+ids in [0, C) or -1 (ignored, see CONTRACT.md). A loss over zero valid points is 0 (still
+connected to the graph, so ``backward()`` works), never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["cross_entropy", "focal_loss", "lovasz_softmax", "entropy_maximization", "anomaly_bce"]
+
+
+def _zero(like: torch.Tensor) -> torch.Tensor:
+    """A scalar 0 that keeps the autograd graph of ``like`` (so empty batches still backprop)."""
+    return like.sum() * 0.0
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over points with ``target >= 0`` (0 if there is none)."""
+    valid = target >= 0
+    if not valid.any():
+        return _zero(logits)
+    return F.cross_entropy(logits[valid], target[valid])
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017) ``(1 - p_t)^gamma * CE``, mean over valid points."""
+    valid = target >= 0
+    if not valid.any():
+        return _zero(logits)
+    ce = F.cross_entropy(logits[valid], target[valid], reduction="none")
+    p_t = torch.exp(-ce)
+    return ((1.0 - p_t).pow(gamma) * ce).mean()
+
+
+def _lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
+    """Gradient of the Lovasz extension of the Jaccard loss w.r.t. sorted errors."""
+    gts = gt_sorted.sum()
+    intersection = gts - gt_sorted.cumsum(0)
+    union = gts + (1.0 - gt_sorted).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    if gt_sorted.numel() > 1:
+        jaccard[1:] = jaccard[1:] - jaccard[:-1]
+    return jaccard
+
+
+def lovasz_softmax(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Lovasz-Softmax loss (Berman et al. 2018), flat over points, classes present only.
+
+    Averages, over the classes that occur in the valid targets, the Lovasz extension of
+    ``1 - IoU`` applied to the per-point errors ``|1[target == c] - probs[:, c]|``.
+    """
+    valid = target >= 0
+    if not valid.any():
+        return _zero(probs)
+    probs, target = probs[valid], target[valid]
+    losses = []
+    for c in torch.unique(target).tolist():
+        fg = (target == c).to(probs.dtype)
+        errors = (fg - probs[:, c]).abs()
+        errors_sorted, perm = torch.sort(errors, descending=True)
+        losses.append(torch.dot(errors_sorted, _lovasz_grad(fg[perm])))
+    return torch.stack(losses).mean()
+
+
+def entropy_maximization(logits: torch.Tensor) -> torch.Tensor:
+    """Mean over points of ``log C - H(softmax(logits))``: >= 0, and 0 at the uniform softmax.
+
+    Minimising it pushes the head's prediction on synthesized outliers towards uniform.
+    """
+    if logits.shape[0] == 0:
+        return _zero(logits)
+    log_p = F.log_softmax(logits, dim=1)
+    entropy = -(log_p.exp() * log_p).sum(dim=1)
+    return (math.log(logits.shape[1]) - entropy).mean()
+
+
+def anomaly_bce(id_logit: torch.Tensor, outlier_logit: torch.Tensor) -> torch.Tensor:
+    """Balanced BCE for an anomaly head: ID points -> 0, outliers -> 1.
+
+    The mean of the ID-term mean and the outlier-term mean, so the usually much larger ID set
+    does not swamp the outliers; an empty side is left out (0 if both are empty).
+    """
+    id_logit, outlier_logit = id_logit.reshape(-1), outlier_logit.reshape(-1)
+    terms = []
+    if id_logit.numel():
+        terms.append(F.binary_cross_entropy_with_logits(id_logit, torch.zeros_like(id_logit)))
+    if outlier_logit.numel():
+        terms.append(F.binary_cross_entropy_with_logits(outlier_logit, torch.ones_like(outlier_logit)))
+    if not terms:
+        return _zero(id_logit) + _zero(outlier_logit)
+    return torch.stack(terms).mean()
