@@ -6,16 +6,13 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from segood.config import CONFIG_DIR, load_config
-from segood.data.batching import collate, scan_to_sample
 from segood.data.synthetic import SyntheticConfig, write_dataset
 from segood.engine.builders import build_grid, build_label_map, build_reader
 from segood.engine.checkpoint import load_checkpoint, write_json, write_text
 from segood.engine.evaluate import evaluate, headline, load_model
+from segood.engine.predict import predict_scan
 from segood.engine.train import train
-from segood.ood.scores import get_score
 from segood.viz.anomaly_png import render_anomaly_png
 
 RUNS = {"baseline": "synthetic_baseline.yaml", "feature_mixing": "synthetic_feature_mixing.yaml"}
@@ -109,16 +106,15 @@ def write_report(report_dir: Path, results: dict, timings: dict, cfg: dict) -> d
     return {"table": table, "rows": rows, "report": str(report_dir)}
 
 
-@torch.no_grad()
 def render_heldout(cfg: dict, results: dict, png: Path) -> None:
     """Colour the first held-out scan by the Feature Mixing model's anomaly-head score."""
     label_map = build_label_map(cfg)
     reader = build_reader(cfg, "val", label_map)
     scan = reader[0]
     model, _ = load_model(results["feature_mixing"]["checkpoint"], label_map)
-    batch = collate([scan_to_sample(scan, label_map)], build_grid(cfg))
-    score = get_score("anomaly_head")(model(batch)).numpy()
-    render_anomaly_png(png, scan.points, score, batch["ood_target"].numpy(), scan.images[0],
+    score = predict_scan(model, scan, build_grid(cfg)).scores["anomaly_head"]
+    ood_target = label_map.to_ood_target(scan.learning_labels)
+    render_anomaly_png(png, scan.points, score, ood_target, scan.images[0],
                        scan.pixel_uv, scan.visible, f"held-out scan {scan.source}: Feature Mixing anomaly head")
 
 

@@ -163,3 +163,23 @@ def test_singular_calibration_is_refused(tmp_path, label_map):
 def test_calib_reader_parses_all_matrices(kitti_root):
     calib = read_calib(kitti_root / "sequences" / "00" / "calib.txt")
     assert set(calib) == {"P0", "P1", "P2", "P3", "Tr"} and calib["P2"].shape == (3, 4)
+
+
+def test_fov_crop_and_camera_dropout_keep_labels_aligned(kitti_root, label_map):
+    from segood.data.batching import Augment, crop_to_fov
+
+    scan = SemanticKittiReader(kitti_root, ["00"], label_map, with_labels=False)[0]
+    scan.points = np.concatenate([scan.points, [[0.0, 30.0, 0.0, 0.5]]]).astype(np.float32)  # one point to the side
+    scan.camera_id = np.append(scan.camera_id, -1).astype(np.int8)
+    scan.pixel_uv = np.concatenate([scan.pixel_uv, [[0.0, 0.0]]]).astype(np.float32)
+    scan.learning_labels = np.arange(scan.num_points) % 20
+    cropped = crop_to_fov(scan)
+    assert cropped.num_points == int(scan.visible.sum()) and cropped.visible.all()
+    np.testing.assert_array_equal(cropped.learning_labels, scan.learning_labels[scan.visible])
+    np.testing.assert_array_equal(cropped.points, scan.points[scan.visible])
+    aug = Augment(camera_dropout=0.3)
+    sample = scan_to_sample(cropped, label_map, aug, np.random.default_rng(0))
+    dropped = ~sample["visible"]
+    assert 0.25 < dropped.mean() < 0.35
+    assert (sample["pixel_uv"][dropped] == 0).all() and (sample["pixel_uv"][~dropped] == cropped.pixel_uv[~dropped]).all()
+    np.testing.assert_array_equal(sample["target"], label_map.to_train(cropped.learning_labels))

@@ -98,3 +98,18 @@ def test_cli_unknown_score_lists_valid_ones(capsys, data_root, tmp_path):
                "--out", str(tmp_path), *cfg_args])
     err = capsys.readouterr().err
     assert rc == 2 and "nope" in err and "maxlogit" in err and "energy" in err
+
+
+@pytest.mark.parametrize("method,extra,expect", [
+    ("npmix", ["loss.discrepancy=0.5", "loss.modality_entropy=0.5"], {"entropy", "anomaly", "discrepancy", "modality_entropy"}),
+    ("feature_mixing", ["loss.a2d=0.5"], {"entropy", "anomaly", "a2d"}),
+    ("feature_mixing_shared", [], {"entropy", "anomaly"}),
+    ("vos", [], {"entropy", "anomaly"}),
+    ("mixup", [], {"entropy", "anomaly"}),
+])
+def test_every_synthesis_method_is_selectable_from_the_config(data_root, tmp_path, method, extra, expect):
+    cfg = small_cfg(data_root, "synthetic_baseline.yaml", "train.steps=2", f"synthesis.method={method}", *extra)
+    train(cfg, tmp_path / method, progress=False)
+    last = history(tmp_path / method)[-1]
+    assert expect <= set(last), (method, last)
+    assert all(np.isfinite(v) for k, v in last.items())

@@ -50,6 +50,7 @@ class Augment:
     flip_y: bool = False
     scale: tuple[float, float] = (1.0, 1.0)
     jitter: float = 0.0
+    camera_dropout: float = 0.0  # share of camera-visible points treated as unseen (trains the placeholder path)
 
     def __call__(self, xyz: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         a = np.deg2rad(rng.uniform(-self.rotate_z_deg, self.rotate_z_deg))
@@ -76,12 +77,18 @@ def scan_to_sample(scan: Scan, label_map: LabelMap | None, augment: Augment | No
                    rng: np.random.Generator | None = None) -> dict:
     """One scan as numpy arrays ready for :func:`collate`."""
     xyz = scan.points[:, :3]
+    visible = scan.visible.copy()
+    uv = scan.pixel_uv.copy() if scan.pixel_uv is not None else np.zeros((scan.num_points, 2), np.float32)
     if augment is not None:
-        xyz = augment(xyz, rng if rng is not None else np.random.default_rng())
+        rng = rng if rng is not None else np.random.default_rng()
+        xyz = augment(xyz, rng)
+        drop = visible & (rng.random(len(visible)) < augment.camera_dropout)
+        visible[drop] = False
+        uv[drop] = 0.0
     sample = {
         "points": np.concatenate([xyz, scan.points[:, 3:4]], axis=1).astype(np.float32),
-        "visible": scan.visible.copy(),
-        "pixel_uv": scan.pixel_uv if scan.pixel_uv is not None else np.zeros((scan.num_points, 2), np.float32),
+        "visible": visible,
+        "pixel_uv": uv,
         "source": scan.source,
     }
     if scan.images:
@@ -93,8 +100,43 @@ def scan_to_sample(scan: Scan, label_map: LabelMap | None, augment: Augment | No
     return sample
 
 
-def collate(samples: list[dict], grid: VoxelGrid) -> dict:
-    """Concatenate samples and voxelise them (mean point features + offset to the voxel centre)."""
+PER_POINT_KEYS = ("points", "visible", "pixel_uv", "target", "ood_target")
+
+
+def take_points(sample: dict, keep: np.ndarray) -> dict:
+    """The sample restricted to the points in ``keep`` (all per-point arrays stay aligned)."""
+    return {k: (v[keep] if k in PER_POINT_KEYS else v) for k, v in sample.items()}
+
+
+def crop_nearest(sample: dict, max_points: int, rng: np.random.Generator) -> dict:
+    """Keep the ``max_points`` points nearest (in the ground plane) to a random point of the scan:
+    a spatially contiguous crop, so local structure survives (unlike random subsampling)."""
+    n = len(sample["points"])
+    if n <= max_points:
+        return sample
+    xy = sample["points"][:, :2]
+    d = np.linalg.norm(xy - xy[rng.integers(n)], axis=1)
+    keep = np.sort(np.argpartition(d, max_points - 1)[:max_points])
+    return take_points(sample, keep)
+
+
+def collate(samples: list[dict], grid: VoxelGrid, max_voxels: int | None = None,
+            rng: np.random.Generator | None = None) -> dict:
+    """Concatenate samples and voxelise them (mean point features + offset to the voxel centre).
+
+    With ``max_voxels`` (training only), a batch with more voxels is cropped around one random
+    point per scan, shrinking every scan by the same factor, so memory stays bounded."""
+    batch = _collate(samples, grid)
+    v = len(batch["voxel_coords"])
+    if max_voxels is None or v <= max_voxels:
+        return batch
+    rng = rng if rng is not None else np.random.default_rng()
+    factor = max_voxels / v * 0.95
+    cropped = [crop_nearest(s, max(1, int(len(s["points"]) * factor)), rng) for s in samples]
+    return collate(cropped, grid, max_voxels, rng)
+
+
+def _collate(samples: list[dict], grid: VoxelGrid) -> dict:
     batch_idx = np.concatenate([np.full(len(s["points"]), b, dtype=np.int64) for b, s in enumerate(samples)])
     points = np.concatenate([s["points"] for s in samples])
     zyx = grid.coords(points[:, :3])
@@ -143,13 +185,15 @@ class ScanDataset(Dataset):
     """Wraps a reader (anything with ``__len__`` and ``__getitem__ -> Scan``) into samples.
 
     Augmentation randomness is seeded per (seed, epoch, index) so a run is reproducible whatever
-    the number of loader workers. ``fov_only`` crops every scan to its camera-visible points.
+    the number of loader workers. ``fov_only`` crops every scan to its camera-visible points;
+    ``max_points`` caps the points per scan with a contiguous crop (training memory bound).
     """
 
     def __init__(self, reader, label_map: LabelMap | None, augment: Augment | None = None, seed: int = 0,
-                 fov_only: bool = False):
+                 fov_only: bool = False, max_points: int | None = None):
         self.reader = reader
         self.fov_only = fov_only
+        self.max_points = max_points
         self.label_map = label_map
         self.augment = augment
         self.seed = seed
@@ -161,4 +205,5 @@ class ScanDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, i])
         scan = self.reader[i]
-        return scan_to_sample(crop_to_fov(scan) if self.fov_only else scan, self.label_map, self.augment, rng)
+        sample = scan_to_sample(crop_to_fov(scan) if self.fov_only else scan, self.label_map, self.augment, rng)
+        return sample if self.max_points is None else crop_nearest(sample, self.max_points, rng)

@@ -3,18 +3,16 @@ from __future__ import annotations
 
 from functools import partial
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from segood.config import ConfigError, resolve_path
 from segood.data.batching import Augment, ScanDataset, VoxelGrid, collate
 from segood.data.labels import LabelMap, load_label_map
 from segood.data.semantickitti import SemanticKittiReader
-from segood.ood.feature_mixing import FeatureMixing
+from segood.ood.synthesis import build_synthesizer as make_synthesizer
 
 READERS = {"semantickitti": SemanticKittiReader}
-SYNTHESIS_METHODS = ("none", "feature_mixing")
 
 
 def build_label_map(cfg: dict) -> LabelMap:
@@ -34,38 +32,41 @@ def build_reader(cfg: dict, split: str, label_map: LabelMap, with_labels: bool =
                                     camera=data["camera"], with_labels=with_labels)
 
 
-def build_loader(cfg: dict, split: str, label_map: LabelMap, shuffle: bool) -> DataLoader:
-    """A loader over one split; training applies augmentation and shuffles with a seeded generator."""
-    aug = Augment(**{**cfg["data"]["augment"], "scale": tuple(cfg["data"]["augment"]["scale"])}) if shuffle else None
-    fov_only = shuffle and bool(cfg["data"]["train_fov_only"]) and cfg["data"]["camera"] is not None
-    dataset = ScanDataset(build_reader(cfg, split, label_map), label_map, aug, seed=int(cfg["seed"]), fov_only=fov_only)
-    gen = torch.Generator().manual_seed(int(cfg["seed"]))
-    section = "train" if split == "train" else "eval"
+def build_dataset(cfg: dict, split: str, label_map: LabelMap, training: bool) -> ScanDataset:
+    """Scans of one split as samples; training adds augmentation, the FOV crop and the point cap."""
+    data = cfg["data"]
+    aug = Augment(**{**data["augment"], "scale": tuple(data["augment"]["scale"])}) if training else None
+    fov_only = training and bool(data["train_fov_only"]) and data["camera"] is not None
+    max_points = data["max_points"] if training else None
+    return ScanDataset(build_reader(cfg, split, label_map), label_map, aug, seed=int(cfg["seed"]),
+                       fov_only=fov_only, max_points=max_points)
+
+
+def build_loader(cfg: dict, split: str, label_map: LabelMap, shuffle: bool = False,
+                 shard: tuple[int, int] = (0, 1)) -> DataLoader:
+    """An evaluation loader over one split (no augmentation, full scans); ``shard=(rank, world)``
+    gives each rank every world-th scan, without the padding a DistributedSampler would add."""
+    dataset = build_dataset(cfg, split, label_map, training=shuffle)
+    rank, world = shard
+    if world > 1:
+        dataset = Subset(dataset, range(rank, len(dataset), world))
+    section = "train" if shuffle else "eval"
     return DataLoader(
         dataset,
         batch_size=int(cfg[section]["batch_size"]),
         shuffle=shuffle,
-        drop_last=shuffle and len(dataset) >= int(cfg[section]["batch_size"]),
-        generator=gen,
+        generator=torch.Generator().manual_seed(int(cfg["seed"])),
         num_workers=int(cfg["data"]["num_workers"]),
         collate_fn=partial(collate, grid=build_grid(cfg)),
-        persistent_workers=int(cfg["data"]["num_workers"]) > 0,
     )
 
 
-def build_synthesizer(cfg: dict):
-    """The outlier synthesizer selected by ``synthesis.method`` (None for 'none')."""
-    syn = cfg["synthesis"]
-    if syn["method"] not in SYNTHESIS_METHODS:
-        raise ConfigError(f"synthesis.method: unknown method '{syn['method']}', expected one of {SYNTHESIS_METHODS}")
-    if syn["method"] == "none":
-        return None
-    return FeatureMixing(int(syn["n_swap"]), seed=int(cfg["seed"]), max_points=syn["max_points"])
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+def build_synthesizer(cfg: dict, rank: int = 0):
+    """The outlier synthesizer selected by ``synthesis.method`` (None for 'none'); each rank of a
+    distributed run draws its own stream."""
+    syn, model = cfg["synthesis"], cfg["model"]
+    try:
+        return make_synthesizer(syn["method"], syn, int(model["num_classes"]), int(model["image"]["out_channels"]),
+                                int(model["lidar"]["out_channels"]), seed=int(cfg["seed"]) + 7919 * rank)
+    except ValueError as e:
+        raise ConfigError(f"synthesis: {e}") from None

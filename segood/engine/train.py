@@ -1,28 +1,51 @@
-"""Training loop: one forward per step, the weighted objective, a progress bar, a readable log,
-atomic checkpoints and resume."""
+"""Training: one forward per step, the weighted objective, DDP under torchrun, gradient
+accumulation, mixed precision on GPU, atomic checkpoints (last K + best) and exact resume."""
 from __future__ import annotations
 
 import json
 import logging
 import math
+import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from segood.config import ConfigError
-from segood.engine.builders import build_label_map, build_loader, build_synthesizer, seed_everything
-from segood.engine.checkpoint import load_checkpoint, save_checkpoint
+from segood.data.batching import collate
+from segood.engine.builders import build_dataset, build_grid, build_label_map, build_loader, build_synthesizer
+from segood.engine.checkpoint import load_checkpoint, save_checkpoint, write_json
+from segood.engine.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, gather_objects,
+                                       init_distributed, shutdown, weights_checksum)
 from segood.engine.objective import compute_losses
+from segood.metrics.iou import ConfusionMatrix
 from segood.models import build_model
 
 LOG = logging.getLogger("segood.train")
 
 
-def _lr_lambda(warmup: int, total: int):
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (shuffled by seed + epoch, as torch does) that can start mid-epoch, so a
+    resumed run sees exactly the batches the interrupted one would have, without loading the
+    skipped ones."""
+
+    def __init__(self, dataset, info: DistInfo, seed: int, batch_size: int):
+        super().__init__(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed,
+                         drop_last=len(dataset) >= info.world_size)
+        self.batch_size = batch_size
+        self.start_batch = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        return iter(indices[self.start_batch * self.batch_size:])
+
+
+def lr_lambda(warmup: int, total: int):
     """Linear warm-up, then cosine decay to 1% of the base rate."""
 
     def f(step: int) -> float:
@@ -34,18 +57,6 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
-def _setup_log(out_dir: Path) -> logging.FileHandler:
-    handler = logging.FileHandler(out_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    LOG.addHandler(handler)
-    LOG.setLevel(logging.INFO)
-    return handler
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
-
-
 def check_num_classes(cfg: dict, label_map) -> None:
     if int(cfg["model"]["num_classes"]) != label_map.num_classes:
         raise ConfigError(
@@ -54,88 +65,274 @@ def check_num_classes(cfg: dict, label_map) -> None:
         )
 
 
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def amp_settings(cfg: dict, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use a grad scaler). Mixed precision only on GPU."""
+    mode = cfg["train"]["amp"]
+    if mode not in ("none", "bf16", "fp16"):
+        raise ConfigError(f"train.amp: unknown '{mode}', expected none, bf16 or fp16")
+    if mode == "none" or device.type != "cuda":
+        if mode != "none":
+            LOG.info("train.amp=%s ignored on %s (mixed precision is GPU-only)", mode, device.type)
+        return None, False
+    return (torch.bfloat16, False) if mode == "bf16" else (torch.float16, True)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+class Run:
+    """The files of a run folder and the rank-0-only writing of them."""
+
+    def __init__(self, out_dir: Path, info: DistInfo, keep_last: int):
+        self.dir = out_dir
+        self.info = info
+        self.keep_last = keep_last
+        self.latest = out_dir / "checkpoint.pt"
+        self.best = out_dir / "best.pt"
+
+    def save(self, state: dict, step: int, best: bool = False) -> None:
+        if not self.info.is_main:
+            return
+        save_checkpoint(self.latest, state)
+        if self.keep_last > 0:
+            save_checkpoint(self.dir / f"checkpoint_step{step:07d}.pt", state)
+            for old in sorted(self.dir.glob("checkpoint_step*.pt"))[: -self.keep_last]:
+                old.unlink(missing_ok=True)
+        if best:
+            save_checkpoint(self.best, state)
+
+
+def setup_logging(out_dir: Path, info: DistInfo) -> logging.Handler | None:
+    if not info.is_main:
+        return None
+    handler = logging.FileHandler(out_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.INFO)
+    return handler
+
+
 def train(cfg: dict, out_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train the model described by ``cfg``; returns the path of the final checkpoint."""
+    """Train the model described by ``cfg`` (single process, or one rank of a torchrun job);
+    returns the path of the final checkpoint."""
+    info = init_distributed()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoint.pt"
-    if ckpt_path.exists() and not resume:
-        raise FileExistsError(f"{ckpt_path}: a run already exists here; pass --resume to continue it or choose another --out")
-    handler = _setup_log(out_dir)
+    if (out_dir / "checkpoint.pt").exists() and not resume:
+        raise FileExistsError(f"{out_dir / 'checkpoint.pt'}: a run already exists here; pass --resume to "
+                              "continue it or choose another --out")
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    barrier(info)
+    handler = setup_logging(out_dir, info)
     try:
-        return _train(cfg, out_dir, ckpt_path, resume, progress)
+        return Trainer(cfg, out_dir, info).fit(resume, progress)
     finally:
-        LOG.removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            LOG.removeHandler(handler)
+            handler.close()
+        shutdown(info)
 
 
-def _train(cfg: dict, out_dir: Path, ckpt_path: Path, resume: bool, progress: bool) -> Path:
-    seed_everything(int(cfg["seed"]))
-    label_map = build_label_map(cfg)
-    check_num_classes(cfg, label_map)
-    loader = build_loader(cfg, "train", label_map, shuffle=True)
-    model = build_model(cfg)
-    tcfg = cfg["train"]
-    total = int(tcfg["steps"])
-    opt = torch.optim.AdamW(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(int(tcfg["warmup_steps"]), total))
-    synthesizer = build_synthesizer(cfg)
-    synth_start = int(float(cfg["synthesis"]["start_fraction"]) * total)
-    step = 0
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        LOG.info("resumed from %s at step %d", ckpt_path, step)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    LOG.info("training %d steps on %d scans, synthesis=%s", total, len(loader.dataset), cfg["synthesis"]["method"])
+class Trainer:
+    def __init__(self, cfg: dict, out_dir: Path, info: DistInfo):
+        self.cfg, self.info, self.tcfg = cfg, info, cfg["train"]
+        seed_everything(int(cfg["seed"]), bool(cfg["deterministic"]))
+        self.label_map = build_label_map(cfg)
+        check_num_classes(cfg, self.label_map)
+        self.run = Run(out_dir, info, int(self.tcfg["keep_last"]))
+        self.total = int(self.tcfg["steps"])
+        self.accumulate = int(self.tcfg["accumulate"])
+        self.model = build_model(cfg).to(info.device)
+        if info.enabled and cfg["train"]["sync_bn"]:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.ddp = DistributedDataParallel(self.model, find_unused_parameters=True) if info.enabled else None
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=float(self.tcfg["lr"]),
+                                     weight_decay=float(self.tcfg["weight_decay"]))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(int(self.tcfg["warmup_steps"]), self.total))
+        self.amp_dtype, use_scaler = amp_settings(cfg, info.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.synthesizer = build_synthesizer(cfg, rank=info.rank)
+        self.synth_start = int(float(cfg["synthesis"]["start_fraction"]) * self.total)
+        self.loader, self.sampler = self._train_loader()
+        self.step, self.best_miou = 0, -1.0
 
-    def checkpoint() -> None:
-        save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "step": step, "config": cfg, "label_map": label_map.checksum(), "rng": _rng_state(),
-        })
+    def _train_loader(self) -> tuple[DataLoader, ResumableSampler]:
+        dataset = build_dataset(self.cfg, "train", self.label_map, training=True)
+        bs = int(self.tcfg["batch_size"])
+        sampler = ResumableSampler(dataset, self.info, int(self.cfg["seed"]), bs)
+        max_vox = self.cfg["data"]["max_voxels"]
+        grid = build_grid(self.cfg)
 
-    model.train()
-    bar = tqdm(total=total, initial=step, desc="train", disable=not progress, dynamic_ncols=True)
-    history = open(out_dir / "history.jsonl", "a")
-    epoch = step // max(1, len(loader))
-    t0 = time.time()
-    while step < total:
-        loader.dataset.epoch = epoch
-        loader.generator.manual_seed(int(cfg["seed"]) * 100_003 + epoch)
-        skip = step - epoch * len(loader)  # when resuming mid-epoch, skip what was already seen
-        for i, batch in enumerate(loader):
-            if i < skip:
-                continue
-            if step >= total:
-                break
-            synth = synthesizer if (synthesizer is not None and step >= synth_start) else None
-            out = model(batch, synthesize=(lambda fi, fl, b, s=step: synth(fi, fl, b, s)) if synth else None)
-            terms = compute_losses(out, batch, cfg["loss"])
-            opt.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["grad_clip"]))
-            opt.step()
-            sched.step()
-            step += 1
-            vals = {k: round(float(v.detach()), 4) for k, v in terms.items()}
+        def collate_fn(samples):
+            rng = np.random.default_rng([int(self.cfg["seed"]), sum(len(s["points"]) for s in samples)])
+            return collate(samples, grid, max_vox, rng)
+
+        workers = int(self.cfg["data"]["num_workers"])
+        loader = DataLoader(dataset, batch_size=bs, sampler=sampler, drop_last=True, num_workers=workers,
+                            collate_fn=collate_fn, persistent_workers=False)
+        if len(loader) == 0:
+            raise ConfigError(f"train.batch_size={bs} is larger than the {len(sampler)} training scans per rank")
+        return loader, sampler
+
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+            "step": self.step, "best_miou": self.best_miou, "config": self.cfg,
+            "label_map": self.label_map.checksum(), "rng": rng_state(), "world_size": self.info.world_size,
+            "synthesizer": getattr(self.synthesizer, "state_dict", dict)(),
+        }
+
+    def load(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        if state["label_map"] != self.label_map.checksum():
+            raise ValueError(f"{path}: trained with another label map than '{self.label_map.source}'")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best_miou = int(state["step"]), float(state.get("best_miou", -1.0))
+        if state.get("synthesizer") and hasattr(self.synthesizer, "load_state_dict"):
+            self.synthesizer.load_state_dict(state["synthesizer"])  # NP-Mix / VOS banks
+        set_rng_state(state["rng"])
+        LOG.info("resumed from %s at step %d", path, self.step)
+
+    def fit(self, resume: bool, progress: bool) -> Path:
+        if resume and self.run.latest.exists():
+            self.load(self.run.latest)
+        if self.info.is_main:
+            (self.run.dir / "config.yaml").write_text(yaml.safe_dump(self.cfg, sort_keys=False))
+        LOG.info("training %d steps on %d scans x %d rank(s), synthesis=%s", self.total, len(self.loader.dataset),
+                 self.info.world_size, self.cfg["synthesis"]["method"])
+        bar = tqdm(total=self.total, initial=self.step, desc="train", dynamic_ncols=True,
+                   disable=not (progress and self.info.is_main))
+        history = open(self.run.dir / "history.jsonl", "a") if self.info.is_main else None
+        t0 = time.time()
+        self.model.train()
+        while self.step < self.total:
+            self._epoch(bar, history, t0)
+        bar.close()
+        if history is not None:
+            history.close()
+        broadcast_buffers(self.model, self.info)
+        self.run.save(self.state(), self.step)
+        self._write_summary(time.time() - t0)
+        LOG.info("done: %s (%.1f s)", self.run.latest, time.time() - t0)
+        return self.run.latest
+
+    def _write_summary(self, seconds: float) -> None:
+        """run_summary.json: final step, time and every rank's weight checksum (they must agree
+        under DDP; a mismatch means the ranks diverged and is logged loudly)."""
+        sums = gather_objects(weights_checksum(self.model), self.info)
+        if len(set(sums)) > 1:
+            LOG.error("weights differ across ranks: %s", sums)
+        if self.info.is_main:
+            write_json(self.run.dir / "run_summary.json", {
+                "step": self.step, "seconds": round(seconds, 1), "world_size": self.info.world_size,
+                "weights_checksum_per_rank": sums, "best_val_miou_fov": self.best_miou,
+            })
+        barrier(self.info)
+
+    def _epoch(self, bar, history, t0: float) -> None:
+        per_epoch = len(self.loader) // self.accumulate
+        epoch, offset = divmod(self.step, per_epoch)
+        self.sampler.set_epoch(epoch)
+        self.sampler.start_batch = offset * self.accumulate
+        it = iter(self.loader)
+        for _ in range(offset, per_epoch):
+            if self.step >= self.total:
+                return
+            terms = self._optimizer_step([next(it) for _ in range(self.accumulate)])
+            self.step += 1
             bar.update(1)
-            bar.set_postfix(loss=vals["total"])
-            if step % int(tcfg["log_every"]) == 0 or step == total:
-                rec = {"step": step, "lr": sched.get_last_lr()[0], "sec": round(time.time() - t0, 1), **vals}
-                history.write(json.dumps(rec) + "\n")
-                history.flush()
-                LOG.info("step %d/%d  %s", step, total, "  ".join(f"{k}={v:.4f}" for k, v in vals.items()))
-            if step % int(tcfg["ckpt_every"]) == 0:
-                checkpoint()
-        epoch += 1
-    bar.close()
-    history.close()
-    checkpoint()
-    LOG.info("done: %s (%.1f s)", ckpt_path, time.time() - t0)
-    return ckpt_path
+            bar.set_postfix(loss=terms["total"])
+            self._log(terms, history, t0)
+            self._maybe_validate_and_save()
+
+    def _optimizer_step(self, batches: list[dict]) -> dict[str, float]:
+        net = self.ddp or self.model
+        synth = self.synthesizer if (self.synthesizer is not None and self.step >= self.synth_start) else None
+        sums: dict[str, float] = {}
+        self.opt.zero_grad(set_to_none=True)
+        for batch in batches:
+            batch = to_device(batch, self.info.device)
+            step = self.step
+            with torch.autocast(self.info.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                out = net(batch, synthesize=(lambda fi, fl, b: synth(fi, fl, b, step)) if synth else None)
+                terms = compute_losses(out, batch, self.cfg["loss"])
+            self.scaler.scale(terms["total"] / len(batches)).backward()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(batches)
+        self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.tcfg["grad_clip"]))
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        return {k: round(v, 4) for k, v in sums.items()}
+
+    def _log(self, terms: dict, history, t0: float) -> None:
+        if history is None or not (self.step % int(self.tcfg["log_every"]) == 0 or self.step == self.total):
+            return
+        rec = {"step": self.step, "lr": self.sched.get_last_lr()[0], "sec": round(time.time() - t0, 1), **terms}
+        history.write(json.dumps(rec) + "\n")
+        history.flush()
+        LOG.info("step %d/%d  %s", self.step, self.total, "  ".join(f"{k}={v:.4f}" for k, v in terms.items()))
+
+    def _maybe_validate_and_save(self) -> None:
+        val_every, ckpt_every = int(self.tcfg["val_every"]), int(self.tcfg["ckpt_every"])
+        best = False
+        if val_every and self.step % val_every == 0:
+            miou = self.validate()
+            best = miou > self.best_miou
+            self.best_miou = max(self.best_miou, miou)
+            LOG.info("step %d: validation mIoU (FOV) %.4f%s", self.step, miou, "  (best)" if best else "")
+        if best or (ckpt_every and self.step % ckpt_every == 0):
+            self.run.save(self.state(), self.step, best=best)
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """FOV mIoU on the validation split; each rank takes a shard, confusion matrices are summed."""
+        broadcast_buffers(self.model, self.info)
+        return validate_miou(self.model, self.cfg, self.label_map, self.info)
+
+
+@torch.no_grad()
+def validate_miou(model: torch.nn.Module, cfg: dict, label_map, info: DistInfo) -> float:
+    """Camera-visible ID mIoU over the validation split, reduced across ranks as a confusion matrix."""
+    was_training = model.training
+    model.eval()
+    loader = build_loader(cfg, "val", label_map, shuffle=False, shard=(info.rank, info.world_size))
+    conf = ConfusionMatrix(label_map.num_classes)
+    for batch in loader:
+        batch = to_device(batch, info.device)
+        pred = model(batch)["logits"].argmax(-1)
+        vis = batch["visible"]
+        conf.update(pred[vis].cpu(), batch["target"][vis].cpu())
+    conf.matrix = all_reduce_sum(conf.matrix, info)
+    model.train(was_training)
+    return float(conf.miou())

@@ -105,4 +105,6 @@ class FusionSegmenter(nn.Module):
             "outlier_index": index,
             "outlier_logits": heads["logits"],
             "outlier_anomaly_logit": heads["anomaly_logit"],
+            "outlier_logits_image": self.image_head(mixed_image),
+            "outlier_logits_lidar": self.lidar_head(mixed_lidar),
         }

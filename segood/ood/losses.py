@@ -12,7 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cross_entropy", "focal_loss", "lovasz_softmax", "entropy_maximization", "anomaly_bce"]
+__all__ = ["cross_entropy", "focal_loss", "lovasz_softmax", "entropy_maximization", "anomaly_bce",
+           "hellinger_distance", "a2d_loss", "discrepancy_loss"]
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:
@@ -95,3 +96,62 @@ def anomaly_bce(id_logit: torch.Tensor, outlier_logit: torch.Tensor) -> torch.Te
     if not terms:
         return _zero(id_logit) + _zero(outlier_logit)
     return torch.stack(terms).mean()
+
+
+# ------------------------------------------------------------------ MultiOOD: A2D and discrepancy
+
+
+def hellinger_distance(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Per-row Hellinger distance ``sqrt(1/2 * sum_i (sqrt p_i - sqrt q_i)^2)`` in [0, 1].
+
+    Takes log-probabilities (N, K) so that ``sqrt(p) = exp(log p / 2)`` is exact and has a finite
+    gradient even where a softmax underflows (MultiOOD clamps p at 1e-6 instead). The outer sqrt
+    is 0 with a zero gradient at identical rows (a plain sqrt would give 0 * inf = NaN there).
+    """
+    sq = 0.5 * (torch.exp(0.5 * log_p) - torch.exp(0.5 * log_q)).pow(2).sum(dim=1)
+    positive = sq > 0
+    return torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
+
+
+def _drop_class(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N, C) -> (N, C-1): each row without its ``target`` column, other columns in order."""
+    keep = torch.ones_like(logits, dtype=torch.bool)
+    keep[torch.arange(logits.shape[0], device=logits.device), target] = False
+    return logits[keep].view(logits.shape[0], logits.shape[1] - 1)
+
+
+def a2d_loss(logits_image: torch.Tensor, logits_lidar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MultiOOD's Agree-to-Disagree loss (Dong et al., NeurIPS 2024, eq. 2-3), minus sign included.
+
+    For every row with ``target >= 0`` (the caller passes only rows where both modalities are
+    available, i.e. camera-visible points), the ground-truth column is removed from each modality
+    head's logits and the remaining C-1 are softmaxed: ``pbar^img``, ``pbar^lid``. The loss is
+
+        L_Discr = -mean_rows D(pbar^img, pbar^lid),  D(p, q) = sqrt(1/2 sum_i (sqrt p_i - sqrt q_i)^2)
+                = -(1/sqrt 2) ||sqrt p - sqrt q||_2,
+
+    in [-1, 0]; minimising it makes the modalities *disagree* off the ground-truth class while
+    their cross-entropies make them *agree* on it. MultiOOD weighs it by gamma = 0.5.
+    """
+    valid = target >= 0
+    if not valid.any():
+        return _zero(logits_image) + _zero(logits_lidar)
+    if logits_image.shape[1] < 2:
+        raise ValueError(f"a2d_loss needs C >= 2 classes, got {logits_image.shape[1]}")
+    t = target[valid]
+    log_p = F.log_softmax(_drop_class(logits_image[valid], t), dim=1)
+    log_q = F.log_softmax(_drop_class(logits_lidar[valid], t), dim=1)
+    return -hellinger_distance(log_p, log_q).mean()
+
+
+def discrepancy_loss(logits_image_outlier: torch.Tensor, logits_lidar_outlier: torch.Tensor) -> torch.Tensor:
+    """MultiOOD's outlier discrepancy term: ``-mean D(softmax(img), softmax(lid))`` on full softmaxes.
+
+    For synthesized outliers (no class to drop): minimising it maximises the Hellinger distance
+    between the two modality heads' predictions. MultiOOD weighs it by 0.5 (``a2d_ratio_ood``).
+    0 (graph-connected) when there is no outlier.
+    """
+    if logits_image_outlier.shape[0] == 0:
+        return _zero(logits_image_outlier) + _zero(logits_lidar_outlier)
+    return -hellinger_distance(F.log_softmax(logits_image_outlier, dim=1),
+                               F.log_softmax(logits_lidar_outlier, dim=1)).mean()
