@@ -1,0 +1,295 @@
+"""Feature Mixing kernel (cuda_ext/, segood.ood.fm_kernel): RNG, bit-exactness, properties, errors.
+
+The C++ extension is built on first use (~1 min on 2 cores, then cached); tests that need it
+skip with the build error if it cannot be built.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from segood.ood import fm_kernel
+from segood.ood.feature_mixing import FeatureMixing
+from segood.ood.fm_kernel import (KernelFeatureMixing, feature_mixing_op, philox4x32_10,
+                                  reference_feature_mixing)
+
+ROOT = Path(__file__).resolve().parents[1]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+# Random123 tests/kat_vectors, "philox4x32 10": counter, key, expected output.
+KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+@pytest.fixture(scope="module")
+def ext():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok = fm_kernel.load_extension()
+    if not ok:
+        pytest.skip(f"C++ extension did not build: {fm_kernel._ext_state.get('reason')} "
+                    f"{[str(w.message) for w in caught]}")
+    return torch.ops.segood
+
+
+def _inputs(p, d_c, d_l, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(p, d_c, generator=g, dtype=torch.float64).to(dtype),
+            torch.randn(p, d_l, generator=g, dtype=torch.float64).to(dtype),
+            torch.rand(p, generator=g) < 0.6)
+
+
+def _signed(seed):
+    return seed - (1 << 64) if seed >= 1 << 63 else seed
+
+
+# ---------------------------------------------------------------------------------------------
+# Philox4x32-10
+
+
+@pytest.mark.parametrize("counter,key,expected", KAT)
+def test_philox_known_answers(counter, key, expected):
+    out = philox4x32_10(np.array([counter], dtype=np.uint32), key)
+    assert out.dtype == np.uint32 and out.tolist() == [list(expected)]
+    out_t = philox4x32_10(torch.tensor([counter], dtype=torch.int64), torch.tensor(key))
+    assert out_t.tolist() == [list(expected)]
+
+
+def test_philox_cpp_matches_python(ext):
+    rng = np.random.default_rng(1)
+    counters = rng.integers(0, 1 << 32, size=(257, 4), dtype=np.uint64)
+    for counter, key, expected in KAT:
+        seed = key[0] | key[1] << 32
+        got = ext.philox_debug(torch.tensor([counter], dtype=torch.int64), _signed(seed))
+        assert got.tolist() == [list(expected)]
+    for seed in (0, 1, 0x123456789ABCDEF0, (1 << 64) - 3):
+        key = (seed & 0xFFFFFFFF, seed >> 32)
+        want = philox4x32_10(counters, key).astype(np.int64)
+        got = ext.philox_debug(torch.from_numpy(counters.astype(np.int64)), _signed(seed))
+        assert np.array_equal(got.numpy(), want)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel == reference, bit for bit
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [1, 7, 1000])
+@pytest.mark.parametrize("dims", [(8, 5), (24, 40)])
+def test_kernel_matches_reference(ext, dtype, p, dims):
+    d_c, d_l = dims
+    c, l, mask = _inputs(p, d_c, d_l, dtype, seed=p)
+    for n in (0, 1, 5, min(d_c, d_l)):
+        for m in (None, mask):
+            for seed, step in ((0, 0), ((1 << 64) - 1, (1 << 32) - 1), (987654321, 17)):
+                got = ext.feature_mixing(c, l, m, n, _signed(seed), step)
+                want = reference_feature_mixing(c, l, m, n, seed, step)
+                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (n, m is None, seed)
+
+
+def test_op_wrapper_matches_reference_and_fallback(ext, monkeypatch):
+    c, l, mask = _inputs(50, 16, 12)
+    got = feature_mixing_op(c, l, mask, 4, 2**63 + 5, 3)
+    monkeypatch.setitem(fm_kernel._ext_state, "ok", False)  # as if the build had failed
+    fallback = feature_mixing_op(c, l, mask, 4, 2**63 + 5, 3)
+    assert torch.equal(got[0], fallback[0]) and torch.equal(got[1], fallback[1])
+
+
+def test_load_extension_failure_warns_and_falls_back(monkeypatch):
+    monkeypatch.setattr(fm_kernel, "_ext_state", {})
+    monkeypatch.setenv("SEGOOD_FM_EXT", "0")
+    with pytest.warns(RuntimeWarning, match=r"Feature Mixing extension unavailable \(disabled by "
+                                            r"SEGOOD_FM_EXT=0\); using the torch reference"):
+        assert fm_kernel.load_extension() is False
+    c, l, _ = _inputs(5, 6, 6)
+    out = feature_mixing_op(c, l, None, 2, 1, 1)
+    want = reference_feature_mixing(c, l, None, 2, 1, 1)
+    assert torch.equal(out[0], want[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties of the mix
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 12])
+def test_swap_properties(ext, n):
+    c, l, mask = _inputs(300, 12, 20, torch.float64, seed=3)
+    out_c, out_l = ext.feature_mixing(c, l, mask, n, 11, 5)
+    assert torch.equal(out_c[~mask], c[~mask]) and torch.equal(out_l[~mask], l[~mask])
+    sel = mask.nonzero().squeeze(1)
+    # continuous inputs: every swapped entry differs from the original one, a.s.
+    assert ((out_c[sel] != c[sel]).sum(1) == n).all()
+    assert ((out_l[sel] != l[sel]).sum(1) == n).all()
+    # a permutation of each point's values
+    before = torch.cat([c, l], 1).sort(1).values
+    after = torch.cat([out_c, out_l], 1).sort(1).values
+    assert torch.equal(before, after)
+    # every changed image entry holds a LiDAR value of the same point, and vice versa
+    for p in sel[:20].tolist():
+        changed_c = out_c[p][out_c[p] != c[p]]
+        assert torch.isin(changed_c, l[p]).all() and torch.isin(out_l[p][out_l[p] != l[p]], c[p]).all()
+    if n == 0:
+        assert torch.equal(out_c, c) and torch.equal(out_l, l)
+
+
+def test_determinism_and_counters(ext):
+    c, l, mask = _inputs(200, 16, 16, seed=4)
+    a = ext.feature_mixing(c, l, None, 4, 7, 100)
+    assert all(torch.equal(x, y) for x, y in zip(a, ext.feature_mixing(c, l, None, 4, 7, 100)))
+    for other in (ext.feature_mixing(c, l, None, 4, 7, 101), ext.feature_mixing(c, l, None, 4, 8, 100)):
+        assert not torch.equal(a[0], other[0]) and not torch.equal(a[1], other[1])
+    # the counter is the row index: masking rows does not change the others' draws
+    m = ext.feature_mixing(c, l, mask, 4, 7, 100)
+    assert torch.equal(m[0][mask], a[0][mask]) and torch.equal(m[1][mask], a[1][mask])
+    # independent sub-streams per modality: the dims for N are a prefix of the dims for N + 1
+    changed3 = ext.feature_mixing(c, l, None, 3, 7, 100)[0] != c
+    assert (changed3 <= (a[0] != c)).all()
+
+
+def test_dims_are_uniform(ext):
+    p, d, n = 20000, 16, 3
+    c, l = torch.zeros(p, d), torch.ones(p, d)
+    out_c, out_l = ext.feature_mixing(c, l, None, n, 5, 9)
+    for counts in (out_c.sum(0), (1 - out_l).sum(0)):  # how often each dim was swapped
+        expected = p * n / d
+        assert ((counts - expected).abs() < 5 * expected**0.5).all(), counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients
+
+
+def test_gradcheck(ext):
+    c, l, mask = _inputs(6, 5, 4, torch.float64, seed=6)
+    c.requires_grad_(True)
+    l.requires_grad_(True)
+    for m in (None, mask):
+        assert torch.autograd.gradcheck(lambda a, b: ext.feature_mixing(a, b, m, 3, 1, 2), (c, l))
+        assert torch.autograd.gradgradcheck(lambda a, b: ext.feature_mixing(a, b, m, 3, 1, 2), (c, l))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_matches_reference(ext, dtype):
+    c, l, mask = _inputs(100, 10, 14, dtype, seed=7)
+    g_c, g_l, _ = _inputs(100, 10, 14, dtype, seed=8)
+    grads = []
+    for fn in (feature_mixing_op, reference_feature_mixing):
+        a, b = c.clone().requires_grad_(True), l.clone().requires_grad_(True)
+        out_c, out_l = fn(a, b, mask, 6, 42, 3)
+        torch.autograd.backward((out_c, out_l), (g_c, g_l))
+        grads.append((a.grad, b.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    # only one output used: the other's gradient is zero
+    a = c.clone().requires_grad_(True)
+    feature_mixing_op(a, l, mask, 6, 42, 3)[0].sum().backward()
+    assert a.grad.sum() == (~mask).sum() * 10 + mask.sum() * (10 - 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: Python checks (feature_mixing_op / reference) and C++ checks (the op called directly)
+
+
+def _error_cases():
+    c, l, mask = _inputs(4, 6, 5)
+    return [
+        ("n_swap big", (c, l, None, 6), ValueError, r"n_swap must be in \[0, min\(d_c, d_l\)\] = \[0, 5\], got 6"),
+        ("n_swap neg", (c, l, None, -1), ValueError, r"n_swap must be in .* got -1"),
+        ("points", (c, l[:3], None, 1), ValueError, r"same number of points, got 4 and 3"),
+        ("noncontig", (c.t().contiguous().t(), l, None, 1), ValueError, r"feat_image must be contiguous"),
+        ("int dtype", (c.long(), l.long(), None, 1), TypeError,
+         r"feat_image must be float32, float64, float16 or bfloat16"),
+        ("dtype mismatch", (c, l.double(), None, 1), TypeError, r"must have the same dtype"),
+        ("1-D", (c[0], l, None, 1), ValueError, r"feat_image must be 2-D"),
+        ("mask dtype", (c, l, mask.long(), 1), TypeError, r"mask must be a bool tensor"),
+        ("mask shape", (c, l, mask[:3], 1), ValueError, r"mask must have shape \(P,\) = \(4,\)"),
+        ("too many dims", (torch.zeros(2, 5000), torch.zeros(2, 4), None, 1), ValueError,
+         r"at most 4096"),
+    ]
+
+
+@pytest.mark.parametrize("case", _error_cases(), ids=lambda c: c[0])
+def test_errors_python(case):
+    _, (c, l, mask, n), exc, pattern = case
+    for fn in (feature_mixing_op, reference_feature_mixing):
+        with pytest.raises(exc, match=pattern):
+            fn(c, l, mask, n, 0, 0)
+
+
+@pytest.mark.parametrize("case", _error_cases(), ids=lambda c: c[0])
+def test_errors_cpp(ext, case):
+    _, (c, l, mask, n), exc, pattern = case
+    for op in (ext.feature_mixing, ext.feature_mixing_backward):
+        pattern_op = pattern if op is ext.feature_mixing else pattern.replace("feat_", "grad_")
+        with pytest.raises(exc, match=pattern_op):
+            op(c, l, mask, n, 0, 0)
+
+
+def test_errors_scalars_and_devices(ext):
+    c, l, mask = _inputs(4, 6, 5)
+    with pytest.raises(ValueError, match=r"step must be in \[0, 2\*\*32\), got -1"):
+        feature_mixing_op(c, l, None, 1, 0, -1)
+    with pytest.raises(ValueError, match=r"step must be in \[0, 2\*\*32\)"):
+        ext.feature_mixing(c, l, None, 1, 0, 1 << 32)
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*64\), got -1"):
+        feature_mixing_op(c, l, None, 1, -1, 0)
+    with pytest.raises(TypeError, match=r"n_swap must be an int, got float"):
+        feature_mixing_op(c, l, None, 1.0, 0, 0)
+    with pytest.raises(ValueError, match=r"feat_image and feat_lidar must be on the same device, got cpu and meta"):
+        feature_mixing_op(c, l.to("meta"), None, 1, 0, 0)
+    with pytest.raises(ValueError, match=r"mask must be on the features' device cpu, got meta"):
+        feature_mixing_op(c, l, mask.to("meta"), 1, 0, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer-facing class
+
+
+def test_kernel_feature_mixing_class(ext):
+    p = 500
+    c, l, _ = _inputs(p, 16, 8, seed=9)
+    g = torch.Generator().manual_seed(10)
+    batch = {"visible": torch.rand(p, generator=g) < 0.7,
+             "target": torch.randint(-1, 5, (p,), generator=g)}
+    synth = KernelFeatureMixing(n_swap=3, seed=5, max_points=200)
+    c.requires_grad_(True)
+    index, mixed_c, mixed_l = synth(c, l, batch, step=4)
+    ref_index = FeatureMixing(3, seed=5, max_points=200).select(batch, FeatureMixing(3, 5).generator(4))
+    assert torch.equal(index, ref_index) and len(index) == 200
+    assert ((batch["visible"] & (batch["target"] >= 0))[index]).all()
+    mask = torch.zeros(p, dtype=torch.bool)
+    mask[index] = True
+    want_c, want_l = reference_feature_mixing(c.detach(), l, mask, 3, 5, 4)
+    assert torch.equal(mixed_c, want_c[index]) and torch.equal(mixed_l, want_l[index])
+    mixed_c.sum().backward()
+    assert c.grad[index].sum() == 200 * (16 - 3) and c.grad.sum() == c.grad[index].sum()
+    again = synth(c.detach(), l, batch, step=4)
+    assert torch.equal(again[1], mixed_c) and not torch.equal(synth(c.detach(), l, batch, 5)[1], mixed_c)
+    with pytest.raises(ValueError, match="one row per point"):
+        synth(c[:10], l[:10], batch, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# nvcc: the shared header inside CUDA kernels (no GPU needed)
+
+
+def test_cuda_compile_check():
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.access("/usr/local/cuda/bin/nvcc", os.X_OK)
+                                    else None)
+    if nvcc is None:
+        pytest.skip("nvcc not found (PATH or /usr/local/cuda/bin)")
+    run = subprocess.run(["bash", str(ROOT / "tools" / "check_cuda_compile.sh")], capture_output=True,
+                         text=True, env={**os.environ, "NVCC": nvcc}, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
