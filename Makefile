@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= cpu,dev
+EXTRAS ?= cpu,dev,nuscenes
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.segood-installed
 
@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet --no-deps nuscenes-devkit==1.2.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,4 +1,4 @@
-"""The ``segood`` command line: make-synthetic, train, eval, demo."""
+"""The ``segood`` command line: make-synthetic, train, eval, fit-scores, demo."""
 from __future__ import annotations
 
 import argparse
@@ -34,11 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     _add_common(p)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation split")
-    p.add_argument("config")
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--out", required=True, help="folder for metrics.json")
-    _add_common(p)
+    from segood.engine.report import add_eval_arguments, add_fit_arguments
+
+    add_eval_arguments(sub.add_parser(
+        "eval", help="evaluate a checkpoint (metrics.json, report.md, pictures) or compare runs"))
+    add_fit_arguments(sub.add_parser("fit-scores", help="fit the feature-based OOD scores on the train split"))
+    from segood import check_cli
+
+    check_cli.add_parser(sub)
 
     p = sub.add_parser("demo", help="the main job: synthetic data, baseline vs Feature Mixing, report")
     p.add_argument("--out", default="runs/demo", help="demo folder (data, runs, report)")
@@ -51,17 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to both runs")
     return parser
-
-
-def _print_metrics(m: dict) -> None:
-    from segood.engine.evaluate import headline
-
-    print(f"ID mIoU: FOV {100 * m['miou']['fov']['miou']:.1f}  all {100 * m['miou']['all']['miou']:.1f}")
-    print(f"{'score':14s} {'points':6s} {'AUROC':>7s} {'AUPR':>7s} {'FPR95':>7s}   (anomaly = positive, %)")
-    for score in m["ood"]:
-        for pts in ("fov", "all"):
-            h = headline(m, score, pts)
-            print(f"{score:14s} {pts:6s} {h['auroc']:7.1f} {h['aupr']:7.1f} {h['fpr95']:7.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +79,14 @@ def _dispatch(args) -> int:
 
         run_demo(args)
         return 0
+    if args.command == "check-data":
+        from segood.check_cli import run
+
+        return run(args)
+    if args.command in ("eval", "fit-scores"):
+        from segood.engine.report import run_eval, run_fit
+
+        return run_eval(args) if args.command == "eval" else run_fit(args)
     from segood.config import load_config
 
     cfg = load_config(args.config, args.set)
@@ -95,13 +95,6 @@ def _dispatch(args) -> int:
 
         ckpt = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
         print(f"checkpoint: {ckpt}")
-        return 0
-    if args.command == "eval":
-        from segood.engine.evaluate import evaluate
-
-        m = evaluate(cfg, args.ckpt, args.out, progress=not args.no_progress)
-        _print_metrics(m)
-        print(f"metrics: {Path(args.out) / 'metrics.json'}")
         return 0
     raise AssertionError(args.command)
 

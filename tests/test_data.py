@@ -183,3 +183,27 @@ def test_fov_crop_and_camera_dropout_keep_labels_aligned(kitti_root, label_map):
     assert 0.25 < dropped.mean() < 0.35
     assert (sample["pixel_uv"][dropped] == 0).all() and (sample["pixel_uv"][~dropped] == cropped.pixel_uv[~dropped]).all()
     np.testing.assert_array_equal(sample["target"], label_map.to_train(cropped.learning_labels))
+
+
+def test_multi_camera_scans_point_to_their_own_image():
+    from segood.data.scan import Scan
+
+    def scan(n_cams: int, h: int) -> Scan:
+        pts = np.zeros((6, 4), np.float32)
+        cam = np.array([0, 1, -1, n_cams - 1, 0, 1], np.int8) % max(n_cams, 1)
+        cam[2] = -1
+        return Scan(points=pts, images=[np.full((h, 8, 3), 10 * k, np.uint8) for k in range(n_cams)],
+                    lidar_to_image=[np.eye(3, 4)] * n_cams, pixel_uv=np.ones((6, 2), np.float32), camera_id=cam)
+
+    a, b = scan(3, 4), scan(2, 5)
+    batch = collate([scan_to_sample(a, None), scan_to_sample(b, None)], VoxelGrid(0.2, (-1, -1, -1, 1, 1, 1)))
+    assert batch["images"].shape == (5, 3, 5, 8)  # 3 + 2 cameras, padded to the taller image
+    vis = batch["visible"].numpy()
+    idx = batch["image_idx"].numpy()
+    expected = np.r_[a.camera_id, 3 + b.camera_id.astype(int)]
+    np.testing.assert_array_equal(idx[vis], expected[vis])
+    # the image a point samples is the one its camera recorded (constant value 10 * camera id)
+    from segood.data.batching import IMAGENET_MEAN, IMAGENET_STD
+
+    red = batch["images"][idx[vis], 0, 0, 0].numpy() * IMAGENET_STD[0] + IMAGENET_MEAN[0]
+    np.testing.assert_allclose(red * 255, 10 * np.r_[a.camera_id, b.camera_id][vis], atol=1e-3)

@@ -64,6 +64,11 @@ class Augment:
         return out.astype(np.float32)
 
 
+def normalize_image(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32, ImageNet mean/std."""
+    return ((image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+
+
 def crop_to_fov(scan: Scan) -> Scan:
     """The camera-visible points of a scan (the fusion training protocol), labels kept aligned."""
     keep = scan.visible
@@ -92,15 +97,16 @@ def scan_to_sample(scan: Scan, label_map: LabelMap | None, augment: Augment | No
         "source": scan.source,
     }
     if scan.images:
-        img = scan.images[0].astype(np.float32) / 255.0
-        sample["image"] = ((img - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+        sample["images"] = [normalize_image(im) for im in scan.images]
+        sample["camera_id"] = (scan.camera_id if scan.camera_id is not None
+                               else np.full(scan.num_points, -1, np.int8)).astype(np.int64)
     if scan.learning_labels is not None and label_map is not None:
         sample["target"] = label_map.to_train(scan.learning_labels)
         sample["ood_target"] = label_map.to_ood_target(scan.learning_labels)
     return sample
 
 
-PER_POINT_KEYS = ("points", "visible", "pixel_uv", "target", "ood_target")
+PER_POINT_KEYS = ("points", "visible", "pixel_uv", "camera_id", "target", "ood_target")
 
 
 def take_points(sample: dict, keep: np.ndarray) -> dict:
@@ -162,8 +168,12 @@ def _collate(samples: list[dict], grid: VoxelGrid) -> dict:
         "pixel_uv": torch.from_numpy(np.concatenate([s["pixel_uv"] for s in samples]).astype(np.float32)),
         "sources": [s["source"] for s in samples],
     }
-    if all("image" in s for s in samples):
-        batch["images"] = torch.from_numpy(_pad_stack([s["image"] for s in samples]))
+    if all("images" in s for s in samples):
+        # every camera image of every scan, flattened; each point samples the image of its camera
+        offsets = np.cumsum([0] + [len(s["images"]) for s in samples])[:-1]
+        batch["images"] = torch.from_numpy(_pad_stack([im for s in samples for im in s["images"]]))
+        cam = np.concatenate([s["camera_id"] for s in samples])
+        batch["image_idx"] = torch.from_numpy(offsets[batch_idx] + np.maximum(cam, 0))
     if all("target" in s for s in samples):
         batch["target"] = torch.from_numpy(np.concatenate([s["target"] for s in samples]))
         batch["ood_target"] = torch.from_numpy(np.concatenate([s["ood_target"] for s in samples]))

@@ -6,7 +6,11 @@ ROOT/sequences/SS/labels/NNNNNN.label    uint32 (N,) semantic id in the low 16 b
 ROOT/sequences/SS/image_2/NNNNNN.png     left colour camera
 ROOT/sequences/SS/calib.txt              P0..P3 (3x4) and Tr (3x4, velodyne -> rectified camera 0)
 ROOT/sequences/SS/poses.txt              one 3x4 pose per scan (optional)
+ROOT/sequences/SS/times.txt              one timestamp (s) per scan (optional, -> Scan.meta["time"])
 ```
+Standard split (:data:`SPLITS`): train 00-07 and 09-10, val 08, test 11-21 (no labels).
+Test-set predictions go to ``OUT/sequences/SS/predictions/NNNNNN.label`` (uint32 raw ids, the
+official submission layout) through :func:`write_predictions`.
 A point X projects into image_2 through ``P2 @ [Tr; 0 0 0 1] @ X``.
 """
 from __future__ import annotations
@@ -22,6 +26,11 @@ from segood.data.projection import assign_cameras, check_projection_matrix
 from segood.data.scan import Scan
 
 CAMERA_MATRIX = {"image_2": "P2", "image_3": "P3"}
+SPLITS = {
+    "train": ["00", "01", "02", "03", "04", "05", "06", "07", "09", "10"],
+    "val": ["08"],
+    "test": [f"{s:02d}" for s in range(11, 22)],
+}
 
 
 def read_bin(path: Path) -> np.ndarray:
@@ -94,6 +103,38 @@ def read_poses(path: Path) -> np.ndarray | None:
     return poses
 
 
+def read_times(path: Path) -> np.ndarray | None:
+    """Read ``times.txt`` as (S,) float64 seconds, or None when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return np.loadtxt(path, dtype=np.float64, ndmin=1)
+    except ValueError as e:
+        raise DataError(f"{path}: expected one timestamp (seconds) per line ({e})") from e
+
+
+def write_predictions(out_root: str | Path, sequence: str, frame: str, train_ids: np.ndarray,
+                      label_map: LabelMap, num_points: int | None = None) -> Path:
+    """Write one scan's predictions in the official submission layout.
+
+    ``OUT/sequences/SS/predictions/NNNNNN.label``: uint32 raw ids (learning ids mapped back through
+    ``learning_map_inv``), one per point of the original scan. Written atomically.
+    """
+    train_ids = np.asarray(train_ids).reshape(-1)
+    if num_points is not None and len(train_ids) != num_points:
+        raise DataError(f"sequence {sequence} frame {frame}: {len(train_ids)} predictions for {num_points} points "
+                        "(the submission needs one label per original point)")
+    seq = f"{int(sequence):02d}" if str(sequence).isdigit() else str(sequence)
+    name = f"{int(frame):06d}" if str(frame).isdigit() else str(frame)
+    path = Path(out_root) / "sequences" / seq / "predictions" / f"{name}.label"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".label.tmp")
+    label_map.train_to_raw(train_ids).astype("<u4").tofile(tmp)
+    tmp.replace(path)
+    return path
+
+
 def read_image(path: Path) -> np.ndarray:
     """Read an RGB image as (H, W, 3) uint8."""
     from PIL import Image
@@ -154,6 +195,7 @@ class SemanticKittiReader:
         self.frames = self._list_frames([f"{int(s):02d}" if str(s).isdigit() else str(s) for s in sequences])
         self._calib: dict[str, dict[str, np.ndarray]] = {}
         self._poses: dict[str, np.ndarray | None] = {}
+        self._times: dict[str, np.ndarray | None] = {}
 
     def _list_frames(self, sequences: list[str]) -> list[Frame]:
         frames = []
@@ -182,12 +224,22 @@ class SemanticKittiReader:
         i = int(frame.index)
         return None if poses is None or i >= len(poses) else poses[i]
 
+    def time(self, frame: Frame) -> float | None:
+        if frame.sequence not in self._times:
+            self._times[frame.sequence] = read_times(frame.seq_dir / "times.txt")
+        times = self._times[frame.sequence]
+        i = int(frame.index)
+        return None if times is None or i >= len(times) else float(times[i])
+
     def __getitem__(self, i: int) -> Scan:
         frame = self.frames[i]
         bin_path = frame.path("velodyne", "bin")
         points = read_bin(bin_path)
         scan = Scan(points=points, source=str(bin_path), pose=self.pose(frame),
                     meta={"sequence": frame.sequence, "frame": frame.index})
+        t = self.time(frame)
+        if t is not None:
+            scan.meta["time"] = t
         if self.with_labels:
             label_path = frame.path("labels", "label")
             scan.raw_labels = read_label(label_path, len(points))
@@ -203,3 +255,51 @@ class SemanticKittiReader:
         scan.images = [image]
         scan.lidar_to_image = [matrix]
         scan.pixel_uv, scan.camera_id = assign_cameras(scan.points[:, :3], [matrix], [(w, h)])
+
+    def check_scan(self, i: int, decode_images: bool = True) -> tuple[list[str], np.ndarray | None, dict]:
+        """Every problem of scan ``i`` (not just the first), its raw labels and in-image point count."""
+        from PIL import Image
+
+        from segood.data.projection import project_points
+
+        frame = self.frames[i]
+        try:
+            points = read_bin(frame.path("velodyne", "bin"))
+        except DataError as e:
+            return [str(e)], None, {}
+        problems: list[str] = []
+        raw = None
+        if self.with_labels:
+            try:
+                label_path = frame.path("labels", "label")
+                raw = read_label(label_path, len(points))
+                self.label_map.to_learning(raw, str(label_path))
+            except DataError as e:
+                problems.append(str(e))
+                raw = None
+        in_image: dict[str, int] = {}
+        if self.camera is not None:
+            matrix = size = None
+            try:
+                matrix = lidar_to_image_matrix(self.calib(frame.sequence), self.camera,
+                                               str(frame.seq_dir / "calib.txt"))
+            except DataError as e:
+                problems.append(str(e))
+            image_path = frame.path(self.camera, "png")
+            if not image_path.is_file():
+                problems.append(f"{image_path}: camera image is missing")
+            else:
+                try:
+                    with Image.open(image_path) as im:
+                        if decode_images:
+                            im.load()
+                        size = im.size
+                except OSError as e:
+                    problems.append(f"{image_path}: not a readable image, possibly truncated ({e})")
+            if matrix is not None and size is not None:
+                n = int(project_points(points[:, :3], matrix, *size)[1].sum())
+                in_image[self.camera] = n
+                if n == 0:
+                    problems.append(f"{image_path}: the calibration {frame.seq_dir / 'calib.txt'} puts none of the "
+                                    f"{len(points)} points into this {size[0]}x{size[1]} image")
+        return problems, raw, in_image

@@ -9,10 +9,12 @@ from torch.utils.data import DataLoader, Subset
 from segood.config import ConfigError, resolve_path
 from segood.data.batching import Augment, ScanDataset, VoxelGrid, collate
 from segood.data.labels import LabelMap, load_label_map
+from segood.data.carla_ood import CarlaOodReader
+from segood.data.nuscenes import NuScenesReader  # imports the devkit only when used
 from segood.data.semantickitti import SemanticKittiReader
 from segood.ood.synthesis import build_synthesizer as make_synthesizer
 
-READERS = {"semantickitti": SemanticKittiReader}
+READERS = {"semantickitti": SemanticKittiReader, "nuscenes": NuScenesReader, "carla_ood": CarlaOodReader}
 
 
 def build_label_map(cfg: dict) -> LabelMap:
@@ -29,7 +31,8 @@ def build_reader(cfg: dict, split: str, label_map: LabelMap, with_labels: bool =
         raise ConfigError(f"data.dataset: unknown dataset '{data['dataset']}', expected one of {sorted(READERS)}")
     sequences = data[f"{split}_sequences"]
     return READERS[data["dataset"]](resolve_path(data["root"]), sequences, label_map,
-                                    camera=data["camera"], with_labels=with_labels)
+                                    camera=data["camera"], with_labels=with_labels,
+                                    **(data["reader_options"] or {}))
 
 
 def build_dataset(cfg: dict, split: str, label_map: LabelMap, training: bool) -> ScanDataset:

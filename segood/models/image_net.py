@@ -222,9 +222,10 @@ class ImageBranch(nn.Module):
         if images is None:
             return out.clone()
         fmaps = self.feature_maps(images)
+        image_idx = batch.get("image_idx", batch["batch_idx"])  # several cameras per scan: one image each
         sels, vals = [], []
         for b in range(fmaps.shape[0]):
-            sel = torch.nonzero(batch["visible"] & (batch["batch_idx"] == b), as_tuple=True)[0]
+            sel = torch.nonzero(batch["visible"] & (image_idx == b), as_tuple=True)[0]
             sels.append(sel)
             vals.append(sample_points(fmaps[b], batch["pixel_uv"][sel], self.stride))
         return out.index_copy(0, torch.cat(sels), torch.cat(vals))

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from segood.engine.checkpoint import atomic_write  # noqa: E402
+from segood.atomic import atomic_write  # noqa: E402
 
 
 def render_anomaly_png(

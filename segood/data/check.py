@@ -1,0 +1,113 @@
+"""``segood check-data``: validate a data-set root before training, reporting every problem at once.
+
+Per split it counts the scans, and for every scan it reads each piece on its own (points, labels,
+every camera's calibration and image) so one broken file never hides another: missing or truncated
+files, label files whose length does not match the points, unknown raw ids, singular / NaN
+calibration, calibration that puts no point in the image; plus data-set level problems (missing
+tables, missing sweeps, missing sequences). It prints a per-class point histogram with the ID / OOD /
+ignored split of the label map. Exit code 1 if anything is wrong.
+
+Readers used here implement ``check_scan(i, decode_images) -> (problems, raw_labels | None,
+{camera: points in image})``; nuScenes readers also ``sweep_problems()``. The CLI glue (config ->
+readers) is in :mod:`segood.check_cli`; this module only needs a reader factory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from segood.data.errors import DataError
+from segood.data.labels import LabelMap
+
+
+@dataclass
+class SplitReport:
+    name: str
+    scans: int = 0
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    class_points: np.ndarray | None = None  # (num learning ids,) int64
+    in_image: dict[str, int] = field(default_factory=dict)  # camera -> points inside its image (summed)
+
+
+@dataclass
+class Report:
+    splits: list[SplitReport] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for s in self.splits for p in s.problems]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_reader(reader, label_map: LabelMap, report: SplitReport, max_scans: int | None = None,
+                 decode_images: bool = True, progress: Callable[[int, int], None] | None = None) -> SplitReport:
+    """Add ``reader``'s scans, problems and label histogram to ``report``."""
+    n_learn = max(label_map.learning_names) + 1
+    if report.class_points is None:
+        report.class_points = np.zeros(n_learn, dtype=np.int64)
+    if hasattr(reader, "sweep_problems"):
+        report.problems += reader.sweep_problems()
+    total = len(reader)
+    report.scans += total
+    count = total if max_scans is None else min(total, int(max_scans))
+    for i in range(count):
+        problems, raw, in_image = reader.check_scan(i, decode_images=decode_images)
+        report.problems += problems
+        report.checked += 1
+        if raw is not None:
+            learning = label_map.to_learning(raw)
+            report.class_points += np.bincount(learning, minlength=n_learn)[:n_learn]
+        for cam, n in in_image.items():
+            report.in_image[cam] = report.in_image.get(cam, 0) + n
+        if progress is not None:
+            progress(i + 1, count)
+    return report
+
+
+def check_dataset(make_reader: Callable[[str, str], object], splits: dict[str, Iterable[str]], label_map: LabelMap,
+                  max_scans: int | None = None, decode_images: bool = True) -> Report:
+    """``make_reader(split, entry)`` builds the reader of one sequence / split name / scene; a
+    DataError there (missing sequence, missing tables...) is recorded and checking goes on."""
+    report = Report()
+    for split, entries in splits.items():
+        sr = SplitReport(split)
+        for entry in entries:
+            try:
+                reader = make_reader(split, entry)
+            except DataError as e:
+                sr.problems.append(f"[{split} {entry}] {e}")
+                continue
+            check_reader(reader, label_map, sr, max_scans=max_scans, decode_images=decode_images)
+        report.splits.append(sr)
+    return report
+
+
+def format_report(report: Report, label_map: LabelMap) -> str:
+    lines = []
+    for sr in report.splits:
+        lines.append(f"== split {sr.name}: {sr.scans} scans ({sr.checked} checked), {len(sr.problems)} problem(s)")
+        if sr.in_image:
+            lines.append("   points inside each camera image: "
+                         + ", ".join(f"{c} {n}" for c, n in sorted(sr.in_image.items())))
+        if sr.class_points is not None and sr.class_points.sum():
+            total = int(sr.class_points.sum())
+            lines.append(f"   {'learning id':>11s}  {'class':22s} {'role':8s} {'points':>12s} {'share':>7s}")
+            for lid in sorted(label_map.learning_names):
+                role = ("ignored" if lid in label_map.ignore_learning_ids
+                        else "OOD" if lid in label_map.ood_learning_ids else "ID")
+                n = int(sr.class_points[lid])
+                lines.append(f"   {lid:11d}  {label_map.learning_names[lid]:22s} {role:8s} {n:12d} {100 * n / total:6.2f}%")
+            for role, ids in (("ID", label_map.train_learning_ids), ("OOD", label_map.ood_learning_ids),
+                              ("ignored", label_map.ignore_learning_ids)):
+                n = int(sr.class_points[list(ids)].sum())
+                lines.append(f"   {'':11s}  {'total ' + role:22s} {'':8s} {n:12d} {100 * n / total:6.2f}%")
+    problems = report.problems
+    lines.append(f"== {len(problems)} problem(s)" + (":" if problems else " - data set OK"))
+    lines += [f" - {p}" for p in problems]
+    return "\n".join(lines)

@@ -1,0 +1,582 @@
+"""nuScenes-lidarseg reader through nuscenes-devkit (``pip install segood[nuscenes]``).
+
+Layout (the official one; ``root`` is the devkit's ``dataroot``)::
+
+    ROOT/v1.0-trainval/*.json        tables (scene, sample, sample_data, ego_pose, calibrated_sensor,
+                                     sensor, log, category (with lidarseg 'index'), attribute,
+                                     visibility, instance, sample_annotation, map, lidarseg)
+    ROOT/samples/LIDAR_TOP/*.pcd.bin float32 (N, 5): x, y, z, intensity (0..255), ring
+    ROOT/samples/CAM_*/*.jpg         the six cameras, 1600 x 900
+    ROOT/lidarseg/v1.0-trainval/<token>_lidarseg.bin   uint8 (N,): raw class index 0..31
+    ROOT/maps/*.png                  map masks (only opened lazily by the devkit)
+
+One :class:`Scan` per keyframe (sample). Labels: raw 0..31 -> the 16 challenge classes through
+``segood/labels/nuscenes.yaml`` (= the devkit's ``LidarsegClassMapper``). Intensity is scaled by
+``intensity_scale`` (default 1/255, the SemanticKITTI range) into ``Scan.points[:, 3]``.
+
+Cameras: every point is projected into each of the six cameras through the full chain
+``lidar -> ego (LiDAR timestamp) -> global -> ego (camera timestamp) -> camera -> image``::
+
+    lidar_to_image[k] = K_k @ (inv(cam2ego_k) @ inv(ego2global at t_cam_k) @ ego2global at t_lidar @ lidar2ego)[:3]
+
+(the ego moves between the LiDAR sweep and each camera exposure, so both ego poses enter). A point
+seen by several cameras is assigned by :func:`segood.data.projection.assign_cameras` (closest to
+the image centre). ``Scan.images``/``lidar_to_image`` hold the selected cameras in
+:data:`CAMERAS` order; ``Scan.pose`` is LiDAR -> global at the LiDAR timestamp.
+
+Splits: entries of ``splits`` are devkit split names (``train``, ``val``, ``test``,
+``mini_train``, ``mini_val``; from ``nuscenes.utils.splits``) or scene names (``scene-0061``).
+The table version is inferred from the split names unless ``version`` is given.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from segood.data.errors import DataError
+from segood.data.labels import LabelMap
+from segood.data.projection import assign_cameras, check_projection_matrix, project_points
+from segood.data.scan import Scan
+from segood.data.semantickitti import read_image
+
+CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
+LIDAR = "LIDAR_TOP"
+TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor", "ego_pose",
+          "log", "scene", "sample", "sample_data", "sample_annotation", "map")
+SPLIT_VERSION = {"train": "v1.0-trainval", "val": "v1.0-trainval", "test": "v1.0-test",
+                 "mini_train": "v1.0-mini", "mini_val": "v1.0-mini"}
+POINT_DIMS = 5
+
+
+def _devkit():
+    try:
+        import nuscenes  # noqa: F401
+        from nuscenes import NuScenes
+        from nuscenes.utils import splits
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise DataError(
+            "nuScenes needs nuscenes-devkit: pip install 'segood[nuscenes]' "
+            "(or: pip install --no-deps nuscenes-devkit==1.2.0 pyquaternion cachetools opencv-python-headless)"
+        ) from e
+    return NuScenes, splits
+
+
+# ----------------------------------------------------------------------------------- geometry
+
+
+def pose_matrix(record: dict, source: str) -> np.ndarray:
+    """4x4 from a devkit record's ``rotation`` (w, x, y, z quaternion) and ``translation``."""
+    try:
+        q = np.asarray(record["rotation"], dtype=np.float64)
+        t = np.asarray(record["translation"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{source}: expected 'rotation' (4 numbers, w x y z) and 'translation' (3 numbers)") from e
+    if q.shape != (4,) or t.shape != (3,):
+        raise DataError(f"{source}: rotation has shape {q.shape} (expected (4,)), translation {t.shape} (expected (3,))")
+    if not (np.isfinite(q).all() and np.isfinite(t).all()):
+        raise DataError(f"{source}: rotation/translation contains NaN or inf")
+    n = np.linalg.norm(q)
+    if abs(n - 1.0) > 1e-3:
+        raise DataError(f"{source}: rotation quaternion has norm {n:.6g}, expected a unit quaternion "
+                        "(a zero quaternion is a singular rotation)")
+    w, x, y, z = q / n
+    rot = np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])
+    out = np.eye(4)
+    out[:3, :3], out[:3, 3] = rot, t
+    return out
+
+
+def intrinsic_matrix(record: dict, source: str) -> np.ndarray:
+    k = np.asarray(record.get("camera_intrinsic", []), dtype=np.float64)
+    if k.shape != (3, 3):
+        raise DataError(f"{source}: camera_intrinsic has shape {k.shape}, expected (3, 3)")
+    if not np.isfinite(k).all():
+        raise DataError(f"{source}: camera_intrinsic contains NaN or inf")
+    if abs(np.linalg.det(k)) < 1e-12:
+        raise DataError(f"{source}: camera_intrinsic is singular")
+    return k
+
+
+def read_pcd_bin(path: Path, dims: int = POINT_DIMS) -> np.ndarray:
+    """A nuScenes ``.pcd.bin``: (N, dims) float32, finite."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: LiDAR sweep file is missing")
+    size = path.stat().st_size
+    if size == 0 or size % (4 * dims):
+        raise DataError(f"{path}: file size {size} bytes is not a positive multiple of {4 * dims} "
+                        f"(expected float32 records of {dims}: x, y, z, intensity, ring)")
+    pts = np.fromfile(path, dtype=np.float32).reshape(-1, dims)
+    bad = ~np.isfinite(pts).all(axis=1)
+    if bad.any():
+        raise DataError(f"{path}: {int(bad.sum())} point(s) have NaN or inf values")
+    return pts
+
+
+def read_lidarseg(path: Path, num_points: int) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: lidarseg label file is missing")
+    labels = np.fromfile(path, dtype=np.uint8)
+    if len(labels) != num_points:
+        raise DataError(f"{path}: {len(labels)} labels but the sweep has {num_points} points "
+                        "(expected one uint8 class index per point)")
+    return labels.astype(np.uint32)
+
+
+# ----------------------------------------------------------------------------------- tables
+
+
+def infer_version(entries: list[str], root: Path) -> str:
+    versions = {SPLIT_VERSION[e] for e in entries if e in SPLIT_VERSION}
+    if len(versions) > 1:
+        raise DataError(f"splits {entries} mix table versions {sorted(versions)}; give one version")
+    if versions:
+        return versions.pop()
+    for v in ("v1.0-trainval", "v1.0-mini", "v1.0-test"):  # scene names only: use what is on disk
+        if (root / v).is_dir():
+            return v
+    raise DataError(f"{root}: no table folder found (expected v1.0-trainval/, v1.0-mini/ or v1.0-test/)")
+
+
+def check_tables(root: Path, version: str, with_labels: bool) -> list[str]:
+    """Problems with the table files (all of them, not just the first)."""
+    table_dir = root / version
+    if not table_dir.is_dir():
+        return [f"{table_dir}: table folder is missing (expected the devkit's {version}/*.json)"]
+    problems = []
+    names = list(TABLES) + (["lidarseg"] if with_labels else [])
+    for name in names:
+        p = table_dir / f"{name}.json"
+        if not p.is_file():
+            problems.append(f"{p}: table is missing" + (" (lidarseg labels: install nuScenes-lidarseg)"
+                                                         if name == "lidarseg" else ""))
+            continue
+        try:
+            doc = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            problems.append(f"{p}: not valid JSON ({e}); the file may be truncated")
+            continue
+        if not isinstance(doc, list):
+            problems.append(f"{p}: expected a JSON list of records, got {type(doc).__name__}")
+        elif name == "map" and (not doc or "log_tokens" not in doc[0]):
+            problems.append(f"{p}: expected at least one map record with 'log_tokens'")
+        elif name == "category" and doc and "index" not in doc[0]:
+            problems.append(f"{p}: category records lack 'index' (use the category.json shipped with nuScenes-lidarseg)")
+    if with_labels and not problems:
+        lidarseg = json.loads((table_dir / "lidarseg.json").read_text())
+        label_dir = root / "lidarseg" / version
+        if not label_dir.is_dir():
+            problems.append(f"{label_dir}: lidarseg label folder is missing ({len(lidarseg)} lidarseg records)")
+        else:
+            missing = [r["filename"] for r in lidarseg if not (root / r["filename"]).is_file()]
+            if missing:
+                problems.append(f"{label_dir}: {len(missing)} of {len(lidarseg)} lidarseg files are missing "
+                                f"(first: {missing[0]})")
+    return problems
+
+
+def load_nuscenes(root: Path, version: str, with_labels: bool = True):
+    """The devkit's ``NuScenes`` object, with table problems turned into one DataError."""
+    NuScenes, _ = _devkit()
+    problems = check_tables(root, version, with_labels)
+    if problems:
+        raise DataError(f"{root}: nuScenes {version} cannot be loaded:\n  " + "\n  ".join(problems))
+    try:
+        return NuScenes(version=version, dataroot=str(root), verbose=False)
+    except (AssertionError, KeyError, IndexError, OSError, ValueError, TypeError) as e:
+        raise DataError(f"{root}: nuscenes-devkit failed to load {version} ({type(e).__name__}: {e})") from e
+
+
+def resolve_scenes(entries: Iterable[str], nusc) -> list[str]:
+    """Scene names for split names / scene names, in order, without duplicates."""
+    _, splits = _devkit()
+    known = {s["name"] for s in nusc.scene}
+    out: list[str] = []
+    for e in entries:
+        if e in SPLIT_VERSION:
+            names = getattr(splits, e)
+            present = [n for n in names if n in known]
+            if not present:
+                raise DataError(f"{nusc.dataroot}/{nusc.version}: split '{e}' has {len(names)} scenes, none of "
+                                f"them in scene.json (found {sorted(known)[:10]}...)")
+            names = present
+        elif e in known:
+            names = [e]
+        else:
+            raise DataError(f"{nusc.dataroot}/{nusc.version}: '{e}' is neither a split "
+                            f"({sorted(SPLIT_VERSION)}) nor a scene in scene.json (e.g. {sorted(known)[:5]})")
+        out += [n for n in names if n not in out]
+    return out
+
+
+# ----------------------------------------------------------------------------------- reader
+
+
+class NuScenesReader:
+    """Keyframes of the given splits/scenes as :class:`Scan` records (see the module doc).
+
+    ``camera``: ``"all"`` (the six, default), ``None`` (LiDAR only), one channel name or a list.
+    ``nusc``: an already loaded devkit ``NuScenes`` (shared between readers to load tables once).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        splits: str | list[str],
+        label_map: LabelMap,
+        camera: str | list[str] | None = "all",
+        with_labels: bool = True,
+        version: str | None = None,
+        intensity_scale: float = 1.0 / 255.0,
+        nusc: Any = None,
+    ) -> None:
+        self.root = Path(root)
+        entries = [splits] if isinstance(splits, str) else [str(s) for s in splits]
+        self.label_map = label_map
+        self.with_labels = with_labels
+        self.intensity_scale = float(intensity_scale)
+        self.cameras = self._cameras(camera)
+        self.version = version or (nusc.version if nusc is not None else infer_version(entries, self.root))
+        self.nusc = nusc if nusc is not None else load_nuscenes(self.root, self.version, with_labels)
+        self.scenes = resolve_scenes(entries, self.nusc)
+        self._lidarseg = ({r["sample_data_token"]: r["filename"] for r in self.nusc.lidarseg}
+                          if with_labels else {})
+        self.samples = self._list_samples()
+
+    @staticmethod
+    def _cameras(camera) -> tuple[str, ...]:
+        if camera is None:
+            return ()
+        if camera == "all":
+            return CAMERAS
+        names = (camera,) if isinstance(camera, str) else tuple(camera)
+        bad = [c for c in names if c not in CAMERAS]
+        if bad:
+            raise DataError(f"unknown nuScenes camera(s) {bad}, expected 'all', null or names from {list(CAMERAS)}")
+        return names
+
+    def _list_samples(self) -> list[str]:
+        by_name = {s["name"]: s for s in self.nusc.scene}
+        tokens = []
+        for name in self.scenes:
+            scene = by_name[name]
+            tok = scene["first_sample_token"]
+            seen = 0
+            while tok:
+                tokens.append(tok)
+                seen += 1
+                tok = self.nusc.get("sample", tok)["next"]
+            if seen != scene.get("nbr_samples", seen):
+                raise DataError(f"{self.root}/{self.version}/scene.json: {name} says nbr_samples="
+                                f"{scene['nbr_samples']} but its sample chain has {seen}")
+        return tokens
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    # -- pieces, each raising DataError on its own (check-data calls them separately)
+
+    def _sd(self, sample: dict, channel: str) -> dict:
+        if channel not in sample["data"]:
+            raise DataError(f"{self.root}/{self.version}/sample_data.json: sample {sample['token']} has no "
+                            f"keyframe {channel} record (found {sorted(sample['data'])})")
+        return self.nusc.get("sample_data", sample["data"][channel])
+
+    def _sensor_to_global(self, sd: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(sensor -> ego, ego -> global at the record's timestamp)."""
+        tab = f"{self.root}/{self.version}"
+        cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        ep = self.nusc.get("ego_pose", sd["ego_pose_token"])
+        return (pose_matrix(cs, f"{tab}/calibrated_sensor.json[{cs['token']}] ({sd['channel']})"),
+                pose_matrix(ep, f"{tab}/ego_pose.json[{ep['token']}] ({sd['channel']} at {sd['timestamp']})"))
+
+    def lidar_record(self, i: int) -> dict:
+        return self._sd(self.nusc.get("sample", self.samples[i]), LIDAR)
+
+    def lidar_to_global(self, i: int) -> np.ndarray:
+        lidar2ego, ego2global = self._sensor_to_global(self.lidar_record(i))
+        return ego2global @ lidar2ego
+
+    def read_points(self, i: int) -> tuple[np.ndarray, Path]:
+        path = self.root / self.lidar_record(i)["filename"]
+        pts = read_pcd_bin(path)
+        out = pts[:, :4].copy()
+        out[:, 3] *= self.intensity_scale
+        return out, path
+
+    def label_path(self, i: int) -> Path:
+        token = self.lidar_record(i)["token"]
+        if token not in self._lidarseg:
+            raise DataError(f"{self.root}/{self.version}/lidarseg.json: no record for LIDAR_TOP sample_data {token} "
+                            f"(sample {self.samples[i]})")
+        return self.root / self._lidarseg[token]
+
+    def camera_matrix(self, i: int, channel: str) -> tuple[np.ndarray, Path, tuple[int, int]]:
+        """(lidar -> image (3, 4), image path, (width, height) from sample_data) for one camera."""
+        sample = self.nusc.get("sample", self.samples[i])
+        lidar_to_global = self.lidar_to_global(i)
+        sd = self._sd(sample, channel)
+        cam2ego, ego2global = self._sensor_to_global(sd)
+        cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        src = f"{self.root}/{self.version}/calibrated_sensor.json[{cs['token']}] ({channel})"
+        k = intrinsic_matrix(cs, src)
+        lidar_to_cam = np.linalg.inv(cam2ego) @ np.linalg.inv(ego2global) @ lidar_to_global
+        matrix = check_projection_matrix(k @ lidar_to_cam[:3], f"{src}: K @ lidar->camera")
+        return matrix, self.root / sd["filename"], (int(sd.get("width", 0)), int(sd.get("height", 0)))
+
+    def __getitem__(self, i: int) -> Scan:
+        sample_token = self.samples[i]
+        points, path = self.read_points(i)
+        lidar_sd = self.lidar_record(i)
+        sample = self.nusc.get("sample", sample_token)
+        scene = self.nusc.get("scene", sample["scene_token"])
+        scan = Scan(points=points, source=str(path), pose=self.lidar_to_global(i),
+                    meta={"sample_token": sample_token, "scene": scene["name"], "lidar_token": lidar_sd["token"],
+                          "timestamp": lidar_sd["timestamp"], "cameras": list(self.cameras)})
+        if self.with_labels:
+            label_path = self.label_path(i)
+            scan.raw_labels = read_lidarseg(label_path, len(points))
+            scan.learning_labels = self.label_map.to_learning(scan.raw_labels, str(label_path))
+        if self.cameras:
+            sizes = []
+            for channel in self.cameras:
+                matrix, image_path, _ = self.camera_matrix(i, channel)
+                image = read_image(image_path)
+                scan.images.append(image)
+                scan.lidar_to_image.append(matrix)
+                sizes.append((image.shape[1], image.shape[0]))
+            scan.pixel_uv, scan.camera_id = assign_cameras(points[:, :3], scan.lidar_to_image, sizes)
+        return scan
+
+    def check_scan(self, i: int, decode_images: bool = True) -> tuple[list[str], np.ndarray | None, dict]:
+        """Every problem of scan ``i`` (not just the first), its raw labels and per-camera point counts."""
+        problems: list[str] = []
+        raw = None
+        in_image: dict[str, int] = {}
+        try:
+            points, _ = self.read_points(i)
+        except DataError as e:
+            return [str(e)], None, {}
+        if self.with_labels:
+            try:
+                label_path = self.label_path(i)
+                raw = read_lidarseg(label_path, len(points))
+                self.label_map.to_learning(raw, str(label_path))
+            except DataError as e:
+                problems.append(str(e))
+                raw = None
+        for channel in self.cameras:
+            try:
+                matrix, image_path, (w, h) = self.camera_matrix(i, channel)
+            except DataError as e:
+                problems.append(str(e))
+                continue
+            try:
+                w, h = _image_size(image_path, decode_images)
+            except DataError as e:
+                problems.append(str(e))
+            if w and h:
+                n = int(project_points(points[:, :3], matrix, w, h)[1].sum())
+                in_image[channel] = n
+                if n == 0:
+                    problems.append(f"{image_path}: the calibration puts none of the {len(points)} points into "
+                                    f"this {w}x{h} image (check calibrated_sensor / ego_pose of {channel})")
+        return problems, raw, in_image
+
+    def sweep_problems(self) -> list[str]:
+        """Missing non-keyframe LIDAR_TOP sweep files of the selected scenes (stat only)."""
+        scene_tokens = {s["token"] for s in self.nusc.scene if s["name"] in set(self.scenes)}
+        samples = {s["token"] for s in self.nusc.sample if s["scene_token"] in scene_tokens}
+        missing = [sd["filename"] for sd in self.nusc.sample_data
+                   if sd["sample_token"] in samples and sd.get("channel") == LIDAR and not sd["is_key_frame"]
+                   and not (self.root / sd["filename"]).is_file()]
+        if not missing:
+            return []
+        return [f"{self.root}/sweeps/{LIDAR}: {len(missing)} LiDAR sweep file(s) listed in sample_data.json are "
+                f"missing (first: {missing[0]})"]
+
+
+def _image_size(path: Path, decode: bool) -> tuple[int, int]:
+    from PIL import Image
+
+    if not path.is_file():
+        raise DataError(f"{path}: camera image is missing")
+    try:
+        with Image.open(path) as im:
+            if decode:
+                im.load()
+            return im.size
+    except OSError as e:
+        raise DataError(f"{path}: not a readable image, possibly truncated ({e})") from e
+
+
+# ----------------------------------------------------------------------------------- writer (tests, demos)
+
+
+def _token(*parts: Any) -> str:
+    import hashlib
+
+    return hashlib.md5("/".join(str(p) for p in parts).encode()).hexdigest()
+
+
+def _quat(rot: np.ndarray) -> list[float]:
+    """(w, x, y, z) of a rotation matrix."""
+    m = np.asarray(rot, dtype=np.float64)
+    tr = np.trace(m)
+    if tr > 0:
+        s = 2.0 * np.sqrt(tr + 1.0)
+        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+    else:
+        i = int(np.argmax(np.diag(m)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
+        q = [0.0] * 4
+        q[0] = (m[k, j] - m[j, k]) / s
+        q[1 + i] = 0.25 * s
+        q[1 + j] = (m[j, i] + m[i, j]) / s
+        q[1 + k] = (m[k, i] + m[i, k]) / s
+    q = np.asarray(q)
+    q = q / np.linalg.norm(q)
+    return (q if q[0] >= 0 else -q).tolist()
+
+
+def _orthonormal(m: np.ndarray) -> np.ndarray:
+    """Nearest rotation (the fixture's float32 matrices are not exactly orthonormal)."""
+    u, _, vt = np.linalg.svd(np.asarray(m, dtype=np.float64)[:3, :3])
+    out = np.eye(4)
+    out[:3, :3] = u @ vt
+    out[:3, 3] = np.asarray(m)[:3, 3]
+    return out
+
+
+def write_nuscenes_sample(root: str | Path, scenes: dict[str, list[dict]], version: str = "v1.0-mini") -> Path:
+    """Write a miniature nuScenes in the devkit's schema (tables, sweeps, lidarseg, images, map).
+
+    ``scenes``: scene name -> keyframes, each a dict with ``points`` (N, 5) float32, ``labels``
+    (N,) uint8 raw lidarseg ids or None, ``lidar2ego`` and ``ego2global`` (4x4, LiDAR timestamp),
+    ``timestamp`` (microseconds) and ``cameras``: channel -> dict(``image`` (H, W, 3) uint8,
+    ``K`` (3x3), ``cam2ego`` (4x4), ``ego2global`` (4x4 at the camera timestamp), ``timestamp``).
+    Optional ``sweeps``: a list of (N, 5) non-keyframe LIDAR_TOP sweeps written after the keyframe.
+    Returns ``root``. Rotations are written as unit quaternions (nearest rotation).
+    """
+    from nuscenes.utils.color_map import get_colormap
+    from PIL import Image
+
+    root = Path(root)
+    tables: dict[str, list] = {name: [] for name in TABLES + ("lidarseg",)}
+    tables["category"] = [{"token": _token("category", n), "name": n, "description": n, "index": i}
+                          for i, n in enumerate(get_colormap())]
+    tables["visibility"] = [{"token": str(i), "level": lvl, "description": lvl}
+                            for i, lvl in enumerate(["v0-40", "v40-60", "v60-80", "v80-100"], 1)]
+    tables["attribute"] = [{"token": _token("attribute", "vehicle.moving"), "name": "vehicle.moving",
+                            "description": "moving"}]
+    log_token = _token("log", version)
+    tables["log"] = [{"token": log_token, "logfile": "segood-generated", "vehicle": "n015",
+                      "date_captured": "2018-07-24", "location": "singapore-onenorth"}]
+    (root / "maps").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "maps" / "segood_map.png")
+    tables["map"] = [{"token": _token("map"), "log_tokens": [log_token], "category": "semantic_prior",
+                      "filename": "maps/segood_map.png"}]
+    channels = [LIDAR] + list(CAMERAS)
+    tables["sensor"] = [{"token": _token("sensor", c), "channel": c, "modality": "lidar" if c == LIDAR else "camera"}
+                        for c in channels]
+
+    def calibrated(name: str, channel: str, mat: np.ndarray, k: np.ndarray | None) -> str:
+        tok = _token("cs", name, channel)
+        m = _orthonormal(mat)
+        tables["calibrated_sensor"].append({
+            "token": tok, "sensor_token": _token("sensor", channel), "translation": m[:3, 3].tolist(),
+            "rotation": _quat(m[:3, :3]), "camera_intrinsic": [] if k is None else np.asarray(k).tolist()})
+        return tok
+
+    def ego(name: str, mat: np.ndarray, ts: int) -> str:
+        tok = _token("ego", name, ts)
+        m = _orthonormal(mat)
+        tables["ego_pose"].append({"token": tok, "timestamp": int(ts), "rotation": _quat(m[:3, :3]),
+                                   "translation": m[:3, 3].tolist()})
+        return tok
+
+    written: set[str] = set()
+
+    def new_file(rel: str) -> Path:
+        if rel in written:
+            raise ValueError(f"{rel}: written twice; give every keyframe / sweep / camera its own timestamp")
+        written.add(rel)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        return root / rel
+
+    for scene_name, frames in scenes.items():
+        scene_token = _token("scene", scene_name)
+        sample_tokens = [_token("sample", scene_name, k) for k in range(len(frames))]
+        prev_sd: dict[str, str] = {}
+        for k, fr in enumerate(frames):
+            stok = sample_tokens[k]
+            tables["sample"].append({"token": stok, "timestamp": int(fr["timestamp"]), "scene_token": scene_token,
+                                     "prev": sample_tokens[k - 1] if k else "",
+                                     "next": sample_tokens[k + 1] if k + 1 < len(frames) else ""})
+            records = []
+            # keyframe LiDAR
+            name = f"{scene_name}__{LIDAR}__{fr['timestamp']}"
+            rel = f"samples/{LIDAR}/{name}.pcd.bin"
+            np.asarray(fr["points"], dtype=np.float32).tofile(new_file(rel))
+            lid_tok = _token("sd", name)
+            records.append(dict(token=lid_tok, channel=LIDAR, filename=rel, fileformat="pcd", is_key_frame=True,
+                                timestamp=int(fr["timestamp"]), width=0, height=0,
+                                cs=calibrated(scene_name, LIDAR, fr["lidar2ego"], None),
+                                ep=ego(scene_name, fr["ego2global"], fr["timestamp"])))
+            if fr.get("labels") is not None:
+                lrel = f"lidarseg/{version}/{lid_tok}_lidarseg.bin"
+                (root / lrel).parent.mkdir(parents=True, exist_ok=True)
+                np.asarray(fr["labels"], dtype=np.uint8).tofile(root / lrel)
+                tables["lidarseg"].append({"token": lid_tok, "sample_data_token": lid_tok, "filename": lrel})
+            for s, sweep in enumerate(fr.get("sweeps", [])):
+                ts = int(fr["timestamp"]) + 50000 * (s + 1)
+                sname = f"{scene_name}__{LIDAR}__{ts}"
+                srel = f"sweeps/{LIDAR}/{sname}.pcd.bin"
+                np.asarray(sweep, dtype=np.float32).tofile(new_file(srel))
+                records.append(dict(token=_token("sd", sname), channel=LIDAR, filename=srel, fileformat="pcd",
+                                    is_key_frame=False, timestamp=ts, width=0, height=0,
+                                    cs=calibrated(scene_name, LIDAR, fr["lidar2ego"], None),
+                                    ep=ego(scene_name, fr["ego2global"], ts)))
+            for channel, cam in fr.get("cameras", {}).items():
+                ts = int(cam["timestamp"])
+                cname = f"{scene_name}__{channel}__{ts}"
+                crel = f"samples/{channel}/{cname}.jpg"
+                Image.fromarray(cam["image"]).save(new_file(crel), quality=90)
+                h, w = cam["image"].shape[:2]
+                records.append(dict(token=_token("sd", cname), channel=channel, filename=crel, fileformat="jpg",
+                                    is_key_frame=True, timestamp=ts, width=w, height=h,
+                                    cs=calibrated(scene_name, channel, cam["cam2ego"], cam["K"]),
+                                    ep=ego(scene_name + channel, cam["ego2global"], ts)))
+            for r in records:
+                ch = r["channel"]
+                tables["sample_data"].append({
+                    "token": r["token"], "sample_token": stok, "ego_pose_token": r["ep"],
+                    "calibrated_sensor_token": r["cs"], "timestamp": r["timestamp"], "fileformat": r["fileformat"],
+                    "is_key_frame": r["is_key_frame"], "height": r["height"], "width": r["width"],
+                    "filename": r["filename"], "prev": prev_sd.get(ch, ""), "next": ""})
+                if prev_sd.get(ch):
+                    prev = next(x for x in tables["sample_data"] if x["token"] == prev_sd[ch])
+                    prev["next"] = r["token"]
+                prev_sd[ch] = r["token"]
+        tables["scene"].append({"token": scene_token, "log_token": log_token, "nbr_samples": len(frames),
+                                "first_sample_token": sample_tokens[0], "last_sample_token": sample_tokens[-1],
+                                "name": scene_name, "description": "segood generated"})
+    if not tables["lidarseg"]:
+        del tables["lidarseg"]
+    # dedupe calibrated_sensor / ego_pose records written more than once
+    for name in ("calibrated_sensor", "ego_pose"):
+        tables[name] = list({r["token"]: r for r in tables[name]}.values())
+    table_dir = root / version
+    table_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in tables.items():
+        (table_dir / f"{name}.json").write_text(json.dumps(rows, indent=0))
+    return root
