@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= cpu,dev,nuscenes
+EXTRAS ?= cpu,dev,nuscenes,viz,ros
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.segood-installed
 

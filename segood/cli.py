@@ -40,8 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="evaluate a checkpoint (metrics.json, report.md, pictures) or compare runs"))
     add_fit_arguments(sub.add_parser("fit-scores", help="fit the feature-based OOD scores on the train split"))
     from segood import check_cli
+    from segood.ros import cli as ros_cli
+    from segood.viz import cli as viz_cli
 
     check_cli.add_parser(sub)
+    viz_cli.add_parser(sub)
+    ros_cli.add_parser(sub)
 
     p = sub.add_parser("demo", help="the main job: synthetic data, baseline vs Feature Mixing, report")
     p.add_argument("--out", default="runs/demo", help="demo folder (data, runs, report)")
@@ -79,10 +83,12 @@ def _dispatch(args) -> int:
 
         run_demo(args)
         return 0
-    if args.command == "check-data":
-        from segood.check_cli import run
+    if args.command in ("check-data", "viz", "replay"):
+        from segood import check_cli
+        from segood.ros import cli as ros_cli
+        from segood.viz import cli as viz_cli
 
-        return run(args)
+        return {"check-data": check_cli, "viz": viz_cli, "replay": ros_cli}[args.command].run(args)
     if args.command in ("eval", "fit-scores"):
         from segood.engine.report import run_eval, run_fit
 

@@ -8,17 +8,24 @@ from pathlib import Path
 
 from segood.config import CONFIG_DIR, load_config
 from segood.data.synthetic import SyntheticConfig, write_dataset
-from segood.engine.builders import build_grid, build_label_map, build_reader
+from segood.engine.builders import build_label_map, build_reader
 from segood.engine.checkpoint import load_checkpoint, write_json, write_text
-from segood.engine.evaluate import evaluate, headline, load_model
-from segood.engine.predict import predict_scan
+from segood.engine.evaluate import evaluate, headline
+from segood.engine.inference import Predictor
 from segood.engine.train import train
 from segood.viz.anomaly_png import render_anomaly_png
 
 RUNS = {"baseline": "synthetic_baseline.yaml", "feature_mixing": "synthetic_feature_mixing.yaml"}
-# The score each run is judged by: without synthesized outliers the anomaly head never sees a
-# positive, so the baseline uses its best post-hoc logit score; Feature Mixing uses its anomaly head.
-HEADLINE_SCORE = {"baseline": "maxlogit", "feature_mixing": "anomaly_head"}
+# Feature Mixing is judged by its anomaly head. Without synthesized outliers the baseline's anomaly
+# head never sees a positive, so the baseline is judged by its BEST post-hoc score on the held-out
+# FOV points (picked after the fact: the strictest comparison for Feature Mixing).
+FM_SCORE = "anomaly_head"
+
+
+def headline_scores(results: dict) -> dict[str, str]:
+    base = results["baseline"]["ood"]
+    best = max((s for s in base if s != "anomaly_head"), key=lambda s: base[s]["fov"].get("auroc", -1.0))
+    return {"baseline": best, "feature_mixing": FM_SCORE}
 
 
 def demo_data_config(args) -> SyntheticConfig:
@@ -67,12 +74,13 @@ def run_demo(args) -> dict:
 
 
 def comparison_rows(results: dict) -> list[dict]:
+    chosen = headline_scores(results)
     rows = []
     for name, m in results.items():
         for score in m["ood"]:
             for points in ("fov", "all"):
                 rows.append({"run": name, "points": points, **headline(m, score, points),
-                             "headline": score == HEADLINE_SCORE.get(name)})
+                             "headline": score == chosen.get(name)})
     return rows
 
 
@@ -111,8 +119,7 @@ def render_heldout(cfg: dict, results: dict, png: Path) -> None:
     label_map = build_label_map(cfg)
     reader = build_reader(cfg, "val", label_map)
     scan = reader[0]
-    model, _ = load_model(results["feature_mixing"]["checkpoint"], label_map)
-    score = predict_scan(model, scan, build_grid(cfg)).scores["anomaly_head"]
+    score = Predictor(results["feature_mixing"]["checkpoint"], score=FM_SCORE)(scan).scores[FM_SCORE]
     ood_target = label_map.to_ood_target(scan.learning_labels)
     render_anomaly_png(png, scan.points, score, ood_target, scan.images[0],
                        scan.pixel_uv, scan.visible, f"held-out scan {scan.source}: Feature Mixing anomaly head")
