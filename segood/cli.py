@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     check_cli.add_parser(sub)
     viz_cli.add_parser(sub)
     ros_cli.add_parser(sub)
+    from segood.bench.synthesis import add_parser as add_bench_synthesis
+
+    add_bench_synthesis(sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True))
 
     p = sub.add_parser("demo", help="the main job: synthetic data, baseline vs Feature Mixing, report")
     p.add_argument("--out", default="runs/demo", help="demo folder (data, runs, report)")
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
+    if args.command == "bench":
+        return args.func(args)
     if args.command == "make-synthetic":
         from segood.data.synthetic import SyntheticConfig, write_dataset
 

@@ -119,10 +119,11 @@ def render_heldout(cfg: dict, results: dict, png: Path) -> None:
     label_map = build_label_map(cfg)
     reader = build_reader(cfg, "val", label_map)
     scan = reader[0]
-    score = Predictor(results["feature_mixing"]["checkpoint"], score=FM_SCORE)(scan).scores[FM_SCORE]
+    predictor = Predictor(results["feature_mixing"]["checkpoint"], score=FM_SCORE)
+    score = predictor(scan).scores[FM_SCORE]
     ood_target = label_map.to_ood_target(scan.learning_labels)
-    render_anomaly_png(png, scan.points, score, ood_target, scan.images[0],
-                       scan.pixel_uv, scan.visible, f"held-out scan {scan.source}: Feature Mixing anomaly head")
+    render_anomaly_png(png, scan.points, score, ood_target, scan.images[0], scan.pixel_uv, scan.visible,
+                       f"held-out scan {scan.source}: Feature Mixing anomaly head", threshold=predictor.op.threshold_for(score))
 
 
 __all__ = ["run_demo"]

@@ -348,4 +348,6 @@ class KernelFeatureMixing:
         mask[index] = True
         mixed_image, mixed_lidar = feature_mixing_op(feat_image.contiguous(), feat_lidar.contiguous(),
                                                      mask, self.n_swap, self.seed, step)
+        if index.numel() == num_points:  # every point is an outlier: no second copy of the rows
+            return index, mixed_image, mixed_lidar
         return index, mixed_image[index], mixed_lidar[index]

@@ -27,10 +27,11 @@ def render_anomaly_png(
     """Write a PNG with (top) the camera image with its points coloured by anomaly score, (bottom
     left) the bird's-eye view coloured by score and (bottom right) the ground truth OOD points.
 
-    Scores are shown as their rank in the scan (0 = least, 1 = most anomalous), so any score
-    convention renders the same way; points above ``threshold`` (if given) get a red edge.
+    Colours span the scan's 2nd..99.5th score percentiles (any score convention renders the same
+    way); points at or above ``threshold`` (the operating point, if given) get a red edge.
     """
-    rank = np.argsort(np.argsort(score)) / max(1, len(score) - 1)
+    lo, hi = np.percentile(score, [2.0, 99.5])
+    rank = np.clip((score - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     fig = plt.figure(figsize=(12, 9), dpi=100)
     grid = fig.add_gridspec(2, 2, height_ratios=[1, 1.6])
     if image is not None and pixel_uv is not None and visible is not None:
@@ -42,7 +43,11 @@ def render_anomaly_png(
         ax.set_xlim(0, image.shape[1])
         ax.set_ylim(image.shape[0], 0)
         ax.set_axis_off()
-        ax.set_title("camera view: points coloured by anomaly score (bright = anomalous)")
+        if threshold is not None:
+            hot = visible & (score >= threshold)
+            ax.scatter(pixel_uv[hot, 0], pixel_uv[hot, 1], s=6, facecolors="none", edgecolors="red", linewidths=0.4)
+        ax.set_title("camera view: points coloured by anomaly score (bright = anomalous"
+                     + (", red rings: above the operating point)" if threshold is not None else ")"))
     near = (np.abs(points[:, 0]) < bev_range) & (np.abs(points[:, 1]) < bev_range)
     ax = fig.add_subplot(grid[1, 0])
     order = np.argsort(rank[near])
@@ -51,7 +56,7 @@ def render_anomaly_png(
     if threshold is not None:
         hot = near & (score >= threshold)
         ax.scatter(-points[hot, 1], points[hot, 0], s=4, facecolors="none", edgecolors="red", linewidths=0.3)
-    fig.colorbar(sc, ax=ax, fraction=0.04, label="anomaly score (rank in scan)")
+    fig.colorbar(sc, ax=ax, fraction=0.04, label="anomaly score (scan percentiles 2..99.5)")
     _bev_axes(ax, "bird's-eye view: anomaly score", bev_range)
     ax = fig.add_subplot(grid[1, 1])
     if ood_target is not None:

@@ -1,0 +1,1 @@
+"""Benchmarks (``segood bench ...``). Submodules import torch lazily so the CLI stays fast to start."""

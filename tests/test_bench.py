@@ -1,0 +1,55 @@
+"""The outlier-synthesis benchmark (segood.bench.synthesis), on tiny inputs."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import pytest
+
+from segood.bench.synthesis import METHODS, configure_parser, run, run_synthesis_bench, train_step_share
+
+
+def test_quick_bench_writes_consistent_json_and_chart(tmp_path):
+    start = time.time()
+    args = configure_parser(argparse.ArgumentParser()).parse_args(
+        ["--quick", "--no-train-step", "--threads", "1", "--out", str(tmp_path)])
+    assert run(args) == 0
+    data = json.loads((tmp_path / "bench_synthesis.json").read_text())
+    rows = {r["method"]: r for r in data["results"]}
+    assert set(rows) == set(METHODS) and len(data["results"]) == len(METHODS)
+    clone, npmix, cdist = rows["clone"]["ms"], rows["npmix"]["ms"], rows["npmix_cdist"]["ms"]
+    for m, r in rows.items():
+        assert (r["points"], r["dim"], r["dtype"]) == (2000, 16, "float32"), m
+        assert r["measured"] and r["repeats"] == 1 and "note" not in r, (m, r.get("note"))
+        assert r["ms"] > 0 and r["gbps"] > 0 and r["outliers"] > 0, m
+        assert r["bytes"] == 2 * 2000 * (16 + 16) * 4
+        assert math.isclose(r["x_clone"], r["ms"] / clone, rel_tol=1e-9), m
+        assert math.isclose(r["vs_npmix"], npmix / r["ms"], rel_tol=1e-9), m
+        assert math.isclose(r["vs_npmix_cdist"], cdist / r["ms"], rel_tol=1e-9), m
+        assert math.isclose(r["gbps"], r["bytes"] / (r["ms"] * 1e-3) / 1e9, rel_tol=1e-9), m
+    assert rows["clone"]["x_clone"] == 1.0 and rows["vos"]["outliers"] == 19
+    assert set(data["meta"]["timed"]) == set(METHODS) and data["meta"]["threads"] == 1
+    assert (tmp_path / "bench_synthesis.png").stat().st_size > 1000
+    assert time.time() - start < 20
+
+
+def test_faithful_npmix_is_extrapolated_above_the_cap(tmp_path):
+    res = run_synthesis_bench(points=(500, 1000, 2000), dims=(8,), dtypes=("float32",), methods=("npmix",),
+                              repeats=1, warmup=0, out_dir=tmp_path, faithful_max_points=1000, train_step=False,
+                              threads=1, verbose=False)
+    t = {r["points"]: r for r in res["results"] if r["method"] == "npmix"}
+    assert t[500]["measured"] and t[1000]["measured"] and not t[2000]["measured"]
+    line = t[1000]["ms"] + (t[1000]["ms"] - t[500]["ms"]) / 500 * 1000
+    assert t[2000]["ms"] == pytest.approx(line) and "extrapolated" in t[2000]["note"]
+    clone2k = next(r for r in res["results"] if r["method"] == "clone" and r["points"] == 2000)
+    assert clone2k["vs_npmix_extrapolated"] and not t[1000]["vs_npmix_extrapolated"]
+
+
+def test_train_step_share_tiny():
+    res = train_step_share(methods=("feature_mixing",), repeats=1, warmup=0, azimuth_columns=64, image_size=(96, 32))
+    fm = res["methods"]["feature_mixing"]
+    assert res["step_ms_no_synthesis"] > 0 and fm["synth_ms"] > 0 and fm["step_ms"] > 0
+    assert fm["share"] == pytest.approx(fm["synth_ms"] / res["step_ms_no_synthesis"])
+    assert 0 < fm["outliers"] == res["eligible"] <= res["points"]
