@@ -46,9 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     check_cli.add_parser(sub)
     viz_cli.add_parser(sub)
     ros_cli.add_parser(sub)
-    from segood.bench.synthesis import add_parser as add_bench_synthesis
+    from segood.bench import memory as bench_memory
+    from segood.bench import synthesis as bench_synthesis
 
-    add_bench_synthesis(sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True))
+    benches = sub.add_parser("bench", help="benchmarks (print figures and ratios measured in one run)")
+    bench_sub = benches.add_subparsers(dest="bench", required=True)
+    bench_synthesis.add_parser(bench_sub)
+    bench_memory.add_parser(bench_sub)
 
     p = sub.add_parser("demo", help="the main job: synthetic data, baseline vs Feature Mixing, report")
     p.add_argument("--out", default="runs/demo", help="demo folder (data, runs, report)")

@@ -53,3 +53,15 @@ def test_train_step_share_tiny():
     assert res["step_ms_no_synthesis"] > 0 and fm["synth_ms"] > 0 and fm["step_ms"] > 0
     assert fm["share"] == pytest.approx(fm["synth_ms"] / res["step_ms_no_synthesis"])
     assert 0 < fm["outliers"] == res["eligible"] <= res["points"]
+
+
+def test_memory_bench_runs_a_real_step_and_respects_the_point_cap(tmp_path):
+    from segood.bench.memory import run_memory_bench
+    from segood.config import CONFIG_DIR
+
+    rows = run_memory_bench([4000], str(CONFIG_DIR / "synthetic_feature_mixing.yaml"),
+                            ["data.max_points=2500", "model.image.width_scale=0.25"], repeats=1)
+    (r,) = rows
+    assert "error" not in r, r
+    assert r["points"] == 4000 and r["points_in_batch"] == 2500 and 0 < r["voxels"] <= 2500
+    assert r["step_ms_median"] > 0 and r["peak_rss_mib"] > 100
