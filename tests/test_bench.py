@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 
 import pytest
 
@@ -12,7 +11,6 @@ from segood.bench.synthesis import METHODS, configure_parser, run, run_synthesis
 
 
 def test_quick_bench_writes_consistent_json_and_chart(tmp_path):
-    start = time.time()
     args = configure_parser(argparse.ArgumentParser()).parse_args(
         ["--quick", "--no-train-step", "--threads", "1", "--out", str(tmp_path)])
     assert run(args) == 0
@@ -32,7 +30,6 @@ def test_quick_bench_writes_consistent_json_and_chart(tmp_path):
     assert rows["clone"]["x_clone"] == 1.0 and rows["vos"]["outliers"] == 19
     assert set(data["meta"]["timed"]) == set(METHODS) and data["meta"]["threads"] == 1
     assert (tmp_path / "bench_synthesis.png").stat().st_size > 1000
-    assert time.time() - start < 20
 
 
 def test_faithful_npmix_is_extrapolated_above_the_cap(tmp_path):
