@@ -85,6 +85,18 @@ def _step_seed(seed: int, step: int) -> int:
     return (x ^ (x >> 31)) >> 1
 
 
+def select_anchors(batch: Mapping[str, torch.Tensor], max_points: int | None,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Sorted (CPU) LongTensor of the points that may become outliers: camera-visible and
+    ID-labelled, randomly subsampled to ``max_points``."""
+    mask = batch["visible"].bool() & (batch["target"] >= 0)
+    index = torch.nonzero(mask.cpu(), as_tuple=False).squeeze(1)
+    if max_points is not None and index.numel() > max_points:
+        keep = torch.randperm(index.numel(), generator=generator)[:max_points]
+        index = index[keep.sort().values]
+    return index
+
+
 class FeatureMixing:
     """Outlier synthesis for one training step: select points, then :func:`feature_mixing`.
 
@@ -108,12 +120,7 @@ class FeatureMixing:
 
     def select(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         """Sorted LongTensor of visible, ID-labelled points, subsampled to ``max_points``."""
-        mask = batch["visible"].bool() & (batch["target"] >= 0)
-        index = torch.nonzero(mask.cpu(), as_tuple=False).squeeze(1)
-        if self.max_points is not None and index.numel() > self.max_points:
-            keep = torch.randperm(index.numel(), generator=generator)[: self.max_points]
-            index = index[keep.sort().values]
-        return index
+        return select_anchors(batch, self.max_points, generator)
 
     def __call__(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor,
                  batch: Mapping[str, torch.Tensor], step: int

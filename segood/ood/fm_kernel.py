@@ -25,7 +25,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from .feature_mixing import _step_seed
+from .feature_mixing import _step_seed, select_anchors
 
 __all__ = ["load_extension", "philox4x32_10", "reference_feature_mixing", "feature_mixing_op",
            "KernelFeatureMixing", "MAX_DIM"]
@@ -326,13 +326,7 @@ class KernelFeatureMixing:
 
     def select(self, batch: Mapping[str, torch.Tensor], step: int) -> torch.Tensor:
         """Sorted LongTensor (CPU) of visible, ID-labelled points, subsampled to ``max_points``."""
-        mask = batch["visible"].bool() & (batch["target"] >= 0)
-        index = torch.nonzero(mask.cpu(), as_tuple=False).squeeze(1)
-        if self.max_points is not None and index.numel() > self.max_points:
-            generator = torch.Generator().manual_seed(_step_seed(self.seed, step))
-            keep = torch.randperm(index.numel(), generator=generator)[: self.max_points]
-            index = index[keep.sort().values]
-        return index
+        return select_anchors(batch, self.max_points, torch.Generator().manual_seed(_step_seed(self.seed, step)))
 
     def __call__(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor,
                  batch: Mapping[str, torch.Tensor], step: int
