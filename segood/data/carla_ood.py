@@ -26,7 +26,7 @@ import yaml
 
 from segood.data.errors import DataError
 from segood.data.labels import LabelMap
-from segood.data.projection import assign_cameras, check_projection_matrix, project_points
+from segood.data.projection import assign_cameras, check_projection_matrix
 from segood.data.scan import Scan
 from segood.data.semantickitti import read_image
 
@@ -199,7 +199,7 @@ class CarlaOodReader:
 
     def check_scan(self, i: int, decode_images: bool = True) -> tuple[list[str], np.ndarray | None, dict]:
         """All problems of scan ``i``, its raw labels and the number of points inside the image."""
-        from segood.data.nuscenes import _image_size
+        from segood.data.check import camera_check, checked_labels
 
         seq, frame = self.frames[i]
         problems: list[str] = []
@@ -209,30 +209,11 @@ class CarlaOodReader:
             return [str(e)], None, {}
         raw = None
         if self.with_labels:
-            try:
-                raw, label_path = self.read_labels(seq, frame, len(points))
-                self.label_map.to_learning(raw, str(label_path))
-            except DataError as e:
-                problems.append(str(e))
-                raw = None
+            raw = checked_labels(lambda: self.read_labels(seq, frame, len(points)), self.label_map, problems)
         in_image: dict[str, int] = {}
         if self.camera is not None:
-            matrix = size = None
-            try:
-                matrix = self.calib(seq)
-            except DataError as e:
-                problems.append(str(e))
-            image_path = self.path("image", seq, frame)
-            try:
-                size = _image_size(image_path, decode_images)
-            except DataError as e:
-                problems.append(str(e))
-            if matrix is not None and size is not None:
-                n = int(project_points(points[:, :3], matrix, *size)[1].sum())
-                in_image[self.camera] = n
-                if n == 0:
-                    problems.append(f"{image_path}: the calibration {self.path('calib', seq)} puts none of the "
-                                    f"{len(points)} points into this {size[0]}x{size[1]} image")
+            in_image = camera_check(points, lambda: self.calib(seq), self.path("image", seq, frame),
+                                    str(self.path("calib", seq)), self.camera, decode_images, problems)
         return problems, raw, in_image
 
 

@@ -14,12 +14,65 @@ readers) is in :mod:`segood.check_cli`; this module only needs a reader factory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
 from segood.data.errors import DataError
 from segood.data.labels import LabelMap
+
+
+def image_size(path: Path, decode: bool) -> tuple[int, int]:
+    """(width, height) of an image; ``decode`` reads the pixels too, so a truncated file is found."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise DataError(f"{path}: camera image is missing")
+    try:
+        with Image.open(path) as im:
+            if decode:
+                im.load()
+            return im.size
+    except OSError as e:
+        raise DataError(f"{path}: not a readable image, possibly truncated ({e})") from e
+
+
+def checked_labels(read: Callable[[], tuple[np.ndarray, Path]], label_map: LabelMap,
+                   problems: list[str]) -> np.ndarray | None:
+    """Raw labels from ``read()`` if they load and every id is in the label map, else None (the
+    reason appended to ``problems``)."""
+    try:
+        raw, path = read()
+        label_map.to_learning(raw, str(path))
+        return raw
+    except DataError as e:
+        problems.append(str(e))
+        return None
+
+
+def camera_check(points: np.ndarray, matrix: Callable[[], np.ndarray], image_path: Path, calib_source: str,
+                 camera: str, decode_images: bool, problems: list[str]) -> dict[str, int]:
+    """Check one camera of a scan (calibration, image, and that some point lands in the image);
+    returns {camera: points inside the image} when both calibration and image could be read."""
+    from segood.data.projection import project_points
+
+    m = size = None
+    try:
+        m = matrix()
+    except DataError as e:
+        problems.append(str(e))
+    try:
+        size = image_size(image_path, decode_images)
+    except DataError as e:
+        problems.append(str(e))
+    if m is None or size is None:
+        return {}
+    n = int(project_points(points[:, :3], m, *size)[1].sum())
+    if n == 0:
+        problems.append(f"{image_path}: the calibration {calib_source} puts none of the "
+                        f"{len(points)} points into this {size[0]}x{size[1]} image")
+    return {camera: n}
 
 
 @dataclass

@@ -358,6 +358,8 @@ class NuScenesReader:
 
     def check_scan(self, i: int, decode_images: bool = True) -> tuple[list[str], np.ndarray | None, dict]:
         """Every problem of scan ``i`` (not just the first), its raw labels and per-camera point counts."""
+        from segood.data.check import checked_labels, image_size
+
         problems: list[str] = []
         raw = None
         in_image: dict[str, int] = {}
@@ -366,13 +368,8 @@ class NuScenesReader:
         except DataError as e:
             return [str(e)], None, {}
         if self.with_labels:
-            try:
-                label_path = self.label_path(i)
-                raw = read_lidarseg(label_path, len(points))
-                self.label_map.to_learning(raw, str(label_path))
-            except DataError as e:
-                problems.append(str(e))
-                raw = None
+            raw = checked_labels(lambda: (read_lidarseg(self.label_path(i), len(points)), self.label_path(i)),
+                                 self.label_map, problems)
         for channel in self.cameras:
             try:
                 matrix, image_path, (w, h) = self.camera_matrix(i, channel)
@@ -380,7 +377,7 @@ class NuScenesReader:
                 problems.append(str(e))
                 continue
             try:
-                w, h = _image_size(image_path, decode_images)
+                w, h = image_size(image_path, decode_images)
             except DataError as e:
                 problems.append(str(e))
             if w and h:
@@ -402,20 +399,6 @@ class NuScenesReader:
             return []
         return [f"{self.root}/sweeps/{LIDAR}: {len(missing)} LiDAR sweep file(s) listed in sample_data.json are "
                 f"missing (first: {missing[0]})"]
-
-
-def _image_size(path: Path, decode: bool) -> tuple[int, int]:
-    from PIL import Image
-
-    if not path.is_file():
-        raise DataError(f"{path}: camera image is missing")
-    try:
-        with Image.open(path) as im:
-            if decode:
-                im.load()
-            return im.size
-    except OSError as e:
-        raise DataError(f"{path}: not a readable image, possibly truncated ({e})") from e
 
 
 # ----------------------------------------------------------------------------------- writer (tests, demos)

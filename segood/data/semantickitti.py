@@ -258,9 +258,7 @@ class SemanticKittiReader:
 
     def check_scan(self, i: int, decode_images: bool = True) -> tuple[list[str], np.ndarray | None, dict]:
         """Every problem of scan ``i`` (not just the first), its raw labels and in-image point count."""
-        from PIL import Image
-
-        from segood.data.projection import project_points
+        from segood.data.check import camera_check, checked_labels
 
         frame = self.frames[i]
         try:
@@ -270,36 +268,12 @@ class SemanticKittiReader:
         problems: list[str] = []
         raw = None
         if self.with_labels:
-            try:
-                label_path = frame.path("labels", "label")
-                raw = read_label(label_path, len(points))
-                self.label_map.to_learning(raw, str(label_path))
-            except DataError as e:
-                problems.append(str(e))
-                raw = None
+            label_path = frame.path("labels", "label")
+            raw = checked_labels(lambda: (read_label(label_path, len(points)), label_path), self.label_map, problems)
         in_image: dict[str, int] = {}
         if self.camera is not None:
-            matrix = size = None
-            try:
-                matrix = lidar_to_image_matrix(self.calib(frame.sequence), self.camera,
-                                               str(frame.seq_dir / "calib.txt"))
-            except DataError as e:
-                problems.append(str(e))
-            image_path = frame.path(self.camera, "png")
-            if not image_path.is_file():
-                problems.append(f"{image_path}: camera image is missing")
-            else:
-                try:
-                    with Image.open(image_path) as im:
-                        if decode_images:
-                            im.load()
-                        size = im.size
-                except OSError as e:
-                    problems.append(f"{image_path}: not a readable image, possibly truncated ({e})")
-            if matrix is not None and size is not None:
-                n = int(project_points(points[:, :3], matrix, *size)[1].sum())
-                in_image[self.camera] = n
-                if n == 0:
-                    problems.append(f"{image_path}: the calibration {frame.seq_dir / 'calib.txt'} puts none of the "
-                                    f"{len(points)} points into this {size[0]}x{size[1]} image")
+            calib = str(frame.seq_dir / "calib.txt")
+            in_image = camera_check(
+                points, lambda: lidar_to_image_matrix(self.calib(frame.sequence), self.camera, calib),
+                frame.path(self.camera, "png"), calib, self.camera, decode_images, problems)
         return problems, raw, in_image
