@@ -3,6 +3,7 @@ trained with the same budget -> evaluation -> side-by-side table and a report fo
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 import time
 from pathlib import Path
 
@@ -37,10 +38,8 @@ def ensure_data(data_dir: Path, syn: SyntheticConfig) -> None:
     """Generate the synthetic set unless the same one is already there."""
     marker = data_dir / "synthetic.json"
     if marker.exists():
-        have = json.loads(marker.read_text())
-        if have.get("config", {}).get("seed") == syn.seed and have.get("config", {}).get("num_train") == syn.num_train \
-                and have.get("config", {}).get("num_val") == syn.num_val \
-                and have.get("config", {}).get("azimuth_columns") == syn.azimuth_columns:
+        have = json.loads(marker.read_text()).get("config")
+        if have == json.loads(json.dumps(asdict(syn))):  # same generator settings (tuples as JSON lists)
             print(f"[demo] using existing synthetic data in {data_dir}")
             return
     t = time.time()
