@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "feature_mixing_math.h"
@@ -23,6 +24,7 @@ namespace segood_fm {
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& in_c, const at::Tensor& in_l,
                                                const std::optional<at::Tensor>& mask, int64_t n_swap,
                                                uint64_t seed, uint32_t step);
+std::string cpu_path();
 
 static const char* dtype_name(at::ScalarType t) {
   switch (t) {
@@ -113,6 +115,7 @@ TORCH_LIBRARY(segood, m) {
   m.def("feature_mixing_backward(Tensor grad_image, Tensor grad_lidar, Tensor? mask, int n_swap, "
         "int seed, int step) -> (Tensor, Tensor)");
   m.def("philox_debug(Tensor counters, int seed) -> Tensor");
+  m.def("cpu_path() -> str", &segood_fm::cpu_path);  // "avx2" or "scalar": which CPU draw path runs
 }
 
 TORCH_LIBRARY_IMPL(segood, CPU, m) {

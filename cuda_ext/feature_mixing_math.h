@@ -13,9 +13,10 @@
 //
 // Selection of N distinct dims out of d (per modality): partial Fisher-Yates on perm = 0..d-1:
 //   for k in 0..N-1:  j = k + ((uint64)word_k * (d - k)) >> 32;  swap(perm[k], perm[j])
+//   (draw_position, take_dim)
 //   selected dims = perm[0..N) (an ordered sample: uniform over ordered N-tuples up to the
 //   multiply-shift bias, (d - k) / 2^32 < 1e-6). The perm scratch is reset in O(N) after use
-//   (fm_restore_dims), so a thread pays the O(d) iota once, not once per point.
+//   (restore_dims), so a thread pays the O(d) iota once, not once per point.
 //
 // Mix of one point, ic = image dims, il = LiDAR dims (both length N):
 //   out_c = in_c, out_l = in_l, then for k < N: out_c[ic[k]] = in_l[il[k]],
@@ -84,15 +85,30 @@ FM_HD void iota_dims(uint16_t* perm, int d) {
   for (int i = 0; i < d; ++i) perm[i] = (uint16_t)i;
 }
 
+// Step k of the partial Fisher-Yates draws its swap partner j in [k, d) from one u32 word.
+FM_HD uint32_t draw_position(uint32_t word, int d, int k) {
+  return (uint32_t)k + (uint32_t)(((uint64_t)word * (uint32_t)(d - k)) >> 32);
+}
+
+// Swap positions k and j of the permutation and return the dim now at position k. Positions
+// below k are never read again, so the caller may keep that dim elsewhere (sel != perm): only
+// perm[j] must be written.
+FM_HD uint16_t take_dim(uint16_t* perm, int k, uint32_t j) {
+  const uint16_t v = perm[j];
+  perm[j] = perm[k];
+  return v;
+}
+
 // Partial Fisher-Yates: on return perm[0..n) are the n selected dims; jpos[k] records the swap
 // partner of step k so restore_dims can undo it. perm must be the identity on entry. Words is
-// Stream or anything else with uint32_t next().
+// Stream or anything else with uint32_t next(). (The CPU kernel runs the same steps with
+// partners drawn in bulk and the dims kept in a separate array.)
 template <typename Words>
 FM_HD void select_dims(Words& stream, uint16_t* perm, int d, int n, uint16_t* jpos) {
   for (int k = 0; k < n; ++k) {
-    const uint32_t j = (uint32_t)k + (uint32_t)(((uint64_t)stream.next() * (uint32_t)(d - k)) >> 32);
+    const uint32_t j = draw_position(stream.next(), d, k);
     jpos[k] = (uint16_t)j;
-    const uint16_t t = perm[k]; perm[k] = perm[j]; perm[j] = t;
+    perm[k] = take_dim(perm, k, j);
   }
 }
 

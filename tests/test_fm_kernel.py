@@ -108,6 +108,76 @@ def test_op_wrapper_matches_reference_and_fallback(ext, monkeypatch):
     assert torch.equal(got[0], fallback[0]) and torch.equal(got[1], fallback[1])
 
 
+def test_cpu_kernel_is_built_parallel(ext):
+    """Without -fopenmp, at::parallel_for's pragma is dropped and the kernel silently runs on one
+    thread (measured 1.9x clone at N = 0 instead of 1.1x): the library must call into OpenMP."""
+    libs = [p for p in torch.ops.loaded_libraries if "segood_fm" in Path(p).name]
+    assert libs, torch.ops.loaded_libraries
+    assert b"GOMP_parallel" in Path(libs[0]).read_bytes(), f"{libs[0]} was built without OpenMP"
+
+
+def test_stale_torch_build_lock_is_removed_not_waited_on(ext, tmp_path):
+    """A build killed mid-way leaves torch's `lock` file; torch's load would then wait forever
+    (seen here after an interrupted test run). The cached build is copied so nothing recompiles."""
+    import sys
+
+    src = fm_kernel._build_dir(False)
+    dst = tmp_path / "ext"
+    shutil.copytree(src, dst / torch.__version__ / "cpu")
+    (dst / torch.__version__ / "cpu" / "lock").touch()
+    code = ("import warnings, torch; warnings.simplefilter('always')\n"
+            "from segood.ood import fm_kernel\n"
+            "assert fm_kernel.load_extension(), fm_kernel._ext_state\n")
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SEGOOD_EXT_DIR": str(dst)},
+                         capture_output=True, text=True, timeout=240, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "left by an interrupted extension build" in run.stderr
+    assert not (dst / torch.__version__ / "cpu" / "lock").exists()
+
+
+_SCALAR_CHECK = """
+import torch
+from segood.ood.fm_kernel import load_extension, reference_feature_mixing
+assert load_extension()
+print(torch.ops.segood.cpu_path())
+g = torch.Generator().manual_seed(1)
+for p, d_c, d_l, n in ((1, 5, 7, 5), (130, 24, 40, 9), (67, 8, 8, 8)):
+    c, l = torch.randn(p, d_c, generator=g), torch.randn(p, d_l, generator=g)
+    mask = torch.rand(p, generator=g) < 0.5
+    for m in (None, mask):
+        got = torch.ops.segood.feature_mixing(c, l, m, n, -3, 11)
+        want = reference_feature_mixing(c, l, m, n, (1 << 64) - 3, 11)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (p, n, m is None)
+"""
+
+
+def test_scalar_cpu_path_matches_reference(ext):
+    """The AVX2 draw path is what the other tests exercise on this machine; SEGOOD_FM_SIMD=0
+    selects the portable one (read once per process, hence the subprocess)."""
+    import sys
+
+    env = {**os.environ, "SEGOOD_FM_SIMD": "0"}
+    run = subprocess.run([sys.executable, "-c", _SCALAR_CHECK], env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-1] == "scalar"
+
+
+def test_threads_do_not_change_the_result(ext):
+    c, l, mask = _inputs(6000, 8, 8, seed=4)  # grain ~2000 rows: three tasks over two threads
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        many = ext.feature_mixing(c, l, mask, 5, 9, 2)
+        torch.set_num_threads(1)
+        one = ext.feature_mixing(c, l, mask, 5, 9, 2)
+    finally:
+        torch.set_num_threads(before)
+    want = reference_feature_mixing(c, l, mask, 5, 9, 2)
+    for got in (many, one):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_load_extension_failure_warns_and_falls_back(monkeypatch):
     monkeypatch.setattr(fm_kernel, "_ext_state", {})
     monkeypatch.setenv("SEGOOD_FM_EXT", "0")

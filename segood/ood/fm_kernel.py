@@ -17,6 +17,7 @@ and the fallback when the extension cannot be built); :func:`feature_mixing_op` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -59,18 +60,47 @@ def _want_cuda() -> bool:
 
 
 def _build(verbose: bool) -> None:
-    from torch.utils.cpp_extension import load
-
     with_cuda = _want_cuda()
     sources = [_SRC_DIR / "bindings.cpp", _SRC_DIR / "feature_mixing_cpu.cpp"]
     if with_cuda:
         sources.append(_SRC_DIR / "feature_mixing_cuda.cu")
     build_dir = _build_dir(with_cuda)
     build_dir.mkdir(parents=True, exist_ok=True)
+    with _build_lock(build_dir):
+        _load(with_cuda, sources, build_dir, verbose)
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """One segood build per directory at a time, with an OS lock (released when the process
+    dies). torch's own ``lock`` file is not: a build killed mid-way (Ctrl-C, OOM) leaves it
+    behind and every later ``load`` waits on it forever. Holding our lock, any such file is
+    stale, so it is removed (with a warning)."""
+    import fcntl
+
+    with open(build_dir / ".segood-build.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            stale = build_dir / "lock"
+            if stale.exists():
+                warnings.warn(f"segood: removing {stale}, left by an interrupted extension build",
+                              RuntimeWarning, stacklevel=4)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _load(with_cuda: bool, sources: list[Path], build_dir: Path, verbose: bool) -> None:
+    from torch.utils.cpp_extension import load
+
     # is_python_module=False: a plain op library (no pybind, no Python ABI), loaded with
     # torch.ops.load_library; the ops appear as torch.ops.segood.*.
+    # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` (torch's CPU backend is
+    # OpenMP); without the flag the pragma is ignored and the CPU kernel runs on one thread.
+    # The library then links libgomp.so.1, the soname torch has already loaded.
     load(name="segood_fm_cuda" if with_cuda else "segood_fm_cpu", sources=[str(s) for s in sources],
-         build_directory=str(build_dir), extra_cflags=["-O3"],
+         build_directory=str(build_dir), extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
          extra_cuda_cflags=["-O3"], extra_include_paths=[str(_SRC_DIR)],
          is_python_module=False, verbose=verbose)
 
@@ -338,10 +368,13 @@ class KernelFeatureMixing:
                              f"{feat_image.shape[0]} (image) and {feat_lidar.shape[0]} (lidar)")
         device = feat_image.device
         index = self.select(batch, step).to(device)
-        mask = torch.zeros(num_points, dtype=torch.bool, device=device)
-        mask[index] = True
+        every = index.numel() == num_points  # every point is an outlier: no mask, no second copy
+        mask = None
+        if not every:
+            mask = torch.zeros(num_points, dtype=torch.bool, device=device)
+            mask[index] = True
         mixed_image, mixed_lidar = feature_mixing_op(feat_image.contiguous(), feat_lidar.contiguous(),
                                                      mask, self.n_swap, self.seed, step)
-        if index.numel() == num_points:  # every point is an outlier: no second copy of the rows
+        if every:
             return index, mixed_image, mixed_lidar
         return index, mixed_image[index], mixed_lidar[index]
