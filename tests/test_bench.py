@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 
 import pytest
 
@@ -30,33 +29,8 @@ def test_quick_bench_writes_consistent_json_and_chart(tmp_path):
         assert math.isclose(r["gbps"], r["bytes"] / (r["ms"] * 1e-3) / 1e9, rel_tol=1e-9), m
     assert rows["clone"]["x_clone"] == 1.0 and rows["vos"]["outliers"] == 19
     assert set(data["meta"]["timed"]) == set(METHODS) and data["meta"]["threads"] == 1
-    assert data["meta"]["allocator"].startswith("warm") and data["meta"]["fm_cpu_path"] in ("avx2", "scalar")
+    assert data["meta"]["fm_cpu_path"] in ("avx2", "scalar")
     assert (tmp_path / "bench_synthesis.png").stat().st_size > 1000
-
-
-def _faults_of_a_fresh_64mb_tensor() -> int:
-    import resource
-
-    import torch
-
-    torch.ones(16 * 2**20).neg_()  # allocate, touch, free
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.ones(16 * 2**20).neg_()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc mallopt")
-def test_warm_allocator_reuses_pages_and_is_undone():
-    """The warm floor: a second 64 MB tensor reuses resident pages (cold: ~16k page faults)."""
-    from segood.bench.synthesis import _allocator
-
-    assert _faults_of_a_fresh_64mb_tensor() > 8000  # glibc default: a fresh mmap each time
-    with _allocator("warm", "cpu") as what:
-        _faults_of_a_fresh_64mb_tensor()
-        assert _faults_of_a_fresh_64mb_tensor() < 1000, what
-    assert _faults_of_a_fresh_64mb_tensor() > 8000  # defaults are back
-    with pytest.raises(ValueError, match="allocator must be"), _allocator("hot", "cpu"):
-        pass
 
 
 def test_faithful_npmix_is_extrapolated_above_the_cap(tmp_path):

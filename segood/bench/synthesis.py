@@ -21,20 +21,15 @@ Faithful NP-Mix above ``faithful_max_points`` is not run: its time is the straig
 the two largest measured P of the same (d, dtype) (its cost is a constant plus a per-point
 enqueue), marked ``measured: false``; ratios that use it are marked ``~`` in the table.
 
-Allocator (CPU): by default (``allocator="warm"``) glibc is told not to hand large blocks back
-to the kernel during the run (``mallopt``: no mmap, no trimming), so repeated calls reuse
-resident pages. Otherwise every call's output of more than 32 MB is a fresh ``mmap`` whose page
-faults cost as much as the copy itself (measured: clone of 2 x 256 MB 187 ms cold, 39 ms warm),
-which inflates the floor and flatters every ratio to it. ``allocator="cold"`` keeps glibc's
-defaults (what a training process sees for big tensors).
+``copy`` (``copy_`` into outputs allocated once) shows the bandwidth alone: above 32 MB every
+fresh output is a new ``mmap`` whose page faults a clone and every method pay (measured: 2 x 256
+MB, clone 187 ms, copy 35 ms). Ratios stay against ``clone``, which allocates like the methods.
 
 torch is imported inside the functions, so ``segood --help`` does not pay for it.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import gc
 import json
 import os
@@ -50,6 +45,8 @@ __all__ = ["METHODS", "TRAIN_METHODS", "run_synthesis_bench", "train_step_share"
 
 WHAT = {
     "clone": "feat_image.clone(), feat_lidar.clone(): the floor",
+    "copy": "out.copy_(feat) into outputs allocated once: the bandwidth floor without allocation (a fresh "
+            "output of > 32 MB is a new mmap whose page faults a clone, and every method, pays)",
     "feature_mixing": "build_synthesizer('feature_mixing') = KernelFeatureMixing (the C++ op when the extension "
                       "loads, else its torch fallback): eligibility mask, op over all P rows, gather of the M "
                       "outlier rows",
@@ -152,6 +149,15 @@ def _method_call(name: str, fi, fl, batch: dict, cfg: dict, classes: int, seed: 
     if name == "clone":
         def call() -> None:
             fi.clone(), fl.clone()
+            info["outliers"] = fi.shape[0]
+        return call
+    if name == "copy":
+        import torch
+
+        out_i, out_l = torch.empty_like(fi), torch.empty_like(fl)
+
+        def call() -> None:
+            out_i.copy_(fi), out_l.copy_(fl)
             info["outliers"] = fi.shape[0]
         return call
     if name in ("feature_mixing_op", "feature_mixing_ref"):
@@ -403,31 +409,6 @@ def _targets(rows: list[dict], train: dict | None) -> dict:
     return out
 
 
-@contextlib.contextmanager
-def _allocator(mode: str, device: str):
-    """``warm``: glibc keeps freed memory resident for the duration (see the module docstring);
-    ``cold``: unchanged. Yields the description written into the JSON."""
-    if mode not in ("warm", "cold"):
-        raise ValueError(f"allocator must be 'warm' or 'cold', got {mode!r}")
-    if mode == "cold" or device != "cpu":
-        yield "glibc defaults (large outputs are fresh mmaps: page faults count)" if device == "cpu" else "device"
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        yield "warm requested but no glibc: allocator defaults"
-        return
-    m_trim_threshold, m_mmap_max = -1, -4
-    libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 2**31 - 1)
-    try:
-        yield "warm: glibc mmap off and no trimming during the run (no page faults after warm-up)"
-    finally:  # glibc's defaults; then give the memory back
-        libc.mallopt(m_mmap_max, 65536)
-        libc.mallopt(m_trim_threshold, 128 * 1024)
-        libc.malloc_trim(0)
-
-
 def _machine() -> dict:
     import torch
 
@@ -450,29 +431,26 @@ def run_synthesis_bench(points: Sequence[int] = (10_000, 100_000, 1_000_000), di
                         methods: Sequence[str] = METHODS, visible_fraction: float = 1.0,
                         faithful_max_points: int = 100_000, budget_s: float = 20.0, train_step: bool = True,
                         train_kwargs: dict | None = None, threads: int | None = None, seed: int = 0,
-                        allocator: str = "warm", verbose: bool = True) -> dict:
+                        verbose: bool = True) -> dict:
     """Run the benchmark (see the module docstring); writes ``bench_synthesis.json`` and
     ``bench_synthesis.png`` into ``out_dir`` and returns the JSON's content. Dtypes the device
     cannot handle are dropped; a method that fails records its error and the run goes on.
     ``threads``: torch intra-op threads for the run (None: unchanged); on a machine shared with
-    other jobs, 1 thread avoids parallel regions waiting on a descheduled worker. ``allocator``:
-    ``warm`` or ``cold`` (module docstring)."""
+    other jobs, 1 thread avoids parallel regions waiting on a descheduled worker."""
     import torch
 
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        with _allocator(allocator, device) as alloc:
-            return _run(points, dims, dtypes, classes, repeats, warmup, device, Path(out_dir), methods,
-                        visible_fraction, faithful_max_points, budget_s, train_step, train_kwargs, seed, alloc,
-                        verbose)
+        return _run(points, dims, dtypes, classes, repeats, warmup, device, Path(out_dir), methods, visible_fraction,
+                    faithful_max_points, budget_s, train_step, train_kwargs, seed, verbose)
     finally:
         torch.set_num_threads(previous)
 
 
 def _run(points, dims, dtypes, classes, repeats, warmup, device, out_dir, methods, visible_fraction,
-         faithful_max_points, budget_s, train_step, train_kwargs, seed, alloc, verbose) -> dict:
+         faithful_max_points, budget_s, train_step, train_kwargs, seed, verbose) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = list(dict.fromkeys(["clone", *methods]))       # the floor is always measured
     dtypes = supported_dtypes(dtypes, device)
@@ -514,7 +492,7 @@ def _run(points, dims, dtypes, classes, repeats, warmup, device, out_dir, method
         "meta": {**_machine(), "device": device, "classes": classes, "n_swap": int(cfg["n_swap"]),
                  "visible_fraction": visible_fraction, "target": f"uniform over {classes} classes, none ignored",
                  "max_points": None, "repeats": repeats, "warmup": warmup, "budget_s": budget_s,
-                 "faithful_max_points": faithful_max_points, "allocator": alloc, "loadavg_before": load_before,
+                 "faithful_max_points": faithful_max_points, "loadavg_before": load_before,
                  "loadavg_after": os.getloadavg(), "seconds": round(time.time() - t_start, 1),
                  "bytes": "2 * P * (d_c + d_l) * itemsize (read + write of both tensors, = clone)",
                  "timed": {m: WHAT[m] for m in methods}},
@@ -546,9 +524,6 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="above this P the faithful NP-Mix is extrapolated, not run")
     p.add_argument("--visible-fraction", type=float, default=1.0)
     p.add_argument("--threads", type=int, help="torch threads during the run (default: unchanged)")
-    p.add_argument("--allocator", choices=("warm", "cold"), default="warm",
-                   help="warm (default): freed memory stays resident, no page faults in the timings; "
-                        "cold: glibc defaults, big outputs pay their page faults")
     p.add_argument("--no-train-step", action="store_true", help="skip the training-step share")
     p.add_argument("--quick", action="store_true",
                    help="small run: P=2000, d=16, float32, 1 repeat, tiny training step (options given win)")
@@ -573,5 +548,5 @@ def run(args: argparse.Namespace) -> int:
                         device=args.device, out_dir=args.out, methods=args.methods or METHODS,
                         visible_fraction=args.visible_fraction, faithful_max_points=args.faithful_max_points,
                         budget_s=args.budget, train_step=not args.no_train_step, train_kwargs=train_kwargs,
-                        threads=args.threads, allocator=args.allocator)
+                        threads=args.threads)
     return 0
