@@ -64,6 +64,13 @@ def resolve_layout(root: Path, layout: dict | None) -> dict[str, str]:
     return out
 
 
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: not a readable .npy array ({e})") from e
+
+
 def _found(path: Path) -> str:
     """What exists around a path that was not found (nearest existing folder, a few entries)."""
     p = path.parent
@@ -119,10 +126,7 @@ class CarlaOodReader:
             raise DataError(f"{path}: point file is missing; {_found(path)}")
         fmt = self.layout["points_format"]
         if fmt == "npy":
-            try:
-                pts = np.load(path)
-            except (ValueError, OSError) as e:
-                raise DataError(f"{path}: not a readable .npy array ({e})") from e
+            pts = _load_npy(path)
             if pts.ndim != 2 or pts.shape[1] < 4:
                 raise DataError(f"{path}: array shape {pts.shape}, expected (N, >=4) x, y, z, intensity")
         else:
@@ -143,10 +147,7 @@ class CarlaOodReader:
             raise DataError(f"{path}: label file is missing; {_found(path)}")
         fmt = self.layout["label_format"]
         if fmt == "npy":
-            try:
-                raw = np.load(path).reshape(-1)
-            except (ValueError, OSError) as e:
-                raise DataError(f"{path}: not a readable .npy array ({e})") from e
+            raw = _load_npy(path).reshape(-1)
         else:
             dtype = {"uint32_low16": np.uint32, "uint32": np.uint32, "uint16": np.uint16, "uint8": np.uint8}[fmt]
             size, item = path.stat().st_size, np.dtype(dtype).itemsize
