@@ -33,14 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     _add_common(p)
 
-    from segood.engine.report import add_eval_arguments, add_fit_arguments
+    from segood.report.markdown import add_eval_arguments, add_fit_arguments
 
     add_eval_arguments(sub.add_parser(
         "eval", help="evaluate a checkpoint (metrics.json, report.md, pictures) or compare runs"))
     add_fit_arguments(sub.add_parser("fit-scores", help="fit the feature-based OOD scores on the train split"))
-    from segood import check_cli
-    from segood.ros import cli as ros_cli
-    from segood.viz import cli as viz_cli
+    from segood.commands import check_data as check_cli
+    from segood.commands import replay as ros_cli
+    from segood.commands import viz as viz_cli
 
     check_cli.add_parser(sub)
     viz_cli.add_parser(sub)
@@ -92,13 +92,13 @@ def _dispatch(args) -> int:
         run_demo(args)
         return 0
     if args.command in ("check-data", "viz", "replay"):
-        from segood import check_cli
-        from segood.ros import cli as ros_cli
-        from segood.viz import cli as viz_cli
+        from segood.commands import check_data as check_cli
+        from segood.commands import replay as ros_cli
+        from segood.commands import viz as viz_cli
 
         return {"check-data": check_cli, "viz": viz_cli, "replay": ros_cli}[args.command].run(args)
     if args.command in ("eval", "fit-scores"):
-        from segood.engine.report import run_eval, run_fit
+        from segood.report.markdown import run_eval, run_fit
 
         return run_eval(args) if args.command == "eval" else run_fit(args)
     from segood.config import load_config

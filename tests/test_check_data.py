@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segood.check_cli import run
+from segood.commands.check_data import run
 from segood.data.check import check_dataset, format_report
 from segood.data.labels import load_label_map
 

@@ -15,7 +15,7 @@ from segood.data.labels import load_label_map
 from segood.data.synthetic import SyntheticConfig, write_dataset
 from segood.engine import evaluate as ev
 from segood.engine.checkpoint import save_checkpoint
-from segood.engine.report import add_eval_arguments, compare_runs, run_eval, write_eval_report
+from segood.report.markdown import add_eval_arguments, compare_runs, run_eval, write_eval_report
 from segood.engine.train import train
 from segood.metrics.ood import ood_metrics
 

@@ -16,7 +16,7 @@ from segood.data.labels import load_label_map
 from segood.data.semantickitti import read_bin, read_image
 from segood.engine.checkpoint import save_checkpoint
 from segood.models import build_model
-from segood.ros import cli as ros_cli
+from segood.commands import replay as ros_cli
 from segood.ros.bagio import BagError, BagWriter, messages, open_bag, topics, typestore_for
 from segood.ros.export import SensorFrame, make_header, write_sensor_bag
 from segood.ros.frames import scan_from_points

@@ -15,7 +15,7 @@ from segood.data.scan import Scan
 from segood.data.synthetic import OOD_RAW_ID, SyntheticConfig, generate_scene, lidar_to_image, render_scan, write_dataset
 from segood.engine.checkpoint import save_checkpoint
 from segood.models import build_model
-from segood.viz import cli as viz_cli
+from segood.commands import viz as viz_cli
 from segood.viz.colors import ANOMALY_RGB, gt_colors, raw_id_colors
 from segood.viz.frame import VizFrame
 from segood.engine.inference import resolve_operating_point

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from segood.viz import cli  # noqa: E402
+from segood.commands import viz as cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ ignored split of the label map. Exit code 1 if anything is wrong.
 
 Readers used here implement ``check_scan(i, decode_images) -> (problems, raw_labels | None,
 {camera: points in image})``; nuScenes readers also ``sweep_problems()``. The CLI glue (config ->
-readers) is in :mod:`segood.check_cli`; this module only needs a reader factory.
+readers) is in :mod:`segood.commands.check_data`; this module only needs a reader factory.
 """
 from __future__ import annotations
 

@@ -534,7 +534,7 @@ def assemble_metrics(cfg: dict, ckpt_path: str | Path, state: Mapping[str, Any],
 
 def write_outputs(out_dir: Path, metrics: dict, acc: EvalAccumulator) -> None:
     """metrics.json, histograms.npz (for plots and comparisons), report.md and its pictures."""
-    from segood.engine.report import write_eval_report
+    from segood.report.markdown import write_eval_report
 
     write_json(out_dir / "metrics.json", metrics)
     arrays = acc.histograms()

@@ -78,7 +78,7 @@ def write_eval_report(out_dir: str | Path, metrics: Mapping[str, Any], hists: Ma
                       binnings: Mapping[str, Any]) -> Path:
     """report.md plus ROC curves and ID-vs-OOD histograms (per subset, from the histograms) and IoU bars."""
     from segood.engine.checkpoint import write_text
-    from segood.metrics import plots as rp
+    from segood.report import plots as rp
 
     out_dir = Path(out_dir)
     pictures = []
@@ -169,7 +169,7 @@ def compare_runs(runs: list[str], out_dir: str | Path, cfg: dict | None = None, 
                  progress: bool = True) -> dict[str, dict]:
     """Write comparison.png / comparison.md / comparison.json for several runs into ``out_dir``."""
     from segood.engine.checkpoint import write_json, write_text
-    from segood.metrics.plots import plot_comparison
+    from segood.report.plots import plot_comparison
 
     loaded = load_runs(runs, cfg, progress)
     out_dir = Path(out_dir)
