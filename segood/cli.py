@@ -79,7 +79,7 @@ def _dispatch(args) -> int:
     if args.command == "bench":
         return args.func(args)
     if args.command == "make-synthetic":
-        from segood.data.synthetic import SyntheticConfig, write_dataset
+        from segood.synthetic import SyntheticConfig, write_dataset
 
         cfg = SyntheticConfig(num_train=args.train_scans, num_val=args.val_scans,
                               azimuth_columns=args.azimuth_columns, seed=args.seed)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from segood.config import CONFIG_DIR, load_config
-from segood.data.synthetic import SyntheticConfig, write_dataset
+from segood.synthetic import SyntheticConfig, write_dataset
 from segood.engine.builders import build_label_map, build_reader
 from segood.engine.checkpoint import load_checkpoint, write_json, write_text
 from segood.engine.evaluate import evaluate, headline

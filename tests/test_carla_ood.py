@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from segood.data.carla_ood import DEFAULT_LAYOUT, CarlaOodReader, write_carla_ood_sample
+from segood.data.readers.carla_ood import DEFAULT_LAYOUT, CarlaOodReader, write_carla_ood_sample
 from segood.data.errors import DataError
 from segood.data.labels import load_label_map
 
@@ -89,7 +89,7 @@ def test_bad_files(root, label_map, tmp_path):
 
 
 def test_default_layout_documented():
-    from segood.data import carla_ood
+    from segood.data.readers import carla_ood
 
     for v in DEFAULT_LAYOUT.values():
         if "/" in v:

@@ -11,7 +11,7 @@ import pytest
 from segood.data.batching import VoxelGrid, collate, scan_to_sample
 from segood.data.errors import DataError
 from segood.data.labels import load_label_map
-from segood.data.semantickitti import SemanticKittiReader, read_bin, read_calib, read_label
+from segood.data.readers.semantickitti import SemanticKittiReader, read_bin, read_calib, read_label
 
 FIX = Path(__file__).parent / "fixtures"
 

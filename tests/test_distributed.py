@@ -16,7 +16,7 @@ import torch
 
 from segood.config import CONFIG_DIR, load_config
 from segood.data.batching import VoxelGrid, collate, crop_nearest
-from segood.data.synthetic import SyntheticConfig, write_dataset
+from segood.synthetic import SyntheticConfig, write_dataset
 from segood.engine import checkpoint as ckpt_mod
 from segood.engine.builders import build_label_map
 from segood.engine.distributed import init_distributed

@@ -8,7 +8,7 @@ import pytest
 
 from segood.cli import main
 from segood.config import CONFIG_DIR, load_config
-from segood.data.synthetic import SyntheticConfig, write_dataset
+from segood.synthetic import SyntheticConfig, write_dataset
 from segood.engine.checkpoint import load_checkpoint
 from segood.engine.evaluate import evaluate
 from segood.engine.train import train

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segood.data.labels import load_label_map
-from segood.data.semantickitti import write_predictions
+from segood.data.readers.semantickitti import write_predictions
 from segood.metrics.iou import ConfusionMatrix
 from segood.metrics.reference import NuScenesIoU, SemanticKittiIoU, reference_miou_from_train_confusion
 

@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from segood.config import CONFIG_DIR, ConfigError, load_config
 from segood.data.labels import load_label_map
-from segood.data.synthetic import SyntheticConfig, write_dataset
+from segood.synthetic import SyntheticConfig, write_dataset
 from segood.engine import evaluate as ev
 from segood.engine.checkpoint import save_checkpoint
 from segood.report.markdown import add_eval_arguments, compare_runs, run_eval, write_eval_report

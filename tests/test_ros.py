@@ -13,7 +13,7 @@ import pytest
 
 from segood.config import CONFIG_DIR, load_config
 from segood.data.labels import load_label_map
-from segood.data.semantickitti import read_bin, read_image
+from segood.data.readers.semantickitti import read_bin, read_image
 from segood.engine.checkpoint import save_checkpoint
 from segood.models import build_model
 from segood.commands import replay as ros_cli

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from segood.ood.posthoc import ASH, KNN, ClassBalancedSampler, FitBank, Mahalanobis, ReAct, ViM
-from segood.ood.scores import SCORES, anomaly_head, energy, entropy, gen, get_score, maxlogit, msp, score_range
+from segood.ood.scores.fitted import ASH, KNN, ClassBalancedSampler, FitBank, Mahalanobis, ReAct, ViM
+from segood.ood.scores.logit import SCORES, anomaly_head, energy, entropy, gen, get_score, maxlogit, msp, score_range
 
 D64 = torch.float64
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segood.data.synthetic import (
+from segood.synthetic import (
     CameraRays,
     LidarRays,
     OOD_KINDS_MIXED,

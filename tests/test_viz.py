@@ -12,7 +12,7 @@ import pytest
 from segood.config import CONFIG_DIR, load_config
 from segood.data.labels import load_label_map
 from segood.data.scan import Scan
-from segood.data.synthetic import OOD_RAW_ID, SyntheticConfig, generate_scene, lidar_to_image, render_scan, write_dataset
+from segood.synthetic import OOD_RAW_ID, SyntheticConfig, generate_scene, lidar_to_image, render_scan, write_dataset
 from segood.engine.checkpoint import save_checkpoint
 from segood.models import build_model
 from segood.commands import viz as viz_cli

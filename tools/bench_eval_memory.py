@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from segood.engine.evaluate import EvalAccumulator
-from segood.ood.posthoc import FITTED_SCORES, FitBank
-from segood.ood.scores import SCORES, get_score, is_fitted, score_range
+from segood.ood.scores.fitted import FITTED_SCORES, FitBank
+from segood.ood.scores.logit import SCORES, get_score, is_fitted, score_range
 
 NUM_CLASSES, DIM = 18, 64
 

@@ -4,7 +4,7 @@
 and the share of each frame spent decoding and encoding messages.
 
 Model: the ``model:`` section of configs/base.yaml (or --config), randomly initialised (timing only).
-Clouds: synthetic streets (segood.data.synthetic), written to an MCAP bag with the camera as JPEG.
+Clouds: synthetic streets (segood.synthetic), written to an MCAP bag with the camera as JPEG.
 
   tools/bench_replay.py --frames 5 [--out runs/bench_replay] [--threads 2]
 """
@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 from segood.atomic import write_json  # noqa: E402
 from segood.config import CONFIG_DIR, load_config  # noqa: E402
 from segood.data.labels import load_label_map  # noqa: E402
-from segood.data.synthetic import SyntheticConfig, generate_scene, lidar_to_image, render_scan  # noqa: E402
+from segood.synthetic import SyntheticConfig, generate_scene, lidar_to_image, render_scan  # noqa: E402
 from segood.engine.checkpoint import save_checkpoint  # noqa: E402
 from segood.models import build_model  # noqa: E402
 from segood.ros.export import SensorFrame, write_sensor_bag  # noqa: E402

@@ -62,7 +62,7 @@ def scale_image(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def kitti_frames(frames: int, stride: int, image_scale: float) -> tuple[list[SensorFrame], np.ndarray]:
-    from segood.data.semantickitti import read_bin, read_image
+    from segood.data.readers.semantickitti import read_bin, read_image
 
     calib = json.loads((KITTI_DIR / "calib_000008.json").read_text())
     pts = read_bin(KITTI_DIR / "000008.bin")

@@ -19,10 +19,10 @@ import numpy as np, torch
 from segood.config import load_config
 from segood.data.batching import collate, crop_nearest, scan_to_sample
 from segood.data.labels import load_label_map
-from segood.data.synthetic import SyntheticConfig, generate_scene, render_scan
+from segood.synthetic import SyntheticConfig, generate_scene, render_scan
 from segood.data.projection import assign_cameras
 from segood.data.scan import Scan
-from segood.data.synthetic import lidar_to_image
+from segood.synthetic import lidar_to_image
 from segood.engine.builders import build_grid, build_synthesizer
 from segood.engine.objective import compute_losses
 from segood.models import build_model

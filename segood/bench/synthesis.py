@@ -246,7 +246,7 @@ def train_step_share(methods: Sequence[str] = TRAIN_METHODS, repeats: int = 3, w
 
     from segood.config import CONFIG_DIR, load_config
     from segood.data.batching import collate
-    from segood.data.synthetic import SyntheticConfig, write_dataset
+    from segood.synthetic import SyntheticConfig, write_dataset
     from segood.engine.builders import build_dataset, build_grid, build_label_map
     from segood.engine.objective import compute_losses
     from segood.engine.train import to_device

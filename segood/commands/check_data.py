@@ -21,9 +21,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _local_readers() -> dict:
-    from segood.data.carla_ood import CarlaOodReader
-    from segood.data.nuscenes import NuScenesReader
-    from segood.data.semantickitti import SemanticKittiReader
+    from segood.data.readers.carla_ood import CarlaOodReader
+    from segood.data.readers.nuscenes import NuScenesReader
+    from segood.data.readers.semantickitti import SemanticKittiReader
 
     return {"semantickitti": SemanticKittiReader, "nuscenes": NuScenesReader, "carla_ood": CarlaOodReader}
 
@@ -43,7 +43,7 @@ def make_reader_factory(cfg: dict, label_map):
 
     def make(split: str, entry: str):
         if data["dataset"] == "nuscenes":  # load the devkit tables once for all entries
-            from segood.data.nuscenes import infer_version, load_nuscenes
+            from segood.data.readers.nuscenes import infer_version, load_nuscenes
 
             root = resolve_path(data["root"])
             version = options.get("version") or infer_version([entry], root)

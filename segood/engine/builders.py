@@ -9,9 +9,9 @@ from torch.utils.data import DataLoader, Subset
 from segood.config import ConfigError, resolve_path
 from segood.data.batching import Augment, ScanDataset, VoxelGrid, collate
 from segood.data.labels import LabelMap, load_label_map
-from segood.data.carla_ood import CarlaOodReader
-from segood.data.nuscenes import NuScenesReader  # imports the devkit only when used
-from segood.data.semantickitti import SemanticKittiReader
+from segood.data.readers.carla_ood import CarlaOodReader
+from segood.data.readers.nuscenes import NuScenesReader  # imports the devkit only when used
+from segood.data.readers.semantickitti import SemanticKittiReader
 from segood.ood.synthesis import build_synthesizer as make_synthesizer
 
 READERS = {"semantickitti": SemanticKittiReader, "nuscenes": NuScenesReader, "carla_ood": CarlaOodReader}

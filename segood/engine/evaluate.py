@@ -38,8 +38,8 @@ from segood.engine.checkpoint import atomic_write, file_sha256, load_checkpoint,
 from segood.metrics.iou import ConfusionMatrix
 from segood.metrics.ood import ScoreHistogram
 from segood.models import build_model
-from segood.ood.posthoc import FEATURE_KEY, FITTED_SCORES, ClassBalancedSampler, FitBank, FittedScore
-from segood.ood.scores import check_score_names, get_score, is_fitted, score_range
+from segood.ood.scores.fitted import FEATURE_KEY, FITTED_SCORES, ClassBalancedSampler, FitBank, FittedScore
+from segood.ood.scores.logit import check_score_names, get_score, is_fitted, score_range
 
 SUBSETS = ("fov", "all")
 SCORES_FORMAT = "segood-scores-v1"

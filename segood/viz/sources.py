@@ -12,7 +12,7 @@ from segood.data.errors import DataError
 from segood.data.labels import LabelMap
 from segood.data.projection import assign_cameras, check_projection_matrix
 from segood.data.scan import Scan
-from segood.data.semantickitti import SemanticKittiReader, read_bin, read_image
+from segood.data.readers.semantickitti import SemanticKittiReader, read_bin, read_image
 
 POINT_SUFFIXES = (".bin", ".pcd", ".ply")
 

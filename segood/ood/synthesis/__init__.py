@@ -32,7 +32,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from .feature_mixing import FeatureMixing, _check_mixing_inputs, _step_seed
+from segood.ood.feature_mixing import FeatureMixing, _check_mixing_inputs, _step_seed
 
 __all__ = ["SYNTHESIZERS", "build_synthesizer", "SharedIndexFeatureMixing", "shared_feature_mixing",
            "ClassBank", "nearest_classes", "NPMix", "VOS", "Mixup"]

@@ -5,7 +5,7 @@ Every score takes the model output dict (``out['logits']``: (N, C) segmentation 
 the final linear classifier) and returns an (N,) tensor. Signs are flipped where needed (e.g. MSP
 returns ``-max softmax``) so that all scores plug into :mod:`segood.metrics.ood` unchanged.
 
-Logit scores are plain functions. Feature-based scores (:mod:`segood.ood.posthoc`) need a fitted
+Logit scores are plain functions. Feature-based scores (:mod:`segood.ood.scores.fitted`) need a fitted
 object: ``get_score("knn", fit=knn)`` (build them with ``segood.engine.evaluate.load_scorers``).
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from segood.ood.posthoc import FITTED_SCORES, FittedScore, free_energy
+from segood.ood.scores.fitted import FITTED_SCORES, FittedScore, free_energy
 
 __all__ = ["anomaly_head", "msp", "maxlogit", "energy", "entropy", "gen", "SCORES", "FITTED_SCORES",
            "get_score", "check_score_names", "score_range", "is_fitted"]

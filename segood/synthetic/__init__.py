@@ -1943,7 +1943,7 @@ def write_dataset(out_dir: str | Path, cfg: SyntheticConfig, progress: bool = Tr
 def _summary(cfg: SyntheticConfig, counts: dict[str, int], class_points: np.ndarray, scans_with_ood: int,
              ood_kinds: dict[str, int]) -> dict:
     return {
-        "generator": "segood.data.synthetic",
+        "generator": "segood.synthetic",
         "version": GENERATOR_VERSION,
         "seed": cfg.seed,
         "config": json.loads(json.dumps(asdict(cfg))),  # tuples -> lists, as read back from JSON

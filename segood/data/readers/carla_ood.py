@@ -28,7 +28,7 @@ from segood.data.errors import DataError
 from segood.data.labels import LabelMap
 from segood.data.projection import assign_cameras, check_projection_matrix
 from segood.data.scan import Scan
-from segood.data.semantickitti import read_image
+from segood.data.readers.semantickitti import read_image
 
 DEFAULT_LAYOUT: dict[str, str] = {
     "points": "sequences/{sequence}/lidar/{frame}.bin",
@@ -220,7 +220,7 @@ class CarlaOodReader:
 
 # ----------------------------------------------------------------------------------- generator
 
-# segood.data.synthetic writes SemanticKITTI raw ids; their CARLA semantic tags (default label map)
+# segood.synthetic writes SemanticKITTI raw ids; their CARLA semantic tags (default label map)
 KITTI_TO_CARLA = {0: 0, 1: 22, 10: 14, 11: 19, 18: 15, 20: 29, 30: 12, 40: 1, 44: 1, 48: 2, 50: 3, 51: 5,
                   70: 9, 71: 9, 72: 10, 80: 6, 81: 8}
 
@@ -239,7 +239,7 @@ def write_carla_ood_sample(
     """
     from PIL import Image
 
-    from segood.data import synthetic as syn
+    from segood import synthetic as syn
 
     root = Path(root)
     sequences = sequences or {"train_00": 2, "val_00": 1}
