@@ -7,11 +7,12 @@ from dataclasses import asdict
 import time
 from pathlib import Path
 
+from segood.commands.eval import evaluate_and_report
 from segood.config import CONFIG_DIR, load_config
 from segood.synthetic import SyntheticConfig, write_dataset
 from segood.engine.builders import build_label_map, build_reader
 from segood.engine.checkpoint import load_checkpoint, write_json, write_text
-from segood.engine.evaluate import evaluate, headline
+from segood.engine.evaluate import headline
 from segood.engine.inference import Predictor
 from segood.engine.train import train
 from segood.viz.anomaly_png import render_anomaly_png
@@ -66,7 +67,7 @@ def run_demo(args) -> dict:
             print(f"[demo] training {name} ({args.steps} steps) -> {run_dir}")
             train(cfg, run_dir, resume=(run_dir / "checkpoint.pt").exists())
         timings[name] = round(time.time() - t, 1)
-        results[name] = evaluate(cfg, run_dir / "checkpoint.pt", run_dir / "eval")
+        results[name] = evaluate_and_report(cfg, run_dir / "checkpoint.pt", run_dir / "eval")
     report = write_report(out / "report", results, timings, cfg)
     print(report["table"])
     return report

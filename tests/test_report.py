@@ -15,7 +15,8 @@ from segood.data.labels import load_label_map
 from segood.synthetic import SyntheticConfig, write_dataset
 from segood.engine import evaluate as ev
 from segood.engine.checkpoint import save_checkpoint
-from segood.report.markdown import add_eval_arguments, compare_runs, run_eval, write_eval_report
+from segood.report.markdown import write_eval_report
+from segood.commands.eval import add_eval_arguments, compare_runs, evaluate_and_report, run_eval
 from segood.engine.train import train
 from segood.metrics.ood import ood_metrics
 
@@ -193,7 +194,7 @@ def tiny_run(tmp_path_factory):
 
 def test_evaluate_fits_saves_and_reuses_scores(tiny_run, monkeypatch) -> None:
     cfg, ckpt, root = tiny_run
-    m = ev.evaluate(cfg, ckpt, root / "run" / "eval", progress=False)
+    m = evaluate_and_report(cfg, ckpt, root / "run" / "eval", progress=False)
     assert set(m["ood"]) == set(cfg["eval"]["scores"])
     for name, per in m["ood"].items():
         for pts in ("fov", "all"):

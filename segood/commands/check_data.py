@@ -9,6 +9,8 @@ import argparse
 import copy
 import sys
 
+from segood.commands.common import add_overrides
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("check-data", help="validate a data-set root before training (reports every problem)")
@@ -16,7 +18,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--splits", nargs="+", default=["train", "val"], help="config splits to check (default: train val)")
     p.add_argument("--max-scans", type=int, default=None, help="check at most N scans per sequence/split entry")
     p.add_argument("--quick", action="store_true", help="read image headers only (skip full decoding)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    add_overrides(p, example="data.root=/data/kitti")
+    p.set_defaults(run=run)
     return p
 
 

@@ -54,6 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="multiply intensity by this (e.g. 1/255 for drivers publishing 0..255)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
     return p
 
 

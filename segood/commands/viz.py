@@ -1,7 +1,7 @@
 """``segood viz``: look at one scan's ground truth, prediction and anomaly scores.
 
-Registered by :mod:`segood.cli` through :func:`add_parser` and :func:`run`. This is command-line
-glue: it is the one place in ``segood.viz`` that imports :mod:`segood.ros` (for bag frames).
+Registered by :mod:`segood.cli` through :func:`add_parser` and :func:`run`. Command-line glue: it
+joins :mod:`segood.viz` (frames, colours, renderers) and :mod:`segood.ros` (bag frames).
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from segood.commands.common import add_overrides
 
 EPILOG = """\
 INPUT is one of
@@ -44,7 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     src = p.add_argument_group("data-set scans")
     src.add_argument("--sequence", default=None, help="sequence of the config's data set, e.g. 08")
     src.add_argument("--frame", default=None, help="frame in the sequence, e.g. 000003 or 3 (default: the first)")
-    src.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    add_overrides(src, example="data.camera=image_3")
     cam = p.add_argument_group("camera (point files and bags)")
     cam.add_argument("--image", default=None, help="camera image for a point file")
     cam.add_argument("--calib", type=Path, default=None,
@@ -72,6 +74,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     out.add_argument("--camera", choices=("chase", "bev"), default="chase", help="render camera (default chase)")
     out.add_argument("--size", default="1280x720", help="render size WxH (default 1280x720)")
     out.add_argument("--point-size", type=float, default=2.0, help="point size in pixels")
+    p.set_defaults(run=run)
     return p
 
 

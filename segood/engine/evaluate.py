@@ -481,12 +481,18 @@ def run_pass(model: torch.nn.Module, loader, scorers: Mapping[str, Callable], ac
     return acc
 
 
+# report(out_dir, metrics, histograms {score: {subset: ScoreHistogram}}, binnings {score: Binning})
+ReportSink = Callable[[Path, dict, Mapping[str, Mapping[str, ScoreHistogram]], Mapping[str, "Binning"]], Any]
+
+
 @torch.no_grad()
-def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None, progress: bool = True,
+             report: ReportSink | None = None) -> dict:
     """Run the model over ``data.val_sequences`` and return the metrics dict.
 
-    With ``out_dir``: also write ``metrics.json``, ``histograms.npz``, ``report.md`` and its pictures,
-    and store the operating point beside the checkpoint (``checkpoint.operating_point.json``).
+    With ``out_dir``: also write ``metrics.json`` and ``histograms.npz``, store the operating point
+    beside the checkpoint (``checkpoint.operating_point.json``), and hand metrics and histograms to
+    ``report`` (e.g. :func:`segood.report.markdown.write_eval_report`: report.md and its pictures).
     """
     label_map = build_label_map(cfg)
     names = list(cfg["eval"]["scores"])
@@ -500,6 +506,8 @@ def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None
     metrics = assemble_metrics(cfg, ckpt_path, state, label_map, acc, len(loader.dataset))
     if out_dir is not None:
         write_outputs(Path(out_dir), metrics, acc)
+        if report is not None:
+            report(Path(out_dir), metrics, acc.hist, acc.binning)
         if metrics["operating_point"] is not None:
             write_json(operating_point_path(ckpt_path), metrics["operating_point"])
     return metrics
@@ -533,9 +541,7 @@ def assemble_metrics(cfg: dict, ckpt_path: str | Path, state: Mapping[str, Any],
 
 
 def write_outputs(out_dir: Path, metrics: dict, acc: EvalAccumulator) -> None:
-    """metrics.json, histograms.npz (for plots and comparisons), report.md and its pictures."""
-    from segood.report.markdown import write_eval_report
-
+    """metrics.json and histograms.npz (for plots and comparisons)."""
     write_json(out_dir / "metrics.json", metrics)
     arrays = acc.histograms()
 
@@ -544,7 +550,6 @@ def write_outputs(out_dir: Path, metrics: dict, acc: EvalAccumulator) -> None:
             np.savez_compressed(f, **arrays)
 
     atomic_write(out_dir / "histograms.npz", save)
-    write_eval_report(out_dir, metrics, acc.hist, acc.binning)
 
 
 def headline(metrics: dict, score: str, points: str = "fov") -> dict:
