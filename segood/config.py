@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
         cfg = _merge(cfg, over)
     cfg["_source"] = str(path)
     return cfg
+
+
+def base_defaults() -> dict:
+    """A copy of ``configs/base.yaml``: every key with its default (the one place defaults live)."""
+    return copy.deepcopy(_base_cached())
+
+
+@functools.lru_cache(maxsize=1)
+def _base_cached() -> dict:
+    return _read_yaml(BASE_CONFIG)
 
 
 def resolve_path(p: str | Path) -> Path:

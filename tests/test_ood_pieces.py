@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from segood.ood.feature_mixing import FeatureMixing, feature_mixing
 from segood.ood.losses import (anomaly_bce, cross_entropy, entropy_maximization, focal_loss,
                                lovasz_softmax)
-from segood.ood.scores.logit import SCORES, energy, entropy, get_score, maxlogit, msp
+from segood.ood.scores import SCORES, get_score
+from segood.ood.scores.logit import energy, entropy, maxlogit, msp
 
 
 def _features(rows: int = 50, d_c: int = 16, d_l: int = 12, seed: int = 0,

@@ -229,7 +229,7 @@ def test_replay_scorers_refuse_a_stale_fit(tiny_run, tmp_path) -> None:
         ev.load_operating_point(other)
     # ASH and the logit scores need no fit; a changed score parameter is refitted from the saved bank.
     assert set(ev.load_scorers(other, ["ash", "energy"], cfg, model)) == {"ash", "energy"}
-    cfg2 = {**cfg, "eval": {**cfg["eval"], "react_percentile": 50.0}}
+    cfg2 = {**cfg, "eval": {**cfg["eval"], "score_options": {"react": {"percentile": 50.0}}}}
     react = ev.load_scorers(ckpt, ["react"], cfg2, model)["react"]
     out = model_output(model, cfg)
     assert torch.isfinite(react(out)).all()

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from segood.ood.scores.fitted import ASH, KNN, ClassBalancedSampler, FitBank, Mahalanobis, ReAct, ViM
-from segood.ood.scores.logit import SCORES, anomaly_head, energy, entropy, gen, get_score, maxlogit, msp, score_range
+from segood.ood.scores import SCORES, get_score, score_range
+from segood.ood.scores.logit import anomaly_head, energy, entropy, gen, maxlogit, msp
 
 D64 = torch.float64
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from segood.engine.evaluate import EvalAccumulator
-from segood.ood.scores.fitted import FITTED_SCORES, FitBank
-from segood.ood.scores.logit import SCORES, get_score, is_fitted, score_range
+from segood.ood.scores import FITTED_SCORES, SCORES, get_score, is_fitted, score_range
+from segood.ood.scores.fitted import FitBank
 
 NUM_CLASSES, DIM = 18, 64
 

@@ -84,12 +84,12 @@ def format_row(r: dict) -> str:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from segood.commands.common import add_overrides
     from segood.config import CONFIG_DIR
 
     p.add_argument("--points", type=int, nargs="+", default=[30_000, 60_000, 120_000, 240_000])
     p.add_argument("--config", default=str(CONFIG_DIR / "synthetic_feature_mixing.yaml"))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. --set data.max_points=100000")
+    add_overrides(p, example="data.max_points=100000")
     p.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up step")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.set_defaults(func=run)

@@ -38,17 +38,12 @@ from segood.engine.checkpoint import atomic_write, file_sha256, load_checkpoint,
 from segood.metrics.iou import ConfusionMatrix
 from segood.metrics.ood import ScoreHistogram
 from segood.models import build_model
-from segood.ood.scores.fitted import FEATURE_KEY, FITTED_SCORES, ClassBalancedSampler, FitBank, FittedScore
-from segood.ood.scores.logit import check_score_names, get_score, is_fitted, score_range
+from segood.ood.scores import (FITTED_SCORES, check_score_names, get_score, is_fitted, score_options,
+                               score_range)
+from segood.ood.scores.fitted import FEATURE_KEY, ClassBalancedSampler, FitBank, FittedScore
 
 SUBSETS = ("fov", "all")
 SCORES_FORMAT = "segood-scores-v1"
-# eval.* keys this module reads, with their defaults (configs/base.yaml lists them too).
-EVAL_DEFAULTS: dict[str, Any] = {
-    "fit_points": 20000, "energy_temperature": 1.0, "gen_gamma": 0.1, "gen_top_m": None, "knn_k": 10, "knn_bank": None,
-    "react_percentile": 90.0, "ash_percentile": 90.0, "ash_variant": "s", "vim_dim": None,
-    "hist_bins": 65536, "operating_tpr": 0.95, "operating_score": None,
-}
 
 CONVENTIONS = {
     "anomaly": "positive class = OOD points (learning ids {ood}); higher score = more anomalous",
@@ -81,8 +76,12 @@ def checkpoint_sha(path: str | Path) -> str:
 
 
 def eval_option(cfg: Mapping[str, Any], key: str) -> Any:
-    """``cfg['eval'][key]``, or its default from :data:`EVAL_DEFAULTS` while base.yaml lacks it."""
-    return cfg.get("eval", {}).get(key, EVAL_DEFAULTS[key])
+    """``cfg['eval'][key]`` (every key and its default are in configs/base.yaml)."""
+    try:
+        return cfg["eval"][key]
+    except KeyError:
+        raise ConfigError(f"eval.{key}: missing from the config (load it with segood.config.load_config, "
+                          "which merges configs/base.yaml)") from None
 
 
 # --------------------------------------------------------------------------- model and label map
@@ -158,15 +157,8 @@ def _fit_meta(cfg: Mapping[str, Any], ckpt_path: str | Path) -> dict[str, Any]:
 
 
 def make_fitted(name: str, cfg: Mapping[str, Any], state: Mapping[str, torch.Tensor] | None = None) -> FittedScore:
-    """A fitted score object with its parameters from ``cfg['eval']``."""
-    kwargs = {
-        "knn": {"k": int(eval_option(cfg, "knn_k")), "bank_size": eval_option(cfg, "knn_bank")},
-        "vim": {"dim": eval_option(cfg, "vim_dim")},
-        "react": {"percentile": float(eval_option(cfg, "react_percentile"))},
-        "ash": {"percentile": float(eval_option(cfg, "ash_percentile")),
-                "variant": str(eval_option(cfg, "ash_variant"))},
-    }.get(name, {})
-    return FITTED_SCORES[name](state, **kwargs)
+    """A fitted score object with its options from ``eval.score_options.<name>``."""
+    return FITTED_SCORES[name](state, **score_options(cfg, name))
 
 
 @torch.no_grad()
@@ -245,23 +237,14 @@ def load_scorers(ckpt_path: str | Path, names: list[str], cfg: dict, model: torc
         if is_fitted(n):
             scorers[n] = get_score(n, fit=fitted_from_blob(n, cfg, blob, model))
         else:
-            scorers[n] = get_score(n, **logit_score_kwargs(n, cfg))
+            scorers[n] = get_score(n, **score_options(cfg, n))
     return scorers
-
-
-def logit_score_kwargs(name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Config parameters of the logit scores (energy temperature, GEN gamma and top-M)."""
-    if name == "energy":
-        return {"temperature": float(eval_option(cfg, "energy_temperature"))}
-    if name == "gen":
-        return {"gamma": float(eval_option(cfg, "gen_gamma")), "top_m": eval_option(cfg, "gen_top_m")}
-    return {}
 
 
 def score_params(name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     """All parameters of one score, for metrics.json."""
     if not is_fitted(name):
-        return logit_score_kwargs(name, cfg)
+        return score_options(cfg, name)
     s = make_fitted(name, cfg)
     return {k: v for k, v in vars(s).items() if k not in ("state", "chunk")}
 
@@ -457,8 +440,7 @@ def load_operating_point(ckpt_path: str | Path) -> dict:
 
 def score_ranges(names: list[str], cfg: Mapping[str, Any], num_classes: int) -> dict[str, tuple[float, float] | None]:
     """Known [lo, hi] of each score (None = unbounded, squash-binned)."""
-    gen = logit_score_kwargs("gen", cfg)
-    return {n: score_range(n, num_classes, **gen) for n in names}
+    return {n: score_range(n, num_classes, **score_options(cfg, n)) for n in names}
 
 
 def _labelled_output(out: Mapping[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:

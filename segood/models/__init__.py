@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from segood.config import base_defaults
 from segood.models import spconv_guard  # noqa: F401  (patch spconv before use)
 from segood.models.image_net import ImageBranch, ResNetEncoder, load_pretrained
 from segood.models.lidar_unet import LidarBranch
@@ -16,23 +17,9 @@ from segood.models.segmenter import FusionSegmenter
 
 __all__ = ["build_model", "FusionSegmenter", "LidarBranch", "ImageBranch", "ResNetEncoder", "load_pretrained"]
 
-# Defaults sized for a <= 1 s training step on a 2-core CPU: 2 scans x 32k points
-# (~48k voxels at 0.2 m) + 2 images 188x621 measured 0.93-0.97 s forward+backward
-# (LiDAR ~0.4 s single-threaded spconv, image ~0.3 s). A 4th LiDAR level
-# [16, 32, 48, 64] costs ~+0.1-0.2 s. width_scale 0.5 halves every ResNet layer;
-# ImageNet weights need 1.0.
-DEFAULTS: dict[str, Any] = {
-    "num_classes": 18,
-    "lidar": {
-        "in_channels": 7,
-        "channels": [16, 32, 48],
-        "out_channels": 64,
-        "point_hidden": 16,
-        "skip": "add",
-    },
-    "image": {"depth": 18, "out_channels": 64, "pretrained": None, "width_scale": 0.5},
-    "fusion": {"hidden": 64},
-}
+# The defaults are the ``model:`` section of configs/base.yaml (sized there for a <= 1 s training
+# step on a 2-core CPU).
+DEFAULTS: dict[str, Any] = base_defaults()["model"]
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -93,7 +80,7 @@ def _build_image(cfg: dict) -> ImageBranch:
 
 def build_model(cfg: Mapping[str, Any]) -> FusionSegmenter:
     """Build a FusionSegmenter from a config dict (the ``model:`` section, or a
-    whole config containing one). Missing keys take :data:`DEFAULTS`; invalid
+    whole config containing one). Missing keys take :data:`DEFAULTS` (configs/base.yaml); invalid
     values raise ValueError."""
     if "model" in cfg and isinstance(cfg["model"], Mapping):
         cfg = cfg["model"]

@@ -47,7 +47,7 @@ class FusionSegmenter(nn.Module):
     ``outlier_index`` (M,), ``outlier_logits`` (M, C), ``outlier_anomaly_logit`` (M,).
     """
 
-    def __init__(self, lidar: LidarBranch, image: ImageBranch, num_classes: int, hidden: int = 128) -> None:
+    def __init__(self, lidar: LidarBranch, image: ImageBranch, num_classes: int, hidden: int) -> None:
         super().__init__()
         self.lidar = lidar
         self.image = image

@@ -1,0 +1,144 @@
+"""Per-point anomaly scores (higher = more anomalous): the registry, :data:`SCORES`.
+
+Every score reads the model output dict and returns an (N,) tensor. A *logit* score is a function
+``fn(out, **options)`` (:mod:`segood.ood.scores.logit`); a *fitted* score is a
+:class:`~segood.ood.scores.fitted.FittedScore` class, fitted on ID training features
+(:mod:`segood.ood.scores.fitted`). Each score owns its config section ``eval.score_options.<name>``:
+the valid keys and their defaults are the keyword parameters of its function (or of its class'
+constructor), and nothing else in segood names them.
+
+To add a score: write its function or FittedScore class (in a file of this package, or anywhere)
+and add one :class:`Score` line to :data:`SCORES`; ``eval.scores: [..., <name>]`` then evaluates it.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+
+from segood.config import ConfigError
+from segood.ood.scores.fitted import ASH, KNN, FittedScore, Mahalanobis, ReAct, ViM
+from segood.ood.scores.logit import anomaly_head, energy, entropy, gen, maxlogit, msp
+
+__all__ = ["Score", "SCORES", "FITTED_SCORES", "get_score", "check_score_names", "score_range", "is_fitted",
+           "score_options"]
+
+Output = Mapping[str, torch.Tensor]
+ScoreFn = Callable[..., torch.Tensor]
+RangeFn = Callable[..., "tuple[float, float] | None"]
+
+
+@dataclass(frozen=True)
+class Score:
+    """One registry entry: a logit function ``fn`` or a ``fitted`` class, and optionally the score's
+    known range ``range(num_classes, **options) -> (lo, hi)`` (None = unbounded, squash-binned)."""
+
+    name: str
+    fn: ScoreFn | None = None
+    fitted: type[FittedScore] | None = None
+    range: RangeFn | None = None
+
+    def defaults(self) -> dict[str, Any]:
+        """The options of ``eval.score_options.<name>`` with their defaults (the keyword parameters)."""
+        target = self.fitted.__init__ if self.fitted is not None else self.fn
+        params = list(inspect.signature(target).parameters.values())[1:]  # drop self / out
+        return {p.name: p.default for p in params
+                if p.default is not inspect.Parameter.empty and p.name != "state"}
+
+    def __call__(self, out: Output, fit: FittedScore | None = None, **options: Any) -> torch.Tensor:
+        """Score an output dict (a fitted score needs its ``fit``)."""
+        if self.fitted is None:
+            return self.fn(out, **options)
+        if fit is None:
+            raise ValueError(f"score '{self.name}' is fitted on ID training features: pass fit=... "
+                             "(segood.engine.evaluate.load_scorers, or `segood fit-scores`)")
+        return fit(out)
+
+
+def _gen_range(num_classes: int, gamma: float = 0.1, top_m: int | None = None) -> tuple[float, float]:
+    """GEN: each term is at most (1/4)^gamma, M terms."""
+    m = num_classes if top_m is None else min(int(top_m), num_classes)
+    return 0.0, m * 0.25**gamma
+
+
+SCORES: dict[str, Score] = {s.name: s for s in (
+    Score("anomaly_head", anomaly_head, range=lambda c, **_: (0.0, 1.0)),
+    Score("msp", msp, range=lambda c, **_: (-1.0, -1.0 / c)),
+    Score("maxlogit", maxlogit),
+    Score("energy", energy),
+    Score("entropy", entropy, range=lambda c, **_: (0.0, math.log(c))),
+    Score("gen", gen, range=_gen_range),
+    Score("mahalanobis", fitted=Mahalanobis),
+    Score("knn", fitted=KNN, range=lambda c, **_: (0.0, 2.0)),  # distance between unit vectors
+    Score("vim", fitted=ViM),
+    Score("react", fitted=ReAct),
+    Score("ash", fitted=ASH),
+)}
+
+# A view of the registry: the fitted scores' classes by name.
+FITTED_SCORES: dict[str, type[FittedScore]] = {n: s.fitted for n, s in SCORES.items() if s.fitted is not None}
+
+
+def is_fitted(name: str) -> bool:
+    """True for the feature-based scores that need a fit on ID training features."""
+    return SCORES[name].fitted is not None if name in SCORES else False
+
+
+def check_score_names(names: list[str]) -> None:
+    """Raise KeyError for the first unknown name; the message lists the valid names."""
+    for name in names:
+        if name not in SCORES:
+            raise KeyError(f"unknown score {name!r}; valid names: {', '.join(sorted(SCORES))}")
+
+
+def get_score(name: str, **kwargs: Any) -> ScoreFn:
+    """Look up a score by name; keyword arguments are bound (its options, a fitted score's ``fit``).
+
+    Raises:
+        KeyError: unknown name; the message lists the valid names.
+        ValueError: a fitted score requested without ``fit``.
+    """
+    check_score_names([name])
+    score = SCORES[name]
+    if score.fitted is not None and kwargs.get("fit") is None:
+        score({})  # raises the "needs a fit" message
+    return functools.partial(score, **kwargs) if kwargs else score
+
+
+def score_range(name: str, num_classes: int, **options: Any) -> tuple[float, float] | None:
+    """The score's known [lo, hi] over all inputs (given its options), or None when it is unbounded.
+
+    anomaly head [0, 1]; MSP [-1, -1/C]; entropy [0, log C]; GEN [0, M / 4^gamma]; kNN [0, 2].
+    """
+    score = SCORES[name]
+    return None if score.range is None else score.range(num_classes, **options)
+
+
+def score_options(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The options of one score: its defaults, overridden by ``cfg['eval']['score_options'][name]``.
+
+    Unknown scores and unknown option keys are refused (ConfigError naming the key, the valid keys
+    and the closest one).
+    """
+    given = dict(((cfg.get("eval") or {}).get("score_options") or {}))
+    for other in given:
+        if other not in SCORES:
+            close = difflib.get_close_matches(str(other), list(SCORES), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"eval.score_options.{other}: unknown score{hint} (valid: {sorted(SCORES)})")
+    defaults = SCORES[name].defaults()
+    section = given.get(name) or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"eval.score_options.{name} must be a mapping of options, got {section!r}")
+    for key in section:
+        if key not in defaults:
+            close = difflib.get_close_matches(str(key), list(defaults), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"eval.score_options.{name}.{key}: unknown option{hint} "
+                              f"(valid: {sorted(defaults) or 'none'})")
+    return {**defaults, **section}

@@ -31,7 +31,7 @@ import torch
 
 __all__ = [
     "FEATURE_KEY", "FitBank", "ClassBalancedSampler", "FittedScore", "Mahalanobis", "KNN", "ViM",
-    "ReAct", "ASH", "FITTED_SCORES", "free_energy",
+    "ReAct", "ASH", "free_energy",
 ]
 
 FEATURE_KEY = "fused"
@@ -279,5 +279,3 @@ class ASH(FittedScore):
         s = self.state
         return free_energy(self.shape(self._features(out)) @ s["weight"].T + s["bias"])
 
-
-FITTED_SCORES: dict[str, type[FittedScore]] = {c.name: c for c in (Mahalanobis, KNN, ViM, ReAct, ASH)}
