@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from segood.data.readers.carla_ood import DEFAULT_LAYOUT, CarlaOodReader, write_carla_ood_sample
+from builders import write_carla_ood_sample
+from segood.data.readers.carla_ood import DEFAULT_LAYOUT, CarlaOodReader
 from segood.data.errors import DataError
 from segood.data.labels import load_label_map
 

@@ -135,7 +135,8 @@ def test_nuscenes_missing_tables_in_one_message(tmp_path):
     pytest.importorskip("nuscenes")
     from test_nuscenes import fixture_keyframe
 
-    from segood.data.readers.nuscenes import NuScenesReader, write_nuscenes_sample
+    from builders import write_nuscenes_sample
+    from segood.data.readers.nuscenes import NuScenesReader
 
     root = write_nuscenes_sample(tmp_path / "nus", {"scene-0103": [fixture_keyframe()]})
     for t in ("sample_data", "lidarseg"):
@@ -147,7 +148,8 @@ def test_nuscenes_missing_tables_in_one_message(tmp_path):
 
 
 def test_carla_ood_check(tmp_path):
-    from segood.data.readers.carla_ood import CarlaOodReader, write_carla_ood_sample
+    from builders import write_carla_ood_sample
+    from segood.data.readers.carla_ood import CarlaOodReader
 
     root = write_carla_ood_sample(tmp_path / "carla", {"train_00": 2})
     lm = load_label_map("carla_ood")

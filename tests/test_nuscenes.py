@@ -19,7 +19,8 @@ from pyquaternion import Quaternion  # noqa: E402
 
 from segood.data.errors import DataError  # noqa: E402
 from segood.data.labels import load_label_map  # noqa: E402
-from segood.data.readers.nuscenes import CAMERAS, NuScenesReader, write_nuscenes_sample  # noqa: E402
+from builders import write_nuscenes_sample  # noqa: E402
+from segood.data.readers.nuscenes import CAMERAS, NuScenesReader  # noqa: E402
 
 FIX = Path(__file__).parent / "fixtures"
 SCENE = FIX / "nuscenes_scene0061"

@@ -6,7 +6,6 @@ reader, so a missing sequence is reported and the others are still checked.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 
 from segood.commands.common import add_overrides
@@ -23,44 +22,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _local_readers() -> dict:
-    from segood.data.readers.carla_ood import CarlaOodReader
-    from segood.data.readers.nuscenes import NuScenesReader
-    from segood.data.readers.semantickitti import SemanticKittiReader
-
-    return {"semantickitti": SemanticKittiReader, "nuscenes": NuScenesReader, "carla_ood": CarlaOodReader}
-
-
 def make_reader_factory(cfg: dict, label_map):
-    """``(split, entry) -> reader`` for :func:`segood.data.check.check_dataset`."""
-    from segood.config import ConfigError, resolve_path
-    from segood.engine import builders
+    """``(split, entry) -> reader`` for :func:`segood.data.check.check_dataset`; readers of one root
+    share what their class loads once (e.g. nuScenes' devkit tables)."""
+    from segood.data.readers import open_reader, reader_class
 
-    data = cfg["data"]
-    readers = {**_local_readers(), **builders.READERS}
-    if data["dataset"] not in readers:
-        raise ConfigError(f"data.dataset: unknown dataset '{data['dataset']}', expected one of {sorted(readers)}")
-    cls = readers[data["dataset"]]
-    options = dict(data.get("reader_options") or {})
-    shared: dict = {}
-
-    def make(split: str, entry: str):
-        if data["dataset"] == "nuscenes":  # load the devkit tables once for all entries
-            from segood.data.readers.nuscenes import infer_version, load_nuscenes
-
-            root = resolve_path(data["root"])
-            version = options.get("version") or infer_version([entry], root)
-            if version not in shared:
-                shared[version] = load_nuscenes(root, version, with_labels=True)
-            return cls(root, [entry], label_map, camera=data["camera"], nusc=shared[version],
-                       **{k: v for k, v in options.items() if k != "version"})
-        if data["dataset"] in builders.READERS and not options:
-            one = copy.deepcopy(cfg)
-            one["data"][f"{split}_sequences"] = [entry]
-            return builders.build_reader(one, split, label_map)
-        return cls(resolve_path(data["root"]), [entry], label_map, camera=data["camera"], **options)
-
-    return make
+    reader_class(cfg["data"]["dataset"])  # an unknown dataset fails before any entry is tried
+    cache: dict = {}
+    return lambda split, entry: open_reader(cfg["data"], [entry], label_map, with_labels=True, cache=cache)
 
 
 def run(args) -> int:

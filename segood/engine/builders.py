@@ -6,15 +6,11 @@ from functools import partial
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from segood.config import ConfigError, resolve_path
+from segood.config import ConfigError
 from segood.data.batching import Augment, ScanDataset, VoxelGrid, collate
 from segood.data.labels import LabelMap, load_label_map
-from segood.data.readers.carla_ood import CarlaOodReader
-from segood.data.readers.nuscenes import NuScenesReader  # imports the devkit only when used
-from segood.data.readers.semantickitti import SemanticKittiReader
+from segood.data.readers import open_reader
 from segood.ood.synthesis import build_synthesizer as make_synthesizer
-
-READERS = {"semantickitti": SemanticKittiReader, "nuscenes": NuScenesReader, "carla_ood": CarlaOodReader}
 
 
 def build_label_map(cfg: dict) -> LabelMap:
@@ -26,13 +22,8 @@ def build_grid(cfg: dict) -> VoxelGrid:
 
 
 def build_reader(cfg: dict, split: str, label_map: LabelMap, with_labels: bool = True):
-    data = cfg["data"]
-    if data["dataset"] not in READERS:
-        raise ConfigError(f"data.dataset: unknown dataset '{data['dataset']}', expected one of {sorted(READERS)}")
-    sequences = data[f"{split}_sequences"]
-    return READERS[data["dataset"]](resolve_path(data["root"]), sequences, label_map,
-                                    camera=data["camera"], with_labels=with_labels,
-                                    **(data["reader_options"] or {}))
+    """The reader of ``data.dataset`` (:data:`segood.data.readers.READERS`) over ``data.<split>_sequences``."""
+    return open_reader(cfg["data"], cfg["data"][f"{split}_sequences"], label_map, with_labels)
 
 
 def build_dataset(cfg: dict, split: str, label_map: LabelMap, training: bool) -> ScanDataset:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from segood.config import resolve_path
 from segood.data.errors import DataError
 from segood.data.labels import LabelMap
 from segood.data.projection import assign_cameras, check_projection_matrix
 from segood.data.scan import Scan
-from segood.data.readers.semantickitti import SemanticKittiReader, read_bin, read_image
+from segood.data.readers import open_reader
+from segood.data.readers.semantickitti import read_bin, read_image
 
 POINT_SUFFIXES = (".bin", ".pcd", ".ply")
 
@@ -54,15 +54,14 @@ def file_scan(path: str | Path, image: str | Path | None = None, lidar_to_image:
 
 
 class DatasetFrames:
-    """The scans of one sequence of the config's data set (ground truth when the labels exist)."""
+    """The scans of one sequence (or split / scene entry) of the config's data set, read by its
+    registered reader (:data:`segood.data.readers.READERS`); ground truth when the labels exist."""
 
     def __init__(self, cfg: dict, sequence: str, label_map: LabelMap) -> None:
         data = cfg["data"]
-        root = resolve_path(data["root"])
         seq = f"{int(sequence):02d}" if str(sequence).isdigit() else str(sequence)
-        labels = (Path(root) / "sequences" / seq / "labels").is_dir()
-        self.reader = SemanticKittiReader(root, [seq], label_map, camera=data["camera"], with_labels=labels)
-        self.names = [f.index for f in self.reader.frames]
+        self.reader = open_reader(data, [seq], label_map, with_labels=_has_labels(data, seq, label_map))
+        self.names = [self.reader.frame_id(i) for i in range(len(self.reader))]
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -72,8 +71,17 @@ class DatasetFrames:
 
     def index_of(self, frame: str) -> int:
         names = {n: i for i, n in enumerate(self.names)}
-        key = f"{int(frame):06d}" if str(frame).isdigit() else str(frame)
+        key = f"{int(frame):06d}" if str(frame).isdigit() and f"{int(frame):06d}" in names else str(frame)
         if key not in names:
             raise DataError(f"frame '{frame}' not in sequence ({len(self.names)} scans: "
                             f"{self.names[0]}..{self.names[-1]})")
         return names[key]
+
+
+def _has_labels(data: dict, sequence: str, label_map: LabelMap) -> bool:
+    """Whether the first scan's labels can be read (unlabelled sequences are shown without ground truth)."""
+    reader = open_reader(data, [sequence], label_map, with_labels=True)
+    try:
+        return len(reader) > 0 and reader[0].raw_labels is not None
+    except DataError:
+        return False

@@ -1,0 +1,79 @@
+"""Data-set readers: files on disk -> :class:`~segood.data.scan.Scan`. :data:`READERS` is the only
+place a reader is named; ``data.dataset`` in a config picks one.
+
+A reader is built as ``cls(root, sequences, label_map, camera=..., with_labels=..., **data.reader_options)``
+and follows :class:`Reader`; ``segood check-data`` (:func:`segood.data.check.check_reader`), the
+training / evaluation loaders and ``segood viz --sequence`` use nothing else.
+
+To add a dataset: write a reader class that follows :class:`Reader` (a file in this package) and add
+one line to :data:`READERS`; then ``data.dataset: <name>`` (with a label map) trains, evaluates,
+checks and views it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from segood.data.labels import LabelMap
+from segood.data.readers.carla_ood import CarlaOodReader
+from segood.data.readers.nuscenes import NuScenesReader  # imports the devkit only when used
+from segood.data.readers.semantickitti import SemanticKittiReader
+from segood.data.scan import Scan
+
+__all__ = ["Reader", "READERS", "reader_class", "open_reader"]
+
+
+@runtime_checkable
+class Reader(Protocol):
+    """What segood needs from a data set. Optional: ``sweep_problems() -> list[str]`` (data-set
+    level problems for check-data) and a classmethod ``shared_options(root, entries, options, cache)
+    -> dict`` (constructor arguments several readers of one root share, e.g. loaded tables)."""
+
+    label_map: LabelMap
+    with_labels: bool
+
+    def __len__(self) -> int:
+        """Number of scans."""
+
+    def __getitem__(self, i: int) -> Scan:
+        """Scan ``i`` with points, labels (when ``with_labels``) and cameras; DataError on a bad file."""
+
+    def frame_id(self, i: int) -> str:
+        """A stable name of scan ``i`` within its sequence (``segood viz --frame``)."""
+
+    def check_scan(self, i: int, decode_images: bool = True) -> tuple[list[str], np.ndarray | None, dict[str, int]]:
+        """Every problem of scan ``i`` (each piece read on its own), its raw labels (None when they
+        could not be read) and ``{camera: points inside its image}``."""
+
+
+READERS: dict[str, type] = {
+    "semantickitti": SemanticKittiReader,
+    "nuscenes": NuScenesReader,
+    "carla_ood": CarlaOodReader,
+}
+
+
+def reader_class(name: str) -> type:
+    """The reader registered as ``name``; ConfigError lists the valid names."""
+    from segood.config import ConfigError
+
+    if name not in READERS:
+        raise ConfigError(f"data.dataset: unknown dataset '{name}', expected one of {sorted(READERS)}")
+    return READERS[name]
+
+
+def open_reader(data: dict[str, Any], sequences: list[str] | str, label_map: LabelMap, with_labels: bool = True,
+                cache: dict | None = None) -> Reader:
+    """The reader of ``data.dataset`` over ``sequences``, from a config's ``data`` section. ``cache``
+    lets several readers of one root share what a reader's ``shared_options`` loads once."""
+    from segood.config import resolve_path
+
+    cls = reader_class(data["dataset"])
+    root = resolve_path(data["root"])
+    entries = [sequences] if isinstance(sequences, str) else [str(s) for s in sequences]
+    options = dict(data.get("reader_options") or {})
+    if cache is not None and hasattr(cls, "shared_options"):
+        options = cls.shared_options(Path(root), entries, options, cache)
+    return cls(root, entries, label_map, camera=data["camera"], with_labels=with_labels, **options)

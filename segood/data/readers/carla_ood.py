@@ -120,6 +120,10 @@ class CarlaOodReader:
     def __len__(self) -> int:
         return len(self.frames)
 
+    def frame_id(self, i: int) -> str:
+        """The frame name of scan ``i`` (the file stem of its points)."""
+        return self.frames[i][1]
+
     def read_points(self, seq: str, frame: str) -> tuple[np.ndarray, Path]:
         path = self.path("points", seq, frame)
         if not path.is_file():
@@ -216,50 +220,3 @@ class CarlaOodReader:
             in_image = camera_check(points, lambda: self.calib(seq), self.path("image", seq, frame),
                                     str(self.path("calib", seq)), self.camera, decode_images, problems)
         return problems, raw, in_image
-
-
-# ----------------------------------------------------------------------------------- generator
-
-# segood.synthetic writes SemanticKITTI raw ids; their CARLA semantic tags (default label map)
-KITTI_TO_CARLA = {0: 0, 1: 22, 10: 14, 11: 19, 18: 15, 20: 29, 30: 12, 40: 1, 44: 1, 48: 2, 50: 3, 51: 5,
-                  70: 9, 71: 9, 72: 10, 80: 6, 81: 8}
-
-
-def write_carla_ood_sample(
-    root: str | Path,
-    sequences: dict[str, int] | None = None,
-    seed: int = 0,
-    azimuth_columns: int = 256,
-    image_size: tuple[int, int] = (160, 48),
-) -> Path:
-    """Write a small CARLA-OOD data set in the default layout from procedural synthetic scenes.
-
-    ``sequences``: name -> number of scans (default ``{"train_00": 2, "val_00": 1}``). Labels are
-    CARLA tags (OOD objects = 29) written as ``uint32 tag | instance << 16``.
-    """
-    from PIL import Image
-
-    from segood import synthetic as syn
-
-    root = Path(root)
-    sequences = sequences or {"train_00": 2, "val_00": 1}
-    cfg = syn.SyntheticConfig(azimuth_columns=azimuth_columns, image_width=image_size[0],
-                              image_height=image_size[1], seed=seed)
-    lut = np.zeros(max(KITTI_TO_CARLA) + 1, dtype=np.uint32)
-    for k, v in KITTI_TO_CARLA.items():
-        lut[k] = v
-    for s_idx, (seq, count) in enumerate(sequences.items()):
-        seq_dir = root / "sequences" / seq
-        for sub in ("lidar", "labels", "rgb"):
-            (seq_dir / sub).mkdir(parents=True, exist_ok=True)
-        (seq_dir / "calib.yaml").write_text(yaml.safe_dump({"lidar_to_image": syn.lidar_to_image(cfg).tolist()}))
-        for i in range(count):
-            scene = syn.generate_scene(syn.scan_rng(seed, str(s_idx), i), cfg)
-            points, labels, image = syn.render_scan(scene, cfg)
-            tag = lut[np.minimum(labels & 0xFFFF, len(lut) - 1)]
-            name = f"{i:06d}"
-            points.astype("<f4").tofile(seq_dir / "lidar" / f"{name}.bin")
-            (tag | (labels & 0xFFFF0000)).astype("<u4").tofile(seq_dir / "labels" / f"{name}.label")
-            Image.fromarray(image).save(seq_dir / "rgb" / f"{name}.png")
-    return root
-

@@ -251,6 +251,20 @@ class NuScenesReader:
                           if with_labels else {})
         self.samples = self._list_samples()
 
+    @classmethod
+    def shared_options(cls, root: Path, entries: list[str], options: dict, cache: dict) -> dict:
+        """Constructor options for readers of several entries of one root: the devkit tables are
+        loaded once per version and shared through ``cache``."""
+        options = dict(options)
+        version = options.pop("version", None) or infer_version(entries, root)
+        if version not in cache:
+            cache[version] = load_nuscenes(root, version, with_labels=True)
+        return {**options, "nusc": cache[version]}
+
+    def frame_id(self, i: int) -> str:
+        """The sample token of keyframe ``i``."""
+        return self.samples[i]
+
     @staticmethod
     def _cameras(camera) -> tuple[str, ...]:
         if camera is None:
@@ -399,167 +413,3 @@ class NuScenesReader:
             return []
         return [f"{self.root}/sweeps/{LIDAR}: {len(missing)} LiDAR sweep file(s) listed in sample_data.json are "
                 f"missing (first: {missing[0]})"]
-
-
-# ----------------------------------------------------------------------------------- writer (tests, demos)
-
-
-def _token(*parts: Any) -> str:
-    import hashlib
-
-    return hashlib.md5("/".join(str(p) for p in parts).encode()).hexdigest()
-
-
-def _quat(rot: np.ndarray) -> list[float]:
-    """(w, x, y, z) of a rotation matrix."""
-    m = np.asarray(rot, dtype=np.float64)
-    tr = np.trace(m)
-    if tr > 0:
-        s = 2.0 * np.sqrt(tr + 1.0)
-        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-    else:
-        i = int(np.argmax(np.diag(m)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * np.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
-        q = [0.0] * 4
-        q[0] = (m[k, j] - m[j, k]) / s
-        q[1 + i] = 0.25 * s
-        q[1 + j] = (m[j, i] + m[i, j]) / s
-        q[1 + k] = (m[k, i] + m[i, k]) / s
-    q = np.asarray(q)
-    q = q / np.linalg.norm(q)
-    return (q if q[0] >= 0 else -q).tolist()
-
-
-def _orthonormal(m: np.ndarray) -> np.ndarray:
-    """Nearest rotation (the fixture's float32 matrices are not exactly orthonormal)."""
-    u, _, vt = np.linalg.svd(np.asarray(m, dtype=np.float64)[:3, :3])
-    out = np.eye(4)
-    out[:3, :3] = u @ vt
-    out[:3, 3] = np.asarray(m)[:3, 3]
-    return out
-
-
-def write_nuscenes_sample(root: str | Path, scenes: dict[str, list[dict]], version: str = "v1.0-mini") -> Path:
-    """Write a miniature nuScenes in the devkit's schema (tables, sweeps, lidarseg, images, map).
-
-    ``scenes``: scene name -> keyframes, each a dict with ``points`` (N, 5) float32, ``labels``
-    (N,) uint8 raw lidarseg ids or None, ``lidar2ego`` and ``ego2global`` (4x4, LiDAR timestamp),
-    ``timestamp`` (microseconds) and ``cameras``: channel -> dict(``image`` (H, W, 3) uint8,
-    ``K`` (3x3), ``cam2ego`` (4x4), ``ego2global`` (4x4 at the camera timestamp), ``timestamp``).
-    Optional ``sweeps``: a list of (N, 5) non-keyframe LIDAR_TOP sweeps written after the keyframe.
-    Returns ``root``. Rotations are written as unit quaternions (nearest rotation).
-    """
-    from nuscenes.utils.color_map import get_colormap
-    from PIL import Image
-
-    root = Path(root)
-    tables: dict[str, list] = {name: [] for name in TABLES + ("lidarseg",)}
-    tables["category"] = [{"token": _token("category", n), "name": n, "description": n, "index": i}
-                          for i, n in enumerate(get_colormap())]
-    tables["visibility"] = [{"token": str(i), "level": lvl, "description": lvl}
-                            for i, lvl in enumerate(["v0-40", "v40-60", "v60-80", "v80-100"], 1)]
-    tables["attribute"] = [{"token": _token("attribute", "vehicle.moving"), "name": "vehicle.moving",
-                            "description": "moving"}]
-    log_token = _token("log", version)
-    tables["log"] = [{"token": log_token, "logfile": "segood-generated", "vehicle": "n015",
-                      "date_captured": "2018-07-24", "location": "singapore-onenorth"}]
-    (root / "maps").mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "maps" / "segood_map.png")
-    tables["map"] = [{"token": _token("map"), "log_tokens": [log_token], "category": "semantic_prior",
-                      "filename": "maps/segood_map.png"}]
-    channels = [LIDAR] + list(CAMERAS)
-    tables["sensor"] = [{"token": _token("sensor", c), "channel": c, "modality": "lidar" if c == LIDAR else "camera"}
-                        for c in channels]
-
-    def calibrated(name: str, channel: str, mat: np.ndarray, k: np.ndarray | None) -> str:
-        tok = _token("cs", name, channel)
-        m = _orthonormal(mat)
-        tables["calibrated_sensor"].append({
-            "token": tok, "sensor_token": _token("sensor", channel), "translation": m[:3, 3].tolist(),
-            "rotation": _quat(m[:3, :3]), "camera_intrinsic": [] if k is None else np.asarray(k).tolist()})
-        return tok
-
-    def ego(name: str, mat: np.ndarray, ts: int) -> str:
-        tok = _token("ego", name, ts)
-        m = _orthonormal(mat)
-        tables["ego_pose"].append({"token": tok, "timestamp": int(ts), "rotation": _quat(m[:3, :3]),
-                                   "translation": m[:3, 3].tolist()})
-        return tok
-
-    written: set[str] = set()
-
-    def new_file(rel: str) -> Path:
-        if rel in written:
-            raise ValueError(f"{rel}: written twice; give every keyframe / sweep / camera its own timestamp")
-        written.add(rel)
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        return root / rel
-
-    for scene_name, frames in scenes.items():
-        scene_token = _token("scene", scene_name)
-        sample_tokens = [_token("sample", scene_name, k) for k in range(len(frames))]
-        prev_sd: dict[str, str] = {}
-        for k, fr in enumerate(frames):
-            stok = sample_tokens[k]
-            tables["sample"].append({"token": stok, "timestamp": int(fr["timestamp"]), "scene_token": scene_token,
-                                     "prev": sample_tokens[k - 1] if k else "",
-                                     "next": sample_tokens[k + 1] if k + 1 < len(frames) else ""})
-            records = []
-            # keyframe LiDAR
-            name = f"{scene_name}__{LIDAR}__{fr['timestamp']}"
-            rel = f"samples/{LIDAR}/{name}.pcd.bin"
-            np.asarray(fr["points"], dtype=np.float32).tofile(new_file(rel))
-            lid_tok = _token("sd", name)
-            records.append(dict(token=lid_tok, channel=LIDAR, filename=rel, fileformat="pcd", is_key_frame=True,
-                                timestamp=int(fr["timestamp"]), width=0, height=0,
-                                cs=calibrated(scene_name, LIDAR, fr["lidar2ego"], None),
-                                ep=ego(scene_name, fr["ego2global"], fr["timestamp"])))
-            if fr.get("labels") is not None:
-                lrel = f"lidarseg/{version}/{lid_tok}_lidarseg.bin"
-                (root / lrel).parent.mkdir(parents=True, exist_ok=True)
-                np.asarray(fr["labels"], dtype=np.uint8).tofile(root / lrel)
-                tables["lidarseg"].append({"token": lid_tok, "sample_data_token": lid_tok, "filename": lrel})
-            for s, sweep in enumerate(fr.get("sweeps", [])):
-                ts = int(fr["timestamp"]) + 50000 * (s + 1)
-                sname = f"{scene_name}__{LIDAR}__{ts}"
-                srel = f"sweeps/{LIDAR}/{sname}.pcd.bin"
-                np.asarray(sweep, dtype=np.float32).tofile(new_file(srel))
-                records.append(dict(token=_token("sd", sname), channel=LIDAR, filename=srel, fileformat="pcd",
-                                    is_key_frame=False, timestamp=ts, width=0, height=0,
-                                    cs=calibrated(scene_name, LIDAR, fr["lidar2ego"], None),
-                                    ep=ego(scene_name, fr["ego2global"], ts)))
-            for channel, cam in fr.get("cameras", {}).items():
-                ts = int(cam["timestamp"])
-                cname = f"{scene_name}__{channel}__{ts}"
-                crel = f"samples/{channel}/{cname}.jpg"
-                Image.fromarray(cam["image"]).save(new_file(crel), quality=90)
-                h, w = cam["image"].shape[:2]
-                records.append(dict(token=_token("sd", cname), channel=channel, filename=crel, fileformat="jpg",
-                                    is_key_frame=True, timestamp=ts, width=w, height=h,
-                                    cs=calibrated(scene_name, channel, cam["cam2ego"], cam["K"]),
-                                    ep=ego(scene_name + channel, cam["ego2global"], ts)))
-            for r in records:
-                ch = r["channel"]
-                tables["sample_data"].append({
-                    "token": r["token"], "sample_token": stok, "ego_pose_token": r["ep"],
-                    "calibrated_sensor_token": r["cs"], "timestamp": r["timestamp"], "fileformat": r["fileformat"],
-                    "is_key_frame": r["is_key_frame"], "height": r["height"], "width": r["width"],
-                    "filename": r["filename"], "prev": prev_sd.get(ch, ""), "next": ""})
-                if prev_sd.get(ch):
-                    prev = next(x for x in tables["sample_data"] if x["token"] == prev_sd[ch])
-                    prev["next"] = r["token"]
-                prev_sd[ch] = r["token"]
-        tables["scene"].append({"token": scene_token, "log_token": log_token, "nbr_samples": len(frames),
-                                "first_sample_token": sample_tokens[0], "last_sample_token": sample_tokens[-1],
-                                "name": scene_name, "description": "segood generated"})
-    if not tables["lidarseg"]:
-        del tables["lidarseg"]
-    # dedupe calibrated_sensor / ego_pose records written more than once
-    for name in ("calibrated_sensor", "ego_pose"):
-        tables[name] = list({r["token"]: r for r in tables[name]}.values())
-    table_dir = root / version
-    table_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in tables.items():
-        (table_dir / f"{name}.json").write_text(json.dumps(rows, indent=0))
-    return root

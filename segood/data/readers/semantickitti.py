@@ -212,6 +212,10 @@ class SemanticKittiReader:
     def __len__(self) -> int:
         return len(self.frames)
 
+    def frame_id(self, i: int) -> str:
+        """The six-digit scan index of scan ``i`` (``000003``)."""
+        return self.frames[i].index
+
     def calib(self, seq: str) -> dict[str, np.ndarray]:
         if seq not in self._calib:
             self._calib[seq] = read_calib(self.root / "sequences" / seq / "calib.txt")
