@@ -1,4 +1,4 @@
-// Feature Mixing: the math shared by the CPU and CUDA kernels (DESIGN.md "Feature Mixing").
+// Feature Mixing: the math shared by the CPU and CUDA kernels (DEVELOPERS.md "Feature Mixing kernel").
 //
 // Plain C++ (no torch, no CUDA headers needed): every function is FM_HD, which is
 // `__host__ __device__` under nvcc and nothing otherwise, so the CPU build, the CUDA build and

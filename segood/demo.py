@@ -7,11 +7,12 @@ from dataclasses import asdict
 import time
 from pathlib import Path
 
+from segood.atomic import write_json, write_text
 from segood.commands.eval import evaluate_and_report
 from segood.config import CONFIG_DIR, load_config
 from segood.synthetic import SyntheticConfig, write_dataset
 from segood.engine.builders import build_label_map, build_reader
-from segood.engine.checkpoint import load_checkpoint, write_json, write_text
+from segood.engine.checkpoint import load_checkpoint
 from segood.engine.evaluate import headline
 from segood.engine.inference import Predictor
 from segood.engine.train import train

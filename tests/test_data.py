@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from segood.data.batching import VoxelGrid, collate, scan_to_sample
@@ -117,6 +118,21 @@ def test_batch_keeps_every_point_and_voxel_means(kitti_root, label_map):
     j = int(batch["point2voxel"][0])
     members = batch["points"][batch["point2voxel"] == j]
     np.testing.assert_allclose(batch["voxel_feats"][j, :4].numpy(), members.mean(0).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_collate_returns_exactly_the_typed_batch(kitti_root, label_map):
+    from segood.data.batch import BATCH_KEYS
+
+    scan = SemanticKittiReader(kitti_root, ["00"], label_map, with_labels=False)[0]
+    batch = collate([scan_to_sample(scan, None)], VoxelGrid(0.2, (-80, -80, -5, 80, 80, 5)))
+    assert set(batch) == BATCH_KEYS  # target / ood_target only with labels
+    dtypes = {"points": torch.float32, "batch_idx": torch.int64, "voxel_coords": torch.int32,
+              "voxel_feats": torch.float32, "point2voxel": torch.int64, "images": torch.float32,
+              "image_idx": torch.int64, "pixel_uv": torch.float32, "visible": torch.bool}
+    assert {k: batch[k].dtype for k in dtypes} == dtypes
+    p, v = scan.num_points, batch["voxel_coords"].shape[0]
+    assert batch["voxel_feats"].shape == (v, 7) and batch["pixel_uv"].shape == (p, 2)
+    assert all(batch[k].shape == (p,) for k in ("batch_idx", "point2voxel", "image_idx", "visible"))
 
 
 @pytest.mark.parametrize("case", ["bin_size", "label_length", "no_calib", "nan", "unknown_label", "calib_field"])

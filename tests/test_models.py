@@ -42,7 +42,7 @@ def num_threads(n: int):
 
 def make_batch(n_per_scan: int = 3000, batch_size: int = 2, hw=(96, 320), seed: int = 0,
                invisible: bool = True) -> dict:
-    """Random batch following CONTRACT.md (voxel size 0.2 m, unique voxels)."""
+    """Random batch following segood.data.batch.Batch (voxel size 0.2 m, unique voxels)."""
     g = torch.Generator().manual_seed(seed)
     h, w = hw
     n = n_per_scan * batch_size

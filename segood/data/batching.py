@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from segood.data.batch import Batch
 from segood.data.labels import LabelMap
 from segood.data.scan import Scan
 
@@ -127,8 +128,9 @@ def crop_nearest(sample: dict, max_points: int, rng: np.random.Generator) -> dic
 
 
 def collate(samples: list[dict], grid: VoxelGrid, max_voxels: int | None = None,
-            rng: np.random.Generator | None = None) -> dict:
-    """Concatenate samples and voxelise them (mean point features + offset to the voxel centre).
+            rng: np.random.Generator | None = None) -> Batch:
+    """Concatenate samples and voxelise them (mean point features + offset to the voxel centre);
+    every key, dtype and shape of the result: :class:`segood.data.batch.Batch`.
 
     With ``max_voxels`` (training only), a batch with more voxels is cropped around one random
     point per scan, shrinking every scan by the same factor, so memory stays bounded."""

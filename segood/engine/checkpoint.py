@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from segood.atomic import atomic_write, write_json, write_text  # noqa: F401  (re-exported)
+from segood.atomic import atomic_write
 
 CHECKPOINT_FORMAT = "segood-checkpoint-v1"
 

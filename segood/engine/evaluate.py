@@ -34,7 +34,8 @@ from tqdm import tqdm
 from segood.config import ConfigError
 from segood.data.labels import LabelMap
 from segood.engine.builders import build_label_map, build_loader
-from segood.engine.checkpoint import atomic_write, file_sha256, load_checkpoint, write_json
+from segood.atomic import atomic_write, write_json
+from segood.engine.checkpoint import file_sha256, load_checkpoint
 from segood.metrics.iou import ConfusionMatrix
 from segood.metrics.ood import ScoreHistogram
 from segood.models import build_model

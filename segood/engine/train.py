@@ -19,7 +19,8 @@ from tqdm import tqdm
 from segood.config import ConfigError
 from segood.data.batching import collate
 from segood.engine.builders import build_dataset, build_grid, build_label_map, build_loader, build_synthesizer
-from segood.engine.checkpoint import load_checkpoint, save_checkpoint, write_json
+from segood.atomic import write_json
+from segood.engine.checkpoint import load_checkpoint, save_checkpoint
 from segood.engine.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, gather_objects,
                                        init_distributed, shutdown, weights_checksum)
 from segood.engine.objective import compute_losses

@@ -23,7 +23,7 @@ def _as_int_numpy(x: Any) -> np.ndarray:
 class ConfusionMatrix:
     """Accumulates a (num_classes, num_classes) confusion matrix over train ids 0..C-1.
 
-    Points with ``target == -1`` (unlabeled or OOD, see CONTRACT.md) are ignored.
+    Points with ``target == -1`` (unlabeled or OOD, see DEVELOPERS.md "Label conventions") are ignored.
 
     mIoU convention: the mean of per-class IoU over the classes **present in the ground truth**
     (at least one labelled point). A class absent from the ground truth but predicted somewhere

@@ -1,6 +1,6 @@
 """Point-wise OOD (anomaly) metrics: exact AUROC / AUPR / FPR95 and a mergeable histogram.
 
-Convention (printed beside every number, see DESIGN.md "Metrics"):
+Convention (printed beside every number, and in the `conventions` of metrics.json):
 
 * higher score = more anomalous; anomaly (OOD) is the positive class;
 * points with ``ood_target == -1`` are dropped before anything is computed;
@@ -139,7 +139,7 @@ def _metrics_dict(tp: np.ndarray, fp: np.ndarray) -> dict[str, float | int]:
 def ood_metrics(scores: Any, ood_target: Any) -> dict[str, float | int]:
     """AUROC, AUPR, FPR95 and point counts; points with ``ood_target == -1`` are dropped.
 
-    ``ood_target``: 1 = OOD (anomaly, positive), 0 = ID, -1 = ignored (CONTRACT.md).
+    ``ood_target``: 1 = OOD (anomaly, positive), 0 = ID, -1 = ignored (DEVELOPERS.md, "Label conventions").
     Values are fractions in [0, 1] (multiply by 100 for the usual percentage tables).
     """
     s, t = _as_numpy(scores), _as_numpy(ood_target)

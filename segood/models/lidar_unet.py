@@ -115,7 +115,7 @@ class LidarBranch(nn.Module):
     """Batch -> per-point LiDAR features (P, out_channels).
 
     Uses ``voxel_feats``, ``voxel_coords``, ``spatial_shape``, ``batch_size``,
-    ``point2voxel`` and ``points`` from the batch (see CONTRACT.md).
+    ``point2voxel`` and ``points`` from the batch (:class:`segood.data.batch.Batch`).
     """
 
     def __init__(

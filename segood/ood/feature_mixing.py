@@ -1,4 +1,4 @@
-"""Feature Mixing outlier synthesis, plain-torch reference (DESIGN.md "Feature Mixing").
+"""Feature Mixing outlier synthesis, plain-torch reference (DEVELOPERS.md "Feature Mixing kernel").
 
 For each camera-visible, ID-labelled point p, pick ``n_swap`` distinct dims of the image feature
 ``f_c[p]`` and ``n_swap`` distinct dims of the LiDAR feature ``f_l[p]`` uniformly at random,

@@ -1,7 +1,7 @@
 """Training losses for ID segmentation and outlier exposure (all return a scalar tensor).
 
 Conventions: ``logits`` are (N, C), ``probs`` are (N, C) softmax outputs, ``target`` holds train
-ids in [0, C) or -1 (ignored, see CONTRACT.md). A loss over zero valid points is 0 (still
+ids in [0, C) or -1 (ignored, see DEVELOPERS.md "Label conventions"). A loss over zero valid points is 0 (still
 connected to the graph, so ``backward()`` works), never NaN.
 """
 

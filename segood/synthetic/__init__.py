@@ -28,13 +28,14 @@ import io
 import itertools
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, NamedTuple
 
 import numpy as np
 from PIL import Image
+
+from segood.atomic import atomic_write
 
 GENERATOR_VERSION = 1
 
@@ -1827,11 +1828,8 @@ def scan_rng(seed: int, sequence: str, index: int) -> np.random.Generator:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename (never a half-written file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    """Bytes to ``path`` through :func:`segood.atomic.atomic_write` (never a half-written file)."""
+    atomic_write(path, lambda p: p.write_bytes(data))
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
