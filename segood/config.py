@@ -105,6 +105,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
     return cfg
 
 
+def add_overrides(parser, example: str = "train.steps=200") -> None:
+    """``--set KEY=VALUE`` (repeatable) on an argparse parser or group: overrides in the syntax
+    :func:`load_config` applies. The one definition of ``--set`` for every entry point."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config value, e.g. --set {example} (repeatable)")
+
+
 def base_defaults() -> dict:
     """A copy of ``configs/base.yaml``: every key with its default (the one place defaults live)."""
     return copy.deepcopy(_base_cached())

@@ -1,14 +1,12 @@
-"""The arguments every config-driven subcommand shares: ``--set KEY=VALUE`` and ``--no-progress``."""
+"""The arguments every config-driven subcommand shares: ``--set KEY=VALUE`` (defined once, in
+:func:`segood.config.add_overrides`) and ``--no-progress``."""
 from __future__ import annotations
 
 import argparse
 
+from segood.config import add_overrides
 
-def add_overrides(p: argparse.ArgumentParser | argparse._ArgumentGroup,
-                  example: str = "train.steps=200") -> None:
-    """``--set KEY=VALUE`` (repeatable): config overrides, applied in order by :func:`segood.config.load_config`."""
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override a config value, e.g. --set {example} (repeatable)")
+__all__ = ["add_overrides", "add_common"]
 
 
 def add_common(p: argparse.ArgumentParser, example: str = "train.steps=200") -> None:

@@ -8,7 +8,7 @@ tables, missing sweeps, missing sequences). It prints a per-class point histogra
 ignored split of the label map. Exit code 1 if anything is wrong.
 
 One check for every data set: :func:`check_reader` works through the reader protocol
-(:class:`segood.data.readers.Reader`: ``check_scan(i, decode_images) -> (problems, raw_labels | None,
+(:class:`segood.data.reader.Reader`: ``check_scan(i, decode_images) -> (problems, raw_labels | None,
 {camera: points in image})``, optionally ``sweep_problems()``). The CLI glue (config -> readers) is
 in :mod:`segood.commands.check_data`; this module only needs a reader factory.
 """
@@ -16,15 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
 from segood.data.errors import DataError
 from segood.data.labels import LabelMap
-
-if TYPE_CHECKING:
-    from segood.data.readers import Reader
+from segood.data.reader import Reader
 
 
 def image_size(path: Path, decode: bool) -> tuple[int, int]:
@@ -102,7 +100,7 @@ class Report:
         return not self.problems
 
 
-def check_reader(reader: "Reader", label_map: LabelMap, report: SplitReport, max_scans: int | None = None,
+def check_reader(reader: Reader, label_map: LabelMap, report: SplitReport, max_scans: int | None = None,
                  decode_images: bool = True, progress: Callable[[int, int], None] | None = None) -> SplitReport:
     """Add ``reader``'s scans, problems and label histogram to ``report``."""
     n_learn = max(label_map.learning_names) + 1
@@ -127,7 +125,7 @@ def check_reader(reader: "Reader", label_map: LabelMap, report: SplitReport, max
     return report
 
 
-def check_dataset(make_reader: Callable[[str, str], "Reader"], splits: dict[str, Iterable[str]], label_map: LabelMap,
+def check_dataset(make_reader: Callable[[str, str], Reader], splits: dict[str, Iterable[str]], label_map: LabelMap,
                   max_scans: int | None = None, decode_images: bool = True) -> Report:
     """``make_reader(split, entry)`` builds the reader of one sequence / split name / scene; a
     DataError there (missing sequence, missing tables...) is recorded and checking goes on."""

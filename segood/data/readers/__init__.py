@@ -2,50 +2,25 @@
 place a reader is named; ``data.dataset`` in a config picks one.
 
 A reader is built as ``cls(root, sequences, label_map, camera=..., with_labels=..., **data.reader_options)``
-and follows :class:`Reader`; ``segood check-data`` (:func:`segood.data.check.check_reader`), the
+and follows :class:`segood.data.reader.Reader`; ``segood check-data`` (:func:`segood.data.check.check_reader`), the
 training / evaluation loaders and ``segood viz --sequence`` use nothing else.
 
-To add a dataset: write a reader class that follows :class:`Reader` (a file in this package) and add
+To add a dataset: write a reader class that follows :class:`~segood.data.reader.Reader` (a file in this package) and add
 one line to :data:`READERS`; then ``data.dataset: <name>`` (with a label map) trains, evaluates,
 checks and views it.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
+from typing import Any
 
 from segood.data.labels import LabelMap
+from segood.data.reader import Reader
 from segood.data.readers.carla_ood import CarlaOodReader
 from segood.data.readers.nuscenes import NuScenesReader  # imports the devkit only when used
 from segood.data.readers.semantickitti import SemanticKittiReader
-from segood.data.scan import Scan
 
 __all__ = ["Reader", "READERS", "reader_class", "open_reader"]
-
-
-@runtime_checkable
-class Reader(Protocol):
-    """What segood needs from a data set. Optional: ``sweep_problems() -> list[str]`` (data-set
-    level problems for check-data) and a classmethod ``shared_options(root, entries, options, cache)
-    -> dict`` (constructor arguments several readers of one root share, e.g. loaded tables)."""
-
-    label_map: LabelMap
-    with_labels: bool
-
-    def __len__(self) -> int:
-        """Number of scans."""
-
-    def __getitem__(self, i: int) -> Scan:
-        """Scan ``i`` with points, labels (when ``with_labels``) and cameras; DataError on a bad file."""
-
-    def frame_id(self, i: int) -> str:
-        """A stable name of scan ``i`` within its sequence (``segood viz --frame``)."""
-
-    def check_scan(self, i: int, decode_images: bool = True) -> tuple[list[str], np.ndarray | None, dict[str, int]]:
-        """Every problem of scan ``i`` (each piece read on its own), its raw labels (None when they
-        could not be read) and ``{camera: points inside its image}``."""
 
 
 READERS: dict[str, type] = {
