@@ -9,6 +9,8 @@ import pytest
 
 from segood.bench.synthesis import METHODS, configure_parser, run, run_synthesis_bench, train_step_share
 
+pytestmark = pytest.mark.slow  # each bench runs real training steps (memory: one subprocess per size)
+
 
 def test_quick_bench_writes_consistent_json_and_chart(tmp_path):
     args = configure_parser(argparse.ArgumentParser()).parse_args(

@@ -8,7 +8,6 @@ import pytest
 
 from segood.cli import main
 from segood.config import CONFIG_DIR, load_config
-from segood.synthetic import SyntheticConfig, write_dataset
 from segood.engine.checkpoint import load_checkpoint
 from segood.engine.evaluate import evaluate
 from segood.engine.train import train
@@ -21,11 +20,8 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    write_dataset(root, SyntheticConfig(num_train=2, num_val=2, azimuth_columns=128, image_width=160,
-                                        image_height=48, seed=3), progress=False)
-    return root
+def data_root(synthetic_root):
+    return synthetic_root
 
 
 def small_cfg(data_root, name: str, *extra: str) -> dict:

@@ -1,0 +1,52 @@
+"""Shared test fixtures and markers.
+
+- ``synthetic_root``: a small synthetic SemanticKITTI-layout data set (2 train + 2 val scans),
+  written once per test session.
+- ``assert_close(actual, expected, ...)``: numpy / torch comparison that says where it differs.
+- markers: ``slow`` (minutes; deselect with ``-m "not slow"``), ``cuda`` (skipped without a GPU:
+  the only thing allowed to skip).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """A synthetic data root (sequences 00 train, 08 val; 2 scans each, 128 LiDAR columns, 160x48 images)."""
+    from segood.synthetic import SyntheticConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    write_dataset(root, SyntheticConfig(num_train=2, num_val=2, azimuth_columns=128, image_width=160,
+                                        image_height=48, seed=3), progress=False)
+    return root
+
+
+def assert_close(actual, expected, rtol: float = 1e-6, atol: float = 1e-6, what: str = "") -> None:
+    """Elementwise closeness of arrays or tensors; the message names the first differing index and both values."""
+    a = np.asarray(actual.detach().cpu() if hasattr(actual, "detach") else actual, dtype=np.float64)
+    b = np.asarray(expected.detach().cpu() if hasattr(expected, "detach") else expected, dtype=np.float64)
+    assert a.shape == b.shape, f"{what}: shape {a.shape} != {b.shape}"
+    bad = ~np.isclose(a, b, rtol=rtol, atol=atol, equal_nan=True)
+    if bad.any():
+        i = tuple(int(x) for x in np.argwhere(bad)[0])
+        raise AssertionError(f"{what}: {int(bad.sum())} of {a.size} values differ; first at {i}: "
+                             f"{a[i]!r} vs {b[i]!r} (rtol={rtol}, atol={atol})")
+
+
+@pytest.fixture(name="assert_close")
+def _assert_close_fixture():
+    return assert_close
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Skip ``cuda`` tests when no GPU is visible (never anything else)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
