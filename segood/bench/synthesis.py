@@ -248,7 +248,7 @@ def train_step_share(methods: Sequence[str] = TRAIN_METHODS, repeats: int = 3, w
     from segood.data.batching import collate
     from segood.synthetic import SyntheticConfig, write_dataset
     from segood.engine.builders import build_dataset, build_grid, build_label_map
-    from segood.engine.objective import compute_losses
+    from segood.engine.step import train_step
     from segood.engine.train import to_device
     from segood.models import build_model
 
@@ -287,11 +287,8 @@ def train_step_share(methods: Sequence[str] = TRAIN_METHODS, repeats: int = 3, w
 
         _sync(device)
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        out = model(batch, synthesize=timed if synth is not None else None)
-        compute_losses(out, batch, cfg["loss"])["total"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["train"]["grad_clip"]))
-        opt.step()
+        train_step(model, [batch], opt, cfg["loss"], float(cfg["train"]["grad_clip"]),
+                   synthesize=timed if synth is not None else None)
         _sync(device)
         if record:
             times[name]["step"].append(time.perf_counter() - t0)

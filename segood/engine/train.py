@@ -23,7 +23,7 @@ from segood.atomic import write_json
 from segood.engine.checkpoint import load_checkpoint, save_checkpoint
 from segood.engine.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, gather_objects,
                                        init_distributed, shutdown, weights_checksum)
-from segood.engine.objective import compute_losses
+from segood.engine.step import train_step
 from segood.metrics.iou import ConfusionMatrix
 from segood.models import build_model
 
@@ -276,23 +276,12 @@ class Trainer:
             self._maybe_validate_and_save()
 
     def _optimizer_step(self, batches: list[dict]) -> dict[str, float]:
-        net = self.ddp or self.model
         synth = self.synthesizer if (self.synthesizer is not None and self.step >= self.synth_start) else None
-        sums: dict[str, float] = {}
-        self.opt.zero_grad(set_to_none=True)
-        for batch in batches:
-            batch = to_device(batch, self.info.device)
-            step = self.step
-            with torch.autocast(self.info.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                out = net(batch, synthesize=(lambda fi, fl, b: synth(fi, fl, b, step)) if synth else None)
-                terms = compute_losses(out, batch, self.cfg["loss"])
-            self.scaler.scale(terms["total"] / len(batches)).backward()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(batches)
-        self.scaler.unscale_(self.opt)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.tcfg["grad_clip"]))
-        self.scaler.step(self.opt)
-        self.scaler.update()
+        step = self.step
+        sums = train_step(self.ddp or self.model, batches, self.opt, self.cfg["loss"], float(self.tcfg["grad_clip"]),
+                          synthesize=(lambda fi, fl, b: synth(fi, fl, b, step)) if synth else None,
+                          scaler=self.scaler, amp_dtype=self.amp_dtype, clip_params=self.model.parameters(),
+                          prepare=lambda b: to_device(b, self.info.device))
         self.sched.step()
         return {k: round(v, 4) for k, v in sums.items()}
 

@@ -1,0 +1,44 @@
+"""The one training step: forward (with outlier synthesis), losses, backward, clipping, optimizer
+step. The trainer (:mod:`segood.engine.train`) and the benchmarks (:mod:`segood.bench`) call it."""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+
+from segood.engine.objective import compute_losses
+
+Synthesize = Callable[[torch.Tensor, torch.Tensor, Mapping], tuple]
+
+
+def train_step(model: torch.nn.Module, batches: Sequence[Mapping], opt: torch.optim.Optimizer,
+               loss_cfg: Mapping, grad_clip: float, synthesize: Synthesize | None = None,
+               scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
+               clip_params: Iterable[torch.nn.Parameter] | None = None,
+               prepare: Callable[[Mapping], Mapping] | None = None) -> dict[str, float]:
+    """One optimizer step over ``batches`` (gradient accumulation: the loss of each is divided by
+    their number); returns the mean loss terms (floats).
+
+    ``synthesize(feat_image, feat_lidar, batch)`` makes the step's outliers (None: no synthesis);
+    ``scaler`` / ``amp_dtype``: mixed precision (fp16 needs the scaler); ``clip_params``: the
+    parameters whose gradient norm is clipped (default: the model's; the module under DDP);
+    ``prepare(batch)``: e.g. the move to the device, applied to one batch at a time.
+    """
+    scaler = scaler or torch.amp.GradScaler(enabled=False)
+    device_type = next(model.parameters()).device.type
+    sums: dict[str, float] = {}
+    opt.zero_grad(set_to_none=True)
+    for batch in batches:
+        batch = prepare(batch) if prepare is not None else batch
+        with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(batch, synthesize=synthesize)
+            terms = compute_losses(out, batch, loss_cfg)
+        scaler.scale(terms["total"] / len(batches)).backward()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(batches)
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(list(clip_params if clip_params is not None else model.parameters()),
+                                   float(grad_clip))
+    scaler.step(opt)
+    scaler.update()
+    return sums
