@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 
 from segood.atomic import write_json, write_text
-from segood.commands.eval import evaluate_and_report
 from segood.config import CONFIG_DIR, load_config
 from segood.synthetic import SyntheticConfig, write_dataset
 from segood.engine.builders import build_label_map, build_reader
 from segood.engine.checkpoint import load_checkpoint
-from segood.engine.evaluate import headline
+from segood.engine.evaluate import evaluate, headline
 from segood.engine.inference import Predictor
 from segood.engine.train import train
+from segood.report.markdown import write_eval_report
 from segood.viz.anomaly_png import render_anomaly_png
 
 RUNS = {"baseline": "synthetic_baseline.yaml", "feature_mixing": "synthetic_feature_mixing.yaml"}
@@ -68,7 +68,7 @@ def run_demo(args) -> dict:
             print(f"[demo] training {name} ({args.steps} steps) -> {run_dir}")
             train(cfg, run_dir, resume=(run_dir / "checkpoint.pt").exists())
         timings[name] = round(time.time() - t, 1)
-        results[name] = evaluate_and_report(cfg, run_dir / "checkpoint.pt", run_dir / "eval")
+        results[name] = evaluate(cfg, run_dir / "checkpoint.pt", run_dir / "eval", report=write_eval_report)
     report = write_report(out / "report", results, timings, cfg)
     print(report["table"])
     return report
