@@ -19,7 +19,8 @@ from segood.viz import cli as viz_cli
 from segood.viz.colors import ANOMALY_RGB, gt_colors, raw_id_colors
 from segood.viz.frame import VizFrame
 from segood.engine.inference import resolve_operating_point
-from segood.viz.open3d_view import RenderCamera, ViewerState, render_image
+from segood.viz.open3d_view import RenderCamera, render_image
+from segood.viz.window import ViewerState
 from segood.viz.ply import read_ply, write_ply
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -96,7 +97,8 @@ def test_cli_png_overlay_and_ply_from_saved_predictions(scene, tmp_path, capsys)
                  "--calib", str(tmp_path / "calib.json"), "--size", "640x360"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert f"anomaly >= 0.5 (--threshold); this scan: threshold 0.5, {100 * ood.mean():.2f}% of {len(pts)} points" in out
+    assert "operating point: anomaly >= 0.5 (--threshold)\n" in out
+    assert f"this scan: threshold 0.5, {100 * ood.mean():.2f}% of {len(pts)} points flagged" in out
     png = np.asarray(Image.open(tmp_path / "v.png").convert("RGB"))
     assert png.shape[1] == 640 and png.shape[0] > 360  # render + caption strip
     # overlay: OOD points' pixels are red, ID points' pixels are not
@@ -225,7 +227,7 @@ def test_viz_errors(scene, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     assert _cli(["viz", str(tmp_path / "s.bin"), "--pred", str(tmp_path / "ok.npz")]) == 2
-    assert "no display for the interactive window: use --png, --overlay or --ply" in capsys.readouterr().err
+    assert "no display for the interactive window: DISPLAY is not set; use --png, --overlay or --ply" in capsys.readouterr().err
     assert _cli(["viz", str(tmp_path / "s.bin"), "--png", str(tmp_path / "x.png")]) == 2
     assert "nothing to show" in capsys.readouterr().err
 

@@ -33,9 +33,9 @@ FALLBACK_SCORE = {"with_synthesis": ANOMALY_HEAD, "without_synthesis": "maxlogit
 
 
 def default_score(synthesis: str | None) -> str:
-    """The score shown when neither ``--score`` nor a stored operating point says which: the anomaly
-    head for a model trained with synthesized outliers, MaxLogit for one trained without."""
-    return FALLBACK_SCORE["with_synthesis" if synthesis not in (None, "none") else "without_synthesis"]
+    """The score shown when neither ``--score`` nor a stored operating point says which: MaxLogit for
+    a model trained without synthesized outliers (``none``), else (or when unknown) the anomaly head."""
+    return FALLBACK_SCORE["without_synthesis" if synthesis == "none" else "with_synthesis"]
 
 
 def headline_score(ood: Mapping[str, Mapping[str, Mapping[str, Any]]], synthesis: str,
@@ -45,7 +45,7 @@ def headline_score(ood: Mapping[str, Mapping[str, Mapping[str, Any]]], synthesis
     Highest AUROC; with synthesis the anomaly head wins ties, without synthesis it is not a
     candidate. Scores whose metrics are undefined (no OOD point) are skipped.
     """
-    trained_head = synthesis not in (None, "none")
+    trained_head = synthesis != "none"
     auroc = {n: float(m[points][CRITERION]) for n, m in ood.items()
              if CRITERION in m.get(points, {}) and (trained_head or n != ANOMALY_HEAD)}
     if not auroc:
