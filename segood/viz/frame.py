@@ -107,7 +107,7 @@ class VizFrame:
             rng = C.heat_range(self.score) or (float("nan"), float("nan"))
             return {"kind": "ramp", "lo": rng[0], "hi": rng[1],
                     "text": "heat colours: blue = low score, red = high score (more anomalous); normalised per scan "
-                            "over its 1st-99th percentile; flagged points drawn larger"}
+                            "over its 1st-99th percentile"}
         if view == "hot":
             t = f"{self.op.score} {self.op.relation} {self._threshold:.4g}"
             return {"kind": "swatches", "items": [(C.ANOMALY_RGB, f"flagged ({t})"), (C.NORMAL_RGB, "not flagged")],

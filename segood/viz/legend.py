@@ -51,12 +51,12 @@ def _put(img: np.ndarray, text: str, x: int, y: int, color=FG, scale: float = FO
     cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
 
 
-def legend_panel(frame: VizFrame, view: str, width: int) -> np.ndarray:
-    """(H, width, 3) uint8 RGB: caption lines, then the colour legend of ``view``."""
+def legend_panel(frame: VizFrame, view: str, width: int, note: str = "") -> np.ndarray:
+    """(H, width, 3) uint8 RGB: caption lines, then the colour legend of ``view`` (and ``note``)."""
     inner = width - 2 * PAD
     caption = [ln for line in frame.caption_lines(view) for ln in wrap(line, inner)]
     legend = frame.legend(view)
-    text = wrap(legend["text"], inner)
+    text = wrap(legend["text"] + note, inner)
     if legend["kind"] == "ramp":
         rows = 1
     else:
@@ -108,5 +108,7 @@ def _draw_swatches(img: np.ndarray, items: list, x0: int, y: int, width: int) ->
 
 
 def with_legend(img: np.ndarray, frame: VizFrame, view: str) -> np.ndarray:
-    """``img`` with the caption and legend panel below it (the picture's pixels are not touched)."""
-    return np.concatenate([img, legend_panel(frame, view, img.shape[1])], axis=0)
+    """``img`` (a PNG's picture, where flagged points are drawn larger) with the caption and legend
+    panel below it; the picture's pixels are not touched."""
+    note = "; flagged points drawn larger" if view in ("heat", "hot") and frame.threshold is not None else ""
+    return np.concatenate([img, legend_panel(frame, view, img.shape[1], note)], axis=0)
