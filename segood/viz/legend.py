@@ -90,10 +90,11 @@ def _draw_ramp(img: np.ndarray, legend: dict, x: int, y: int) -> None:
     lo, hi = legend["lo"], legend["hi"]
     label = f"low {lo:.4g}" if np.isfinite(lo) else "low"
     _put(img, label, x, y + 12)
+    right = f"{hi:.4g} high" if np.isfinite(hi) else "high"
     x0 = x + text_width(label) + 8
-    ramp = to_uint8(heat_ramp(RAMP_W))
-    img[y: y + RAMP_H, x0: x0 + RAMP_W] = ramp[None, :, :]
-    _put(img, f"{hi:.4g} high" if np.isfinite(hi) else "high", x0 + RAMP_W + 8, y + 12)
+    w = max(16, min(RAMP_W, img.shape[1] - x0 - text_width(right) - 8 - PAD))  # narrow pictures: shorter ramp
+    img[y: y + RAMP_H, x0: x0 + w] = to_uint8(heat_ramp(w))[None, :, :]
+    _put(img, right, x0 + w + 8, y + 12)
 
 
 def _draw_swatches(img: np.ndarray, items: list, x0: int, y: int, width: int) -> None:
