@@ -11,22 +11,26 @@ from segood.engine.operating_point import choose_operating_point, default_score,
 from segood.metrics.ood import ScoreHistogram
 
 
-def _ood(**auroc: float | None) -> dict:
-    return {n: {"all": ({"auroc": a} if a is not None else {"error": "no OOD point"}), "fov": {"auroc": 0.5}}
-            for n, a in auroc.items()}
+def _ood(**metrics) -> dict:
+    """``name=(auroc, fpr95)`` or ``name=None`` (undefined) -> ood[name]['all']."""
+    return {n: {"all": ({"auroc": m[0], "fpr95": m[1]} if m is not None else {"error": "no OOD point"}),
+                "fov": {"auroc": 0.5, "fpr95": 0.9}} for n, m in metrics.items()}
 
 
-def test_feature_mixing_keeps_its_anomaly_head_unless_another_score_is_better():
-    assert headline_score(_ood(anomaly_head=0.80, energy=0.80, msp=0.7), "feature_mixing")[0] == "anomaly_head"
-    name, why = headline_score(_ood(anomaly_head=0.80, energy=0.85), "feature_mixing")
-    assert name == "energy" and "higher AUROC than the anomaly head" in why and "energy 85.0" in why
+def test_feature_mixing_keeps_its_anomaly_head_unless_another_score_is_better_on_both_counts():
+    assert headline_score(_ood(anomaly_head=(0.80, 0.5), energy=(0.80, 0.4)), "feature_mixing")[0] == "anomaly_head"
+    # a higher AUROC alone is not enough: at the operating point energy flags more ID points
+    name, why = headline_score(_ood(anomaly_head=(0.735, 0.599), energy=(0.737, 0.677)), "feature_mixing")
+    assert name == "anomaly_head" and "no score has both a higher AUROC and a lower FPR95" in why
+    name, why = headline_score(_ood(anomaly_head=(0.80, 0.5), energy=(0.85, 0.4), gen=(0.83, 0.3)), "feature_mixing")
+    assert name == "energy" and "energy has both a higher AUROC and a lower FPR95" in why and "energy 85.0 / 40.0" in why
 
 
 def test_no_synthesis_model_never_uses_its_untrained_anomaly_head():
-    name, why = headline_score(_ood(anomaly_head=0.99, maxlogit=0.6, gen=0.7, knn=None), "none")
+    name, why = headline_score(_ood(anomaly_head=(0.99, 0.01), maxlogit=(0.6, 0.8), gen=(0.7, 0.9), knn=None), "none")
     assert name == "gen" and "untrained" in why and "knn" not in why
     with pytest.raises(ValueError, match="no score has a defined auroc"):
-        headline_score(_ood(anomaly_head=0.9, knn=None), "none")
+        headline_score(_ood(anomaly_head=(0.9, 0.1), knn=None), "none")
     assert default_score("none") == "maxlogit" and default_score("feature_mixing") == "anomaly_head"
 
 
@@ -52,6 +56,7 @@ def test_choose_uses_the_config_score_when_given_and_the_headline_otherwise():
         binning[n] = Binning.calibrate(s)
         hist[n] = {"all": ScoreHistogram(-1, 1, 4096).update(binning[n].forward(s), y)}
     ood = {n: {"all": hist[n]["all"].metrics()} for n in hist}
+    assert ood["anomaly_head"]["all"]["auroc"] > ood["maxlogit"]["all"]["auroc"]
     op = choose_operating_point(hist, binning, ood, "feature_mixing")
     assert op["score"] == "anomaly_head" and op["points"] == "all" and op["fpr"] < 0.2
     op = choose_operating_point(hist, binning, ood, "feature_mixing", forced="maxlogit")

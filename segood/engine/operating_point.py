@@ -4,11 +4,11 @@ viewer and in bag replay (``score >= threshold``).
 Chosen by ``segood eval`` on the validation split and stored beside the checkpoint:
 
 * **score** (:func:`headline_score`): ``eval.operating_score`` when the config names one; otherwise
-  the model's headline score on the points the threshold is used on (all points of a scan): the
-  score with the highest AUROC on validation. A model trained with synthesized outliers
-  (``synthesis.method != none``) keeps its anomaly head unless another score has a strictly higher
-  AUROC; a model trained without them never uses its anomaly head (it has never seen a positive),
-  so its best post-hoc score is taken.
+  the model's headline score on validation, on the points the threshold is used on (all points of
+  a scan). A model trained with synthesized outliers (``synthesis.method != none``) keeps its
+  anomaly head unless another score is better both in AUROC and in FPR95 (the ID share flagged at
+  the operating point's recall, what the viewer shows); a model trained without them never uses
+  its anomaly head (it has never seen a positive): its post-hoc score with the best AUROC.
 * **threshold** (:func:`threshold_at_tpr`): the first threshold that reaches ``eval.operating_tpr``
   (95 %) recall of anomalous points on validation; the share of ID points it flags there (``fpr``)
   is stored with it, so the viewer can say how many points it should flag on in-distribution data.
@@ -42,22 +42,31 @@ def headline_score(ood: Mapping[str, Mapping[str, Mapping[str, Any]]], synthesis
                    points: str = POINTS) -> tuple[str, str]:
     """(score name, why) of the model's headline score from ``ood[score][points]`` metrics.
 
-    Highest AUROC; with synthesis the anomaly head wins ties, without synthesis it is not a
-    candidate. Scores whose metrics are undefined (no OOD point) are skipped.
+    Without synthesis: the post-hoc score with the highest AUROC (the anomaly head is not a
+    candidate). With synthesis: the anomaly head, unless another score is better on both counts
+    that matter here, a higher AUROC and a lower FPR95 (the ID share flagged at the operating
+    point's recall); then the best such score by AUROC. Scores with undefined metrics are skipped.
     """
     trained_head = synthesis != "none"
-    auroc = {n: float(m[points][CRITERION]) for n, m in ood.items()
-             if CRITERION in m.get(points, {}) and (trained_head or n != ANOMALY_HEAD)}
-    if not auroc:
+    ok = {n: m[points] for n, m in ood.items()
+          if CRITERION in m.get(points, {}) and (trained_head or n != ANOMALY_HEAD)}
+    if not ok:
         raise ValueError(f"no score has a defined {CRITERION} on '{points}' points (candidates: {sorted(ood)})")
-    best = max(auroc, key=lambda n: (auroc[n], trained_head and n == ANOMALY_HEAD))
-    listed = ", ".join(f"{n} {100 * a:.1f}" for n, a in sorted(auroc.items(), key=lambda kv: -kv[1]))
-    if trained_head:
-        rule = ("the anomaly head of a model trained with outliers" if best == ANOMALY_HEAD else
-                f"{best} has a higher {CRITERION.upper()} than the anomaly head")
-    else:
-        rule = "best post-hoc score (no synthesis: the anomaly head is untrained)"
-    return best, f"{rule}; val {CRITERION.upper()} on {points} points: {listed}"
+    listed = ", ".join(f"{n} {100 * m['auroc']:.1f} / {100 * m.get('fpr95', float('nan')):.1f}"
+                       for n, m in sorted(ok.items(), key=lambda kv: -kv[1]["auroc"]))
+    listed = f"val AUROC / FPR95 on {points} points: {listed}"
+    if not trained_head or ANOMALY_HEAD not in ok:
+        best = max(ok, key=lambda n: (ok[n]["auroc"], -ok[n].get("fpr95", 1.0)))
+        why = "no synthesis: the anomaly head is untrained" if not trained_head else "the anomaly head is undefined"
+        return best, f"best post-hoc score by AUROC ({why}); {listed}"
+    head = ok[ANOMALY_HEAD]
+    better = [n for n, m in ok.items() if n != ANOMALY_HEAD and m["auroc"] > head["auroc"]
+              and m.get("fpr95", 1.0) < head.get("fpr95", 1.0)]
+    if not better:
+        return ANOMALY_HEAD, f"the anomaly head of a model trained with outliers (no score has both a higher AUROC " \
+                             f"and a lower FPR95); {listed}"
+    best = max(better, key=lambda n: ok[n]["auroc"])
+    return best, f"{best} has both a higher AUROC and a lower FPR95 than the anomaly head; {listed}"
 
 
 def threshold_at_tpr(hist: ScoreHistogram, binning: Any, tpr: float = 0.95) -> dict[str, float]:
