@@ -1,5 +1,10 @@
 """Atomic file writes: a crash mid-write leaves the previous file intact. A leaf module, usable
-from every layer (checkpoints, metrics, pictures, bag outputs)."""
+from every layer (checkpoints, metrics, pictures, bag outputs).
+
+The new file gets the permissions an ordinary ``open()`` would give it under the process umask
+(``mkstemp`` alone would leave every output 0600, unreadable by colleagues sharing a run folder),
+and the folder is fsynced after the rename so that the new name itself survives a power cut.
+"""
 from __future__ import annotations
 
 import json
@@ -9,9 +14,37 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def current_umask() -> int:
+    """The process umask (Linux: read from /proc without touching it; else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """fsync a folder so that a rename into it is durable (no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file in the target folder, fsync it, then rename it
-    over ``path`` (rename is atomic on POSIX within one file system)."""
+    """Call ``write(tmp_path)`` on a temporary file in the target folder, give it the umask's
+    permissions, fsync it, rename it over ``path`` (atomic on POSIX within one file system), then
+    fsync the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -19,9 +52,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+        fsync_dir(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
     return path

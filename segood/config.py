@@ -95,6 +95,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
     path = Path(path)
     base = _read_yaml(BASE_CONFIG)
     doc = _load_chain(path)
+    doc.pop("_source", None)  # a run folder's resolved config.yaml records where it came from
     _check_keys(doc, base, str(path))
     cfg = _merge(base, doc)
     if overrides:

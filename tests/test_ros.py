@@ -48,7 +48,9 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(ckpt) -> Predictor:
-    return Predictor(ckpt)
+    p = Predictor(ckpt)
+    assert p.op.score == "maxlogit"  # no synthesis, no stored operating point: not the untrained anomaly head
+    return p
 
 
 def kitti_points() -> np.ndarray:
@@ -153,7 +155,7 @@ def test_replay_round_trip_keeps_points_order_and_original_messages(name, tmp_pa
         assert rec["anomaly"].dtype == np.dtype("<f4") and rec["label"].dtype == np.dtype("<u2")
         assert np.isfinite(rec["anomaly"]).all() and set(np.unique(rec["label"])) <= raw_ids
         # the score of each point is the model's score of that point (no reordering anywhere)
-        expect = predictor(scan_from_points(orig, None, None, "direct")).scores["anomaly_head"]
+        expect = predictor(scan_from_points(orig, None, None, "direct")).scores[predictor.op.score]
         np.testing.assert_allclose(rec["anomaly"], expect, rtol=1e-5, atol=1e-6)
     with open_bag(bag) as a, open_bag(out) as b:  # every original message, byte for byte
         orig_msgs = [(c.topic, t, bytes(raw)) for c, t, raw in messages(a)]
@@ -173,7 +175,7 @@ def test_replay_with_camera_pairs_nearest_image_within_max_dt(tmp_path, ckpt, pr
     assert s["frames"]["processed"] == 3 and s["frames"]["lidar_only"] == 1
     assert list(s["lidar_only_reasons"]) == ["no image within max_dt 0.05 s"]
     clouds = segood_clouds(tmp_path / "out.mcap")
-    lidar_only = [predictor(scan_from_points(kitti_points()[k::8], None, None, "x")).scores["anomaly_head"]
+    lidar_only = [predictor(scan_from_points(kitti_points()[k::8], None, None, "x")).scores[predictor.op.score]
                   for k in (0, 2)]
     assert not np.allclose(clouds[0]["anomaly"], lidar_only[0], atol=1e-4)  # the image was used
     np.testing.assert_allclose(clouds[2]["anomaly"], lidar_only[1], rtol=1e-5, atol=1e-6)  # no image
@@ -296,3 +298,64 @@ def test_decode_raw_images_and_calibration_files(tmp_path):
     (tmp_path / "c.yaml").write_text("lidar_to_camera: [[1, 0, 0], [0, 1, 0]]\n")
     with pytest.raises(CameraError, match=r"'lidar_to_camera' has shape \(2, 3\), expected \(4, 4\)"):
         load_calib(tmp_path / "c.yaml")
+
+
+# ---------------------------------------------------------------------------------------------
+# What the counts and times say
+
+
+def test_counts_lidar_only_frames_lists_drops_and_uses_bag_relative_times(tmp_path, ckpt, capsys):
+    """Without a camera topic every processed frame is LiDAR-only; a dropped cloud is named by its
+    index and its time from the bag's start, the clock --start uses."""
+    pts = kitti_points()[::20]
+    with BagWriter(tmp_path / "in.bag", "ros1") as w:
+        c = w.add_connection("/velodyne_points", "sensor_msgs/msg/PointCloud2")
+        for k in range(4):  # receive times 100.0 .. 100.3 s (epoch-like), cloud 2 truncated
+            m = from_records(xyzi_records(pts), TS1, make_header(TS1, 100 * 10**9 + k * 10**8, "l"))
+            if k == 2:
+                m.data = m.data[: len(m.data) // 2]
+            w.write(c, 100 * 10**9 + k * 10**8, w.serialize(m, "sensor_msgs/msg/PointCloud2"))
+    out = tmp_path / "out.bag"
+    assert _cli(["replay", str(tmp_path / "in.bag"), "--ckpt", str(ckpt), "--out", str(out), "--start", "0.1",
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "2 processed, 1 dropped, 2 LiDAR-only" in text
+    assert "  LiDAR-only 2: no camera topic given" in text
+    assert "  dropped message 2 (t = 0.200 s): truncated data" in text
+    s = json.loads(summary_path(out).read_text())
+    assert s["frames"]["skipped_outside_window"] == 1  # cloud 0 at t = 0.0 s is before --start 0.1
+    assert s["dropped_frames"][0]["index"] == 2 and s["dropped_frames"][0]["time_s"] == pytest.approx(0.2)
+    assert "from the bag's first message" in s["times"]
+
+
+def test_operating_point_warning_when_most_points_are_flagged(tmp_path, capsys):
+    ckpt = make_tiny_checkpoint(tmp_path / "op.pt", {"score": "anomaly_head", "threshold": 0.0, "fpr": 0.05})
+    bag = write_sensor_bag(tmp_path / "in.bag", kitti_frames(n=1, stride=40)[0])
+    assert _cli(["replay", str(bag), "--ckpt", str(ckpt), "--out", str(tmp_path / "o.bag"), "--no-progress"]) == 0
+    cap = capsys.readouterr()
+    assert "it flagged 5.0% of ID points on validation" in cap.out
+    assert "warning: 100.0% of the points are flagged, more than 25%" in cap.err
+    s = json.loads(summary_path(tmp_path / "o.bag").read_text())
+    assert s["operating_point"]["warning"].startswith("warning: 100.0%") and s["operating_point"]["fpr"] == 0.05
+
+
+def test_kitti_calib_txt_in_both_layouts(tmp_path):
+    from segood.ros.camera import CameraError, load_calib
+
+    calib = json.loads((KITTI / "calib_000008.json").read_text())
+    p2 = np.asarray(calib["P2_cam2img_4x4"])[:3]
+    l2c = np.asarray(calib["lidar2cam_4x4 (=R0_rect @ Tr_velo_to_cam)"])
+    rot = np.array([[0.999, -0.04, 0.0], [0.04, 0.999, 0.0], [0.0, 0.0, 1.0]])  # an R0_rect that is not I
+    tr = np.linalg.inv(np.block([[rot, np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]])) @ l2c
+
+    def line(k, m):
+        return f"{k}: " + " ".join(f"{v:.12e}" for v in np.asarray(m).reshape(-1))
+
+    (tmp_path / "odometry.txt").write_text("\n".join([line("P0", p2), line("P2", p2), line("Tr", l2c[:3])]) + "\n")
+    (tmp_path / "object.txt").write_text("\n".join([line("P2", p2), line("R0_rect", rot), line("Tr_velo_to_cam", tr[:3]),
+                                                    line("Tr_imu_to_velo", tr[:3])]) + "\n")
+    for name in ("odometry.txt", "object.txt"):
+        np.testing.assert_allclose(load_calib(tmp_path / name)["lidar_to_image"], p2 @ l2c, rtol=1e-9, atol=1e-6)
+    (tmp_path / "bad.txt").write_text(line("P2", p2) + "\n")
+    with pytest.raises(CameraError, match="bad.txt: KITTI calibration has no 'Tr_velo_to_cam'"):
+        load_calib(tmp_path / "bad.txt")

@@ -19,7 +19,8 @@ from segood.commands import viz as viz_cli
 from segood.viz.colors import ANOMALY_RGB, gt_colors, raw_id_colors
 from segood.viz.frame import VizFrame
 from segood.engine.inference import resolve_operating_point
-from segood.viz.open3d_view import RenderCamera, ViewerState, render_image
+from segood.viz.open3d_view import RenderCamera, render_image
+from segood.viz.window import ViewerState
 from segood.viz.ply import read_ply, write_ply
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -96,7 +97,8 @@ def test_cli_png_overlay_and_ply_from_saved_predictions(scene, tmp_path, capsys)
                  "--calib", str(tmp_path / "calib.json"), "--size", "640x360"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert f"anomaly >= 0.5 (--threshold); this scan: threshold 0.5, {100 * ood.mean():.2f}% of {len(pts)} points" in out
+    assert "operating point: anomaly >= 0.5 (--threshold)\n" in out
+    assert f"this scan: threshold 0.5, {100 * ood.mean():.2f}% of {len(pts)} points flagged" in out
     png = np.asarray(Image.open(tmp_path / "v.png").convert("RGB"))
     assert png.shape[1] == 640 and png.shape[0] > 360  # render + caption strip
     # overlay: OOD points' pixels are red, ID points' pixels are not
@@ -225,9 +227,114 @@ def test_viz_errors(scene, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     assert _cli(["viz", str(tmp_path / "s.bin"), "--pred", str(tmp_path / "ok.npz")]) == 2
-    assert "no display for the interactive window: use --png, --overlay or --ply" in capsys.readouterr().err
+    assert "no display for the interactive window: DISPLAY is not set; use --png, --overlay or --ply" in capsys.readouterr().err
     assert _cli(["viz", str(tmp_path / "s.bin"), "--png", str(tmp_path / "x.png")]) == 2
     assert "nothing to show" in capsys.readouterr().err
+
+
+def test_png_has_a_caption_and_colour_legend(scene, tmp_path, capsys):
+    """Every PNG says file, frame, view, score, threshold and its source, share flagged, and what the
+    colours mean; the heat ramp under the picture is the one the points are drawn with."""
+    from PIL import Image
+
+    from segood.viz.colors import heat_ramp, to_uint8
+
+    pts, raw, _, ood = scene
+    pts.tofile(tmp_path / "scan.bin")
+    np.savez(tmp_path / "pred.npz", anomaly=np.where(ood, 0.9, 0.1).astype(np.float32))
+    assert _cli(["viz", str(tmp_path / "scan.bin"), "--pred", str(tmp_path / "pred.npz"), "--threshold", "0.5",
+                 "--png", str(tmp_path / "v.png"), "--size", "640x360"]) == 0, capsys.readouterr().err
+    png = np.asarray(Image.open(tmp_path / "v.png").convert("RGB"))
+    panel = png[360:].astype(int)
+    assert panel.shape[0] > 80  # caption lines + legend
+    for rgb in to_uint8(heat_ramp(8))[[0, -1]]:
+        assert (np.abs(panel - rgb).max(axis=2) <= 6).sum() > 20, f"heat ramp colour {rgb} missing from the legend"
+    frame = VizFrame(Scan(points=pts, raw_labels=raw, source=str(tmp_path / "scan.bin")),
+                     load_label_map("semantickitti"), None, np.where(ood, 0.9, 0.1).astype(np.float32),
+                     resolve_operating_point(None, "anomaly", 0.5), "scan.bin [1/1]")
+    lines = frame.caption_lines("heat")
+    assert lines[0] == "scan.bin [1/1]   view: heat (anomaly heatmap)"
+    assert lines[1] == "score: anomaly   threshold: >= 0.5   from: --threshold"
+    assert lines[2].startswith(f"flagged: {100 * ood.mean():.1f}% of {len(pts)} points")
+    assert "ID points flagged here (ground truth): 0.0%" in lines[2]
+    legend = frame.legend("heat")
+    assert "blue = low score, red = high score" in legend["text"] and "1st-99th percentile" in legend["text"]
+    assert (legend["lo"], legend["hi"]) == pytest.approx((0.1, 0.9))
+    names = [n for _, n in frame.legend("gt")["items"]]
+    assert "other-vehicle (OOD)" in names and names[-1] == "ignored / unlabelled"
+    assert frame.legend("hot")["items"][0][1] == "flagged (anomaly >= 0.5)"
+
+
+def test_warning_when_a_scan_is_mostly_flagged(scene, tmp_path, capsys):
+    pts = scene[0]
+    pts.tofile(tmp_path / "scan.bin")
+    np.savez(tmp_path / "pred.npz", anomaly=np.ones(len(pts), np.float32))
+    assert _cli(["viz", str(tmp_path / "scan.bin"), "--pred", str(tmp_path / "pred.npz"), "--threshold", "0.5",
+                 "--png", str(tmp_path / "v.png"), "--size", "320x240", "--warn-share", "0.3"]) == 0
+    assert "warning: 100.0% of the points are flagged, more than 30%" in capsys.readouterr().err
+
+
+def test_run_folder_input_uses_its_config_and_checkpoint(tmp_path, capsys):
+    """What `segood train --out RUN` leaves (config.yaml with its _source key, checkpoint.pt) is an input."""
+    import yaml
+
+    write_dataset(tmp_path / "data", SyntheticConfig(num_train=1, num_val=1, azimuth_columns=128, image_width=160,
+                                                     image_height=48, seed=1), progress=False)
+    cfg = load_config(CONFIG_DIR / "synthetic_feature_mixing.yaml", SMALL + [f"data.root={tmp_path / 'data'}"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert "_source" in cfg
+    save_checkpoint(run / "checkpoint.pt", {"model": build_model(cfg).state_dict(), "config": cfg,
+                                            "label_map": load_label_map("semantickitti").checksum(), "step": 0})
+    for given in (run, run / "config.yaml"):
+        assert _cli(["viz", str(given), "--sequence", "08", "--ply", str(tmp_path / "r.ply")]) == 0, \
+            capsys.readouterr().err
+        out = capsys.readouterr().out
+        assert f"checkpoint: {run / 'checkpoint.pt'} (the run's)" in out
+        assert "operating point: anomaly_head > the scan's 95th percentile" in out  # trained with synthesis
+        assert {"anomaly", "label", "gt_label"} <= set(read_ply(tmp_path / "r.ply"))
+
+
+def test_scored_bag_shows_its_anomaly_field_without_a_model(tmp_path, ckpt, capsys):
+    """`segood replay` output viewed without --ckpt: the scores and operating point replay wrote."""
+    from segood.ros.replay import ReplayOptions, replay
+
+    bags = FIXTURES / "bags"
+    out = tmp_path / "scored.mcap"
+    replay(ReplayOptions(bags / "nuscenes0061_derived.mcap", out, ckpt, threshold=0.1, progress=False))
+    assert _cli(["viz", str(out), "--index", "1", "--ply", str(tmp_path / "s.ply"), "--png", str(tmp_path / "s.png"),
+                 "--size", "320x240"]) == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "operating point: maxlogit >= 0.1 (scored.mcap.summary.json: --threshold)" in text
+    from segood.ros.bagio import messages, open_bag
+    from segood.ros.pointcloud2 import point_records
+
+    with open_bag(out) as r:
+        scored = [point_records(r.deserialize(raw, c.msgtype)) for c, _, raw in messages(r) if c.topic == "/points/segood"]
+    ply = read_ply(tmp_path / "s.ply")
+    np.testing.assert_array_equal(ply["anomaly"], scored[1]["anomaly"])
+    np.testing.assert_array_equal(ply["above"], (scored[1]["anomaly"] >= 0.1).astype(np.uint8))
+
+
+def test_point_file_with_a_kitti_calib_txt(scene, tmp_path, capsys):
+    pts, _, image, ood = scene
+    from PIL import Image
+
+    pts.tofile(tmp_path / "scan.bin")
+    Image.fromarray(image).save(tmp_path / "cam.png")
+    m = lidar_to_image(SYN)
+    (tmp_path / "calib.txt").write_text("P2: " + " ".join(map(str, m.reshape(-1))) + "\nTr: 1 0 0 0 0 1 0 0 0 0 1 0\n")
+    np.savez(tmp_path / "pred.npz", anomaly=ood.astype(np.float32))
+    assert _cli(["viz", str(tmp_path / "scan.bin"), "--pred", str(tmp_path / "pred.npz"), "--threshold", "0.5",
+                 "--image", str(tmp_path / "cam.png"), "--calib", str(tmp_path / "calib.txt"),
+                 "--overlay", str(tmp_path / "o.png"), "--view", "hot"]) == 0, capsys.readouterr().err
+    ov = np.asarray(Image.open(tmp_path / "o.png").convert("RGB"))
+    cam = pts[:, :3] @ m[:, :3].T + m[:, 3]
+    uv = np.round(cam[:, :2] / cam[:, 2:3]).astype(int)
+    inside = (cam[:, 2] > 0.1) & (uv[:, 0] >= 0) & (uv[:, 0] < SYN.image_width) & (uv[:, 1] >= 0) & (uv[:, 1] < SYN.image_height)
+    assert is_red(ov[uv[inside & ood, 1], uv[inside & ood, 0]]).mean() > 0.9
+    assert ov.shape[0] > SYN.image_height  # the legend panel under the camera image
 
 
 def _cli(argv: list[str]) -> int:

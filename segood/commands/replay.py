@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from segood.data.errors import DataError
     from segood.ros.bagio import BagError
     from segood.ros.camera import CameraError
-    from segood.ros.replay import ReplayOptions, replay, summary_path
+    from segood.ros.replay import ReplayOptions, replay, report_lines, summary_path
 
     opts = ReplayOptions(
         bag=Path(args.bag), out=Path(args.out), ckpt=Path(args.ckpt), topic=args.topic,
@@ -81,11 +81,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"operating point: {s['operating_point']['description']}")
     print(f"{s['topic']} -> {s['output_topic']}: {f['processed']} processed, {f['dropped']} dropped, "
           f"{f['lidar_only']} LiDAR-only")
-    for reason, n in s["dropped_reasons"].items():
-        print(f"  dropped {n}: {reason}")
+    for line in report_lines(s):
+        print(line)
     if f["processed"]:
         print(f"latency per frame: p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms "
               f"(decode {100 * s['share_decode']:.1f}%, encode {100 * s['share_encode']:.1f}%); "
               f"points flagged by the operating point: {100 * s['points']['fraction_above']:.2f}%")
+    if s["operating_point"]["warning"]:
+        print(s["operating_point"]["warning"], file=sys.stderr)
     print(f"wrote {s['output']} and {summary_path(Path(s['output']))}")
     return 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -18,19 +17,30 @@ from segood.commands.common import add_overrides
 EPILOG = """\
 INPUT is one of
   a config YAML          a data-set scan: --sequence SS [--frame NNNNNN] (ground truth shown when labelled)
-  a .bin / .pcd / .ply   a point file; --image IMG --calib FILE add a camera (for --overlay and the model)
-  a bag (.bag/.db3/.mcap or ROS 2 folder)   --index K picks the K-th cloud of --topic
+  a run folder           its config.yaml and checkpoint.pt (what `segood train --out RUN` wrote): --sequence SS
+  a .bin / .pcd / .ply   a point file; --image IMG --calib FILE add a camera (for --overlay and the model);
+                         FILE: KITTI calib.txt (P2 and Tr, or P2, R0_rect, Tr_velo_to_cam), or YAML/JSON
+  a bag (.bag/.db3/.mcap or ROS 2 folder)   --index K picks the K-th cloud of --topic; a bag written by
+                         `segood replay` shows its 'anomaly' field without a model
 predictions: --ckpt CKPT runs the model (and allows moving between frames), or --pred FILE.npz with
 'anomaly' (N,) and optionally 'label' (N,) train ids, in the scan's point order.
-operating point (score >= T is anomalous): --threshold T, else the one stored with the checkpoint
-(checkpoint.operating_point.json from `segood eval`), else the top 5% of the scan.
+operating point (score >= T is anomalous): --threshold T, else the one `segood eval` stored beside the
+checkpoint (checkpoint.operating_point.json: the model's headline score on the validation split, at 95%
+OOD recall on all points), else the top 5% of the scan. A warning is printed (and drawn) when a scan has
+more than --warn-share of its points flagged.
 views: gt (ground truth), pred (prediction), heat (anomaly heatmap), hot (above the operating point).
-outputs: without --png/--overlay/--ply an interactive window opens (needs a display); keys:
-  1-4 views, V next view, N/P or right/left next/previous frame, Q quit.
+colours: heat runs from blue (low score) to red (high), normalised per scan over its 1st-99th percentile;
+every PNG and the window's legend panel say so, with the file, frame, score, threshold and its source.
+outputs: without --png/--overlay/--ply an interactive window opens (needs an X display); keys:
+  1-4 views, V next view, N/P or right/left next/previous frame (unreadable frames are skipped),
+  R segood's view, H keys, Q quit; Ctrl-C in the terminal closes it.
 
 examples:
+  segood viz runs/fm --sequence 08 --frame 3
   segood viz configs/synthetic_feature_mixing.yaml --sequence 08 --frame 3 --ckpt runs/fm/checkpoint.pt
   segood viz scan.bin --pred scan_pred.npz --threshold 0.5 --png scan.png --ply scan.ply
+  segood viz 000008.bin --image 000008.png --calib calib.txt --ckpt runs/fm/checkpoint.pt --overlay o.png
+  segood viz scored.db3 --index 10 --png frame10.png
   segood viz drive.bag --topic /points --index 10 --ckpt ckpt.pt --image-topic /cam/compressed \\
       --calib lidar_cam.yaml --overlay frame10.png
 """
@@ -42,7 +52,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Show a scan's ground truth, prediction and anomaly scores: open3d window, or headless "
                     "PNG / camera overlay / PLY.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", help="config YAML, point file (.bin/.pcd/.ply) or bag")
+    p.add_argument("input", help="config YAML, run folder, point file (.bin/.pcd/.ply) or bag")
     src = p.add_argument_group("data-set scans")
     src.add_argument("--sequence", default=None, help="sequence of the config's data set, e.g. 08")
     src.add_argument("--frame", default=None, help="frame in the sequence, e.g. 000003 or 3 (default: the first)")
@@ -50,7 +60,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     cam = p.add_argument_group("camera (point files and bags)")
     cam.add_argument("--image", default=None, help="camera image for a point file")
     cam.add_argument("--calib", type=Path, default=None,
-                     help="YAML/JSON with lidar_to_image (3x4), or lidar_to_camera (4x4) with --info-topic")
+                     help="KITTI calib.txt, or YAML/JSON with lidar_to_image (3x4), or lidar_to_camera (4x4) "
+                          "with --info-topic")
     bag = p.add_argument_group("bags")
     bag.add_argument("--topic", default=None, help="PointCloud2 topic (default: the first)")
     bag.add_argument("--index", type=int, default=0, help="cloud number on the topic (default 0)")
@@ -61,8 +72,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     pred = p.add_argument_group("predictions")
     pred.add_argument("--ckpt", default=None, help="segood checkpoint (runs the model)")
     pred.add_argument("--pred", default=None, help="saved predictions .npz: anomaly (N,) [, label (N,) train ids]")
-    pred.add_argument("--score", default=None, help="score of the checkpoint to show (default anomaly_head)")
+    pred.add_argument("--score", default=None,
+                      help="score to show (default: the score of the operating point stored by `segood eval`; "
+                           "without one, anomaly_head, or maxlogit for a model trained without synthesis)")
     pred.add_argument("--threshold", type=float, default=None, help="operating point (score >= T is anomalous)")
+    pred.add_argument("--warn-share", type=float, default=0.25,
+                      help="warn when more than this share of a scan's points is flagged (default 0.25)")
     pred.add_argument("--label-map", default="semantickitti",
                       help="label map for --pred / point files / bags without --ckpt (default semantickitti)")
     out = p.add_argument_group("output")
@@ -79,7 +94,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the frame(s), then write the headless outputs or open the window. Errors return 2."""
+    """Build the frame(s), then write the headless outputs or open the window. Errors return 2, Ctrl-C 130."""
     from segood.config import ConfigError
     from segood.data.errors import DataError
     from segood.ros.bagio import BagError
@@ -92,54 +107,70 @@ def run(args: argparse.Namespace) -> int:
             RuntimeError) as e:
         print(f"segood viz: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("segood viz: interrupted", file=sys.stderr)
+        return 130
 
 
 def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from segood.data.labels import load_label_map
-    from segood.viz.frame import VizFrame
     from segood.engine.inference import Predictor, resolve_operating_point
+    from segood.viz.frame import VizFrame
+    from segood.viz.sources import run_folder_input
 
+    run_input = run_folder_input(args.input)
+    if run_input is not None:
+        args.input = str(run_input[0])
+        if args.ckpt is None and args.pred is None and run_input[1] is not None:
+            args.ckpt = str(run_input[1])
+            print(f"checkpoint: {args.ckpt} (the run's)")
     if args.ckpt and args.pred:
         raise ValueError("give either --ckpt or --pred, not both")
-    predictor = Predictor(args.ckpt, args.score, args.threshold) if args.ckpt else None
-    frames, start, label_map = _frames(args, stack, predictor)
+    predictor = Predictor(args.ckpt, args.score, args.threshold, args.warn_share) if args.ckpt else None
+    frames, start, label_map, scored_op = _frames(args, stack, predictor)
     pred = _load_pred(args.pred) if args.pred else None
-    op = predictor.op if predictor else (resolve_operating_point(None, "anomaly", args.threshold) if pred else None)
+    if predictor:
+        op = predictor.op
+    elif pred or scored_op:
+        op = scored_op or resolve_operating_point(None, "anomaly", args.threshold, warn_share=args.warn_share)
+    else:
+        op = None
     label_map = predictor.label_map if predictor else (label_map or load_label_map(args.label_map))
 
     def load(i: int) -> VizFrame:
         scan = frames[i]
+        title = _title(scan, i, len(frames))
         if predictor is not None:
             p = predictor(scan)
-            return VizFrame(scan, label_map, p.label, p.scores[op.score], op, _title(scan, i, len(frames)))
+            return VizFrame(scan, label_map, p.label, p.scores[op.score], op, title)
+        if "anomaly" in scan.meta:  # a cloud scored by `segood replay`
+            return VizFrame(scan, label_map, None, scan.meta["anomaly"].astype(np.float32), op, title)
         label = pred.get("label") if pred else None
-        return VizFrame(scan, label_map, label, pred["anomaly"] if pred else None, op, _title(scan, i, len(frames)))
+        return VizFrame(scan, label_map, label, pred["anomaly"] if pred else None, op, title)
 
     frame = load(start)
     if not frame.views:
-        raise ValueError(f"{frame.scan.source}: nothing to show (no ground truth): give --ckpt or --pred")
+        raise ValueError(f"{frame.scan.source}: nothing to show (no ground truth): give --ckpt or --pred, or a bag "
+                         "written by `segood replay`")
     view = args.view or ("heat" if "heat" in frame.views else frame.views[0])
     if op is not None:
-        print(f"operating point: {op.describe()}; this scan: threshold {frame.threshold:.4g}, "
-              f"{100 * frame.above().mean():.2f}% of {frame.scan.num_points} points flagged")
+        _print_operating_point(op, frame)
     if not (args.png or args.overlay or args.ply):
-        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-            raise RuntimeError("no display for the interactive window: use --png, --overlay or --ply")
-        from segood.viz.open3d_view import run_window
+        from segood.viz.window import run_window
 
         n = len(frames) if predictor is not None or pred is None else 1
-        run_window(load if n > 1 else (lambda _i: frame), n, view, args.point_size)
-        return 0
+        return run_window(load if n > 1 else (lambda _i: frame), n, view, start if n > 1 else 0, args.point_size)
     colors = frame.colors(view)
     if args.png:
-        from segood.viz.open3d_view import RenderCamera, add_caption, render_image, write_png
+        from segood.viz.legend import with_legend
+        from segood.viz.open3d_view import RenderCamera, render_image, write_png
 
         w, h = _size(args.size)
         cam = RenderCamera.preset(args.camera, w, h)
         hot = frame.above() if view in ("heat", "hot") else np.zeros(frame.scan.num_points, bool)
         xyz = frame.scan.points[:, :3]  # flagged points are drawn again on top, twice as large
         img = render_image(xyz, colors, cam, args.point_size, overlay=(xyz[hot], colors[hot]))
-        print(f"wrote {write_png(args.png, add_caption(img, frame.caption(view)))}")
+        print(f"wrote {write_png(args.png, with_legend(img, frame, view))}")
     if args.overlay:
         from segood.viz.overlay import write_overlay
 
@@ -147,6 +178,22 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     if args.ply:
         print(f"wrote {write_frame_ply(args.ply, frame, colors)}")
     return 0
+
+
+def _print_operating_point(op, frame) -> None:
+    """The operating point, what it flags in this scan, and a warning when that is too much."""
+    print(f"operating point: {op.describe()}")
+    if op.chosen_by:
+        print(f"  score chosen by: {op.chosen_by}")
+    share = frame.flagged_share()
+    line = f"this scan: threshold {frame.threshold:.4g}, {100 * share:.2f}% of {frame.scan.num_points} points flagged"
+    id_share = frame.id_flagged_share()
+    if id_share is not None:
+        line += f"; {100 * id_share:.2f}% of its ID points (ground truth)"
+    print(line)
+    warning = op.warning(share)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def write_frame_ply(path: str | Path, frame, colors: np.ndarray) -> Path:
@@ -173,10 +220,12 @@ def write_frame_ply(path: str | Path, frame, colors: np.ndarray) -> Path:
 
 
 def _frames(args, stack: contextlib.ExitStack, predictor):
-    """(list-like of Scans, index of the requested frame, label map of the data set or None)."""
+    """(list-like of Scans, index of the requested frame, label map of the data set or None,
+    operating point of a bag scored by replay or None)."""
     from segood.ros.bagio import open_bag
     from segood.ros.camera import CameraStream, load_calib, projection_matrix
-    from segood.ros.frames import BagFrames
+    from segood.ros.frames import BagFrames, scored_topic
+    from segood.ros.replay import scored_operating_point
     from segood.viz.sources import POINT_SUFFIXES, DatasetFrames, file_scan
 
     src = Path(args.input)
@@ -189,17 +238,25 @@ def _frames(args, stack: contextlib.ExitStack, predictor):
         cfg = load_config(src, args.set)
         lm = build_label_map(cfg)
         frames = DatasetFrames(cfg, args.sequence, lm)
-        return frames, (frames.index_of(args.frame) if args.frame is not None else 0), lm
+        return frames, (frames.index_of(args.frame) if args.frame is not None else 0), lm, None
     calib = load_calib(args.calib) if args.calib else None
     if src.suffix in POINT_SUFFIXES:
         matrix = projection_matrix(calib, None, str(args.calib)) if calib else None
-        return [file_scan(src, args.image, matrix)], 0, None
+        return [file_scan(src, args.image, matrix)], 0, None, None
     reader = stack.enter_context(open_bag(src))
     camera = CameraStream(reader, args.image_topic, args.info_topic, calib, args.max_dt) if args.image_topic else None
-    frames = BagFrames(reader, args.topic, camera, args.intensity_scale)
+    unscored = predictor is None and args.pred is None
+    topic = args.topic or (scored_topic(reader) if unscored else None)
+    frames = BagFrames(reader, topic, camera, args.intensity_scale)
     if not 0 <= args.index < len(frames):
         raise ValueError(f"{src}: --index {args.index} out of range: topic '{frames.topic}' has {len(frames)} clouds")
-    return frames, args.index, None
+    scored_op = None
+    if unscored:  # the operating point replay used, unless --threshold overrides it
+        from segood.engine.inference import resolve_operating_point
+
+        scored_op = ((scored_operating_point(src) if args.threshold is None else None)
+                     or resolve_operating_point(None, "anomaly", args.threshold, warn_share=args.warn_share))
+    return frames, args.index, None, scored_op
 
 
 def _load_pred(path: str) -> dict[str, np.ndarray]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -36,6 +35,7 @@ from segood.data.labels import LabelMap
 from segood.engine.builders import build_label_map, build_loader
 from segood.atomic import atomic_write, write_json
 from segood.engine.checkpoint import file_sha256, load_checkpoint
+from segood.engine.operating_point import choose_operating_point, threshold_at_tpr  # noqa: F401  (re-exported)
 from segood.metrics.iou import ConfusionMatrix
 from segood.metrics.ood import ScoreHistogram
 from segood.models import build_model
@@ -396,32 +396,19 @@ def _safe_metrics(hist: ScoreHistogram) -> dict:
 # --------------------------------------------------------------------------- operating point
 
 
-def threshold_at_tpr(hist: ScoreHistogram, binning: Binning, tpr: float = 0.95) -> dict[str, float]:
-    """Raw-score threshold whose flagged set (score >= threshold) first reaches anomaly TPR >= ``tpr``:
-    the lower edge of the bin where the cumulative TPR crosses ``tpr`` (-inf for the lowest bin)."""
-    idc, oodc = hist.counts[0][::-1], hist.counts[1][::-1]
-    if oodc.sum() == 0 or idc.sum() == 0:
-        raise ValueError("operating point undefined: the split needs both ID and OOD points")
-    first = int(np.argmax(np.cumsum(oodc) / oodc.sum() >= tpr))
-    b = hist.bins - 1 - first
-    edge = hist.lo + b * (hist.hi - hist.lo) / hist.bins
-    threshold = float(binning.inverse(edge)) if b > 0 else -math.inf
-    return {"threshold": threshold, "achieved_tpr": float(oodc[: first + 1].sum() / oodc.sum()),
-            "fpr": float(idc[: first + 1].sum() / idc.sum())}
-
-
-def operating_point(acc: EvalAccumulator, cfg: Mapping[str, Any], ckpt_path: str | Path, split: str) -> dict | None:
-    """The operating point of ``eval.operating_score`` (default: the first score) on all points."""
-    name = eval_option(cfg, "operating_score") or acc.names[0]
-    if name not in acc.hist:
-        raise ConfigError(f"eval.operating_score: '{name}' is not among eval.scores {acc.names}")
-    tpr = float(eval_option(cfg, "operating_tpr"))
+def operating_point(acc: EvalAccumulator, cfg: Mapping[str, Any], ckpt_path: str | Path, split: str,
+                    synthesis: str = "none") -> dict | None:
+    """The operating point on all points (:mod:`segood.engine.operating_point`): ``eval.operating_score``
+    if set, else the model's headline score on this split."""
     try:
-        found = threshold_at_tpr(acc.hist[name]["all"], acc.binning[name], tpr)
-    except ValueError:
+        op = choose_operating_point(acc.hist, acc.binning, acc.ood(), synthesis,
+                                    eval_option(cfg, "operating_score"), float(eval_option(cfg, "operating_tpr")))
+    except KeyError as e:
+        raise ConfigError(f"eval.operating_score: {e.args[0]}") from None
+    if op is None:
         return None
-    return {"score": name, **found, "tpr": tpr, "points": "all", "split": split,
-            "sequences": list(cfg["data"][f"{split}_sequences"]), "checkpoint_sha256": checkpoint_sha(ckpt_path)}
+    return {**op, "split": split, "sequences": list(cfg["data"][f"{split}_sequences"]),
+            "checkpoint_sha256": checkpoint_sha(ckpt_path)}
 
 
 def load_operating_point(ckpt_path: str | Path) -> dict:
@@ -518,7 +505,7 @@ def assemble_metrics(cfg: dict, ckpt_path: str | Path, state: Mapping[str, Any],
                        "bin_error_bound": bounds.get(n)} for n in acc.names},
         "fit": None if fit is None else {"path": str(scores_path(ckpt_path)), "points": int(len(fit["bank"]["labels"])),
                                          "per_class": fit["per_class"], "sequences": fit["sequences"]},
-        "operating_point": operating_point(acc, cfg, ckpt_path, "val"),
+        "operating_point": operating_point(acc, cfg, ckpt_path, "val", state["config"]["synthesis"]["method"]),
         "resolved_config": cfg,
     }
 

@@ -11,6 +11,12 @@ convention of :func:`segood.engine.evaluate.load_operating_point`). Its source, 
 3. otherwise the top ``top_fraction`` (5 %) of each scan's scores (``score >`` the scan's 95th
    percentile, strict so that tied scores are not all flagged), and the output says so.
 
+The score, when neither ``--score`` nor a stored operating point names one, is the anomaly head for
+a model trained with synthesized outliers and MaxLogit for one trained without
+(:func:`segood.engine.operating_point.default_score`). A stored operating point also states the
+share of ID points it flagged on validation (``fpr``); :meth:`OperatingPoint.warning` speaks up when
+a scan has more than ``warn_share`` (25 %) of its points flagged.
+
 Scores are computed with :func:`segood.engine.evaluate.load_scorers`, so fitted scores (Mahalanobis,
 kNN, ...) work when their fit (``checkpoint.scores.pt``) exists.
 """
@@ -27,9 +33,10 @@ from segood.data.labels import LabelMap
 from segood.data.scan import Scan
 from segood.engine.builders import build_grid, build_label_map
 from segood.engine.evaluate import load_model, load_operating_point, load_scorers, operating_point_path
+from segood.engine.operating_point import default_score
 
-DEFAULT_SCORE = "anomaly_head"
 TOP_FRACTION = 0.05
+WARN_SHARE = 0.25  # warn when a scan has more than this share of its points flagged
 
 
 @dataclass
@@ -46,6 +53,9 @@ class OperatingPoint:
     threshold: float | None  # None: per-scan top ``top_fraction``
     source: str  # where the threshold comes from, printed beside every output
     top_fraction: float = TOP_FRACTION
+    fpr: float | None = None  # share of ID points it flagged on validation (stored operating points)
+    chosen_by: str = ""  # why this score (stored operating points)
+    warn_share: float = WARN_SHARE
 
     def threshold_for(self, scores: np.ndarray) -> float:
         """The threshold for one scan (fixed, or this scan's (1 - top_fraction) quantile)."""
@@ -65,9 +75,22 @@ class OperatingPoint:
         return scores >= t if self.threshold is not None else scores > t
 
     def describe(self) -> str:
+        """One line: score, threshold, where it came from and what it flagged on validation."""
         if self.threshold is None:
             return f"{self.score} > the scan's {100 * (1 - self.top_fraction):g}th percentile ({self.source})"
-        return f"{self.score} >= {self.threshold:g} ({self.source})"
+        text = f"{self.score} >= {self.threshold:.4g} ({self.source})"
+        if self.fpr is not None:
+            text += f"; it flagged {100 * self.fpr:.1f}% of ID points on validation"
+        return text
+
+    def warning(self, share: float) -> str | None:
+        """A warning when a scan has more than ``warn_share`` of its points flagged, else None."""
+        if share <= self.warn_share:
+            return None
+        text = f"warning: {100 * share:.1f}% of the points are flagged, more than {100 * self.warn_share:g}%"
+        if self.fpr is not None:
+            text += f" ('{self.score} >= {self.threshold:.4g}' flagged {100 * self.fpr:.1f}% of ID points on validation)"
+        return text + "; this data may differ from validation, or pick another --score / --threshold"
 
 
 def stored_operating_point(state: dict | None, ckpt: str | Path | None) -> tuple[dict | None, str]:
@@ -84,20 +107,26 @@ def stored_operating_point(state: dict | None, ckpt: str | Path | None) -> tuple
         return None, str(e)
     where = operating_point_path(ckpt).name
     if "tpr" in op:
-        where += f", TPR {op['tpr']:g} on {op.get('split', '?')}"
+        seqs = " ".join(map(str, op.get("sequences", [])))
+        where += f", TPR {op['tpr']:g} on {op.get('split', '?')}{' ' + seqs if seqs else ''}"
+        where += f", {op['points']} points" if "points" in op else ""
     return op, where
 
 
 def resolve_operating_point(state: dict | None, score: str | None, threshold: float | None,
-                            ckpt: str | Path | None = None) -> OperatingPoint:
+                            ckpt: str | Path | None = None, warn_share: float = WARN_SHARE) -> OperatingPoint:
     """The operating point from the command line, the checkpoint, or the per-scan fallback (see module doc)."""
     saved, where = stored_operating_point(state, ckpt)
+    fallback = default_score(((state or {}).get("config") or {}).get("synthesis", {}).get("method"))
     if threshold is not None:
-        return OperatingPoint(score or (saved or {}).get("score") or DEFAULT_SCORE, float(threshold), "--threshold")
+        return OperatingPoint(score or (saved or {}).get("score") or fallback, float(threshold), "--threshold",
+                              warn_share=warn_share)
     if saved and (score is None or score == saved["score"]):
-        return OperatingPoint(saved["score"], float(saved["threshold"]), where)
+        return OperatingPoint(saved["score"], float(saved["threshold"]), where, fpr=saved.get("fpr"),
+                              chosen_by=saved.get("chosen_by", ""), warn_share=warn_share)
     why = f"the stored operating point is for score '{saved['score']}'" if saved else where
-    return OperatingPoint(score or DEFAULT_SCORE, None, f"per-scan top {100 * TOP_FRACTION:g}%: no --threshold; {why}")
+    return OperatingPoint(score or fallback, None, f"per-scan top {100 * TOP_FRACTION:g}%: no --threshold; {why}",
+                          warn_share=warn_share)
 
 
 class Predictor:
@@ -107,7 +136,8 @@ class Predictor:
     map file that changed since training is refused (its checksum differs from the checkpoint's).
     """
 
-    def __init__(self, ckpt: str | Path, score: str | None = None, threshold: float | None = None) -> None:
+    def __init__(self, ckpt: str | Path, score: str | None = None, threshold: float | None = None,
+                 warn_share: float = WARN_SHARE) -> None:
         self.model, state = load_model(ckpt)
         cfg = state["config"]
         self.label_map: LabelMap = build_label_map(cfg)
@@ -115,7 +145,7 @@ class Predictor:
             raise ValueError(f"{ckpt}: trained with label map checksum {state['label_map']}, but "
                              f"{self.label_map.source} now has checksum {self.label_map.checksum()}")
         self.grid = build_grid(cfg)
-        self.op = resolve_operating_point(state, score, threshold, ckpt)
+        self.op = resolve_operating_point(state, score, threshold, ckpt, warn_share)
         self.scorer = load_scorers(ckpt, [self.op.score], cfg, self.model, auto_fit=False)[self.op.score]
         self.source = str(ckpt)
 

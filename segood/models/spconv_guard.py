@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -28,6 +29,18 @@ _STREAM_MODULES = (
     "spconv.pytorch.utils",
 )
 _patched = False
+FX_NOTICE = "is_fx_tracing will return true for both fx.symbolic_trace and torch.export"
+
+
+class _DropFxTracingNotice(logging.Filter):
+    """Drops torch's one deprecation notice that spconv triggers on every run (spconv calls
+    ``torch.fx._symbolic_trace.is_fx_tracing``); every other torch.fx message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(FX_NOTICE)
+
+
+logging.getLogger("torch.fx._symbolic_trace").addFilter(_DropFxTracingNotice())
 
 
 def _cpu_stream() -> int:

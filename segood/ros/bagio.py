@@ -24,6 +24,8 @@ from rosbags.rosbag2 import StoragePlugin
 from rosbags.rosbag2 import Writer as Writer2
 from rosbags.typesys import Stores, get_typestore
 
+from segood.atomic import fsync_dir
+
 ROS1, SQLITE3, MCAP = "ros1", "sqlite3", "mcap"
 FORMAT_NAMES = {ROS1: "ROS 1 (.bag)", SQLITE3: "ROS 2 sqlite3 (.db3)", MCAP: "ROS 2 MCAP (.mcap)"}
 _SUFFIX = {".bag": ROS1, ".db3": SQLITE3, ".mcap": MCAP}
@@ -188,6 +190,7 @@ class BagWriter:
                 old = self.path.parent / f".{self.path.name}.old{os.getpid()}"
                 os.replace(self.path, old)
             os.replace(src, self.path)  # atomic for files
+            fsync_dir(self.path.parent)  # make the new name durable
             if old is not None:
                 _remove(old)
         finally:

@@ -67,12 +67,45 @@ def decode_image(msg: Any, msgtype: str) -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, ::-1] if enc.startswith("bgr") or enc.startswith("8UC") else rgb)
 
 
+KITTI_CAMERAS = {"image_2": "P2", "image_3": "P3"}
+
+
+def read_kitti_calib(path: str | Path, camera: str = "image_2") -> np.ndarray:
+    """LiDAR -> image 3x4 from a KITTI ``calib.txt``: odometry layout (``P0..P3``, ``Tr``) or object
+    layout (``P2``, ``R0_rect`` 3x3, ``Tr_velo_to_cam``): ``P @ R0_rect @ Tr`` (R0_rect = I if absent)."""
+    p = Path(path)
+    fields: dict[str, np.ndarray] = {}
+    for lineno, line in enumerate(p.read_text().splitlines(), 1):
+        key, sep, values = line.partition(":")
+        if not sep or not values.strip():
+            continue
+        try:
+            fields[key.strip()] = np.array([float(v) for v in values.split()], dtype=np.float64)
+        except ValueError:
+            raise CameraError(f"{p}:{lineno}: field '{key.strip()}' is not a list of numbers") from None
+    name, tr_name = KITTI_CAMERAS[camera], "Tr" if "Tr" in fields else "Tr_velo_to_cam"
+    for key, size in ((name, 12), (tr_name, 12), ("R0_rect", 9)):
+        if key not in fields and key != "R0_rect":
+            raise CameraError(f"{p}: KITTI calibration has no '{key}' (found {sorted(fields)}); expected P2 and "
+                              "Tr (odometry) or P2, R0_rect and Tr_velo_to_cam (object detection)")
+        if key in fields and fields[key].size != size:
+            raise CameraError(f"{p}: field '{key}' has {fields[key].size} values, expected {size}")
+    tr, r0 = np.eye(4), np.eye(4)
+    tr[:3] = fields[tr_name].reshape(3, 4)
+    if "R0_rect" in fields:
+        r0[:3, :3] = fields["R0_rect"].reshape(3, 3)
+    return fields[name].reshape(3, 4) @ r0 @ tr
+
+
 def load_calib(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a YAML/JSON calibration: ``lidar_to_image`` (3x4 or 4x4) and/or ``lidar_to_camera`` (4x4);
-    the mmdetection3d names ``lidar2img`` / ``lidar2cam`` (``_4x4``) are accepted too."""
+    """Read a calibration: a KITTI ``calib.txt`` (:func:`read_kitti_calib`, camera image_2), or a
+    YAML/JSON file with ``lidar_to_image`` (3x4 or 4x4) and/or ``lidar_to_camera`` (4x4); the
+    mmdetection3d names ``lidar2img`` / ``lidar2cam`` (``_4x4``) are accepted too."""
     p = Path(path)
     if not p.is_file():
         raise CameraError(f"{p}: calibration file not found")
+    if p.suffix == ".txt":
+        return {"lidar_to_image": read_kitti_calib(p)}
     try:
         doc = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
     except (ValueError, yaml.YAMLError) as e:

@@ -14,9 +14,25 @@ import numpy as np
 
 from segood.data.projection import assign_cameras
 from segood.data.scan import Scan
-from segood.ros.bagio import POINTCLOUD2, BagError, connections_of, messages, resolve_topic
+from segood.ros.bagio import POINTCLOUD2, BagError, connections_of, messages, resolve_topic, topics
 from segood.ros.camera import CameraStream, stamp_ns
-from segood.ros.pointcloud2 import CloudError, decode_xyzi
+from segood.ros.pointcloud2 import ADDED_FIELDS, CloudError, decode_xyzi, point_records
+
+OUTPUT_SUFFIX = "/segood"  # replay writes the scored clouds of <topic> to <topic>/segood
+
+
+def scored_fields(msg: Any) -> dict[str, np.ndarray]:
+    """The ``anomaly`` / ``label`` fields replay adds to a cloud (those present), per point."""
+    names = {f.name for f in msg.fields}
+    if not names & set(ADDED_FIELDS):
+        return {}
+    rec = point_records(msg)
+    return {k: np.asarray(rec[k]).reshape(len(rec), -1)[:, 0].copy() for k in ADDED_FIELDS if k in names}
+
+
+def scored_topic(reader: Any) -> str | None:
+    """The first PointCloud2 topic that replay wrote (``<topic>/segood``), or None."""
+    return next((t for t, m in topics(reader).items() if m == POINTCLOUD2 and t.endswith(OUTPUT_SUFFIX)), None)
 
 
 def scan_from_points(points: np.ndarray, image: np.ndarray | None, matrix: np.ndarray | None,
@@ -57,6 +73,7 @@ class CloudDecoder:
             raise CloudError(f"message does not deserialise ({type(e).__name__}: {e})") from e
         points = decode_xyzi(msg)
         valid = np.isfinite(points).all(axis=1)
+        scored = scored_fields(msg)
         if not valid.any():
             raise CloudError(f"no finite point among {len(points)}")
         pts = points[valid]
@@ -67,8 +84,9 @@ class CloudDecoder:
         if self.camera is not None:
             image, note = self.camera.nearest(stamp)
         source = f"{self.reader.paths[0]}:{conn.topic}#{index}"
-        scan = scan_from_points(pts, image, self.camera.matrix if image is not None else None, source,
-                                {"topic": conn.topic, "index": index, "stamp_ns": stamp})
+        meta = {"topic": conn.topic, "index": index, "stamp_ns": stamp,
+                **{k: v[valid] for k, v in scored.items()}}
+        scan = scan_from_points(pts, image, self.camera.matrix if image is not None else None, source, meta)
         return DecodedCloud(msg, scan, valid, stamp, note, time.perf_counter() - t0)
 
 

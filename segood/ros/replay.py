@@ -12,6 +12,7 @@ share of points above the operating point.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +32,11 @@ from segood.ros.bagio import (
     resolve_topic,
 )
 from segood.ros.camera import CameraStream, load_calib
-from segood.ros.frames import CloudDecoder
+from segood.ros.frames import OUTPUT_SUFFIX, CloudDecoder
 from segood.ros.pointcloud2 import CloudError, with_scores
-from segood.engine.inference import Predictor
+from segood.engine.inference import OperatingPoint, Predictor
 
-OUTPUT_SUFFIX = "/segood"
+NO_CAMERA = "no camera topic given (--image-topic)"
 INVALID_TRAIN_ID = 65535
 
 
@@ -62,6 +63,19 @@ class ReplayOptions:
 
 def summary_path(out: Path) -> Path:
     return out.with_name(out.name + ".summary.json")
+
+
+def scored_operating_point(bag: Path) -> OperatingPoint | None:
+    """The operating point a replay used for the scores in ``bag`` (from ``bag.summary.json``), so
+    the viewer can show a scored bag without the model; None without a summary."""
+    path = summary_path(Path(bag))
+    if not path.is_file():
+        return None
+    op = json.loads(path.read_text()).get("operating_point") or {}
+    if op.get("threshold") is None:
+        return None
+    return OperatingPoint(op["score"], float(op["threshold"]), f"{path.name}: {op['source']}", fpr=op.get("fpr"),
+                          chosen_by=op.get("chosen_by", ""))
 
 
 def replay(opts: ReplayOptions, predictor: Predictor | None = None) -> dict:
@@ -113,7 +127,7 @@ def replay(opts: ReplayOptions, predictor: Predictor | None = None) -> dict:
                 try:
                     d = decode(conn, raw, i)
                 except CloudError as e:
-                    stats.drop(i, t, str(e))
+                    stats.drop(i, t - reader.start_time, str(e))
                     continue
                 t1 = time.perf_counter()
                 pred = predictor(d.scan)
@@ -128,7 +142,7 @@ def replay(opts: ReplayOptions, predictor: Predictor | None = None) -> dict:
                 writer.write(seg_conn, t, writer.serialize(msg, POINTCLOUD2))
                 t3 = time.perf_counter()
                 stats.frame(d.decode_s, t2 - t1, t3 - t2, len(d.valid), int(d.valid.sum()),
-                            int(op.above(score).sum()), d.camera_note if camera else "")
+                            int(op.above(score).sum()), d.camera_note if camera else NO_CAMERA)
                 bar.set_postfix(fps=f"{1.0 / max(np.mean(stats.total[-10:]), 1e-9):.2f}", dropped=len(stats.dropped))
             bar.close()
         summary = stats.summary(wall=time.perf_counter() - t_start)
@@ -140,13 +154,30 @@ def replay(opts: ReplayOptions, predictor: Predictor | None = None) -> dict:
                    "label": ("uint16 raw dataset ids (" + lm.name + " label map, train_to_raw); 0 for non-finite points"
                              if opts.label_ids == "raw" else
                              f"uint16 train ids 0..{lm.num_classes - 1}; {INVALID_TRAIN_ID} for non-finite points")},
-        "operating_point": {"score": op.score, "threshold": op.threshold, "source": op.source,
-                            "description": op.describe()},
+        "operating_point": {"score": op.score, "threshold": op.threshold, "source": op.source, "fpr": op.fpr,
+                            "chosen_by": op.chosen_by, "description": op.describe(),
+                            "warning": op.warning(summary["points"]["fraction_above"] or 0.0)},
         "window": {"start_s": opts.start, "duration_s": opts.duration, "every": opts.every},
+        "times": "time_s = receive time in seconds from the bag's first message (the clock of --start / --duration)",
         "clouds_in_topic": n_clouds, **summary,
     }
     write_json(summary_path(out), summary)
     return summary
+
+
+MAX_LISTED_DROPS = 20
+
+
+def report_lines(summary: dict) -> list[str]:
+    """Console lines under the counts: why frames ran LiDAR-only, and each dropped message with its
+    index on the topic and its time from the bag's start (the first ``MAX_LISTED_DROPS``)."""
+    lines = [f"  LiDAR-only {n}: {reason}" for reason, n in summary["lidar_only_reasons"].items()]
+    drops = summary["dropped_frames"]
+    for d in drops[:MAX_LISTED_DROPS]:
+        lines.append(f"  dropped message {d['index']} (t = {d['time_s']:.3f} s): {d['reason']}")
+    if len(drops) > MAX_LISTED_DROPS:
+        lines.append(f"  ... and {len(drops) - MAX_LISTED_DROPS} more dropped (all in the summary JSON)")
+    return lines
 
 
 class _Stats:
@@ -163,6 +194,7 @@ class _Stats:
         self.lidar_only: dict[str, int] = {}
 
     def drop(self, index: int, t: int, reason: str) -> None:
+        """A dropped cloud: its message index on the topic, its receive time ``t`` in ns from the bag's start."""
         self.dropped.append({"index": index, "time_s": t / 1e9, "reason": reason})
 
     def frame(self, decode: float, model: float, encode: float, points: int, valid: int, above: int,

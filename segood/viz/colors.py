@@ -15,6 +15,8 @@ import numpy as np
 from segood.data.labels import LabelMap
 
 VIEWS = ("gt", "pred", "heat", "hot")
+VIEW_NAMES = {"gt": "ground truth", "pred": "prediction", "heat": "anomaly heatmap", "hot": "above the operating point"}
+LEGEND_CLASSES = 10  # class swatches in a legend (the most frequent)
 ANOMALY_RGB = np.array([1.0, 0.0, 0.0])  # points above the operating point ('hot' view)
 NORMAL_RGB = np.array([0.6, 0.6, 0.6])  # the other points in the 'hot' view
 UNKNOWN_RGB = np.array([0.45, 0.45, 0.45])  # ignored / unlabelled / unknown ids
@@ -67,18 +69,37 @@ def pred_colors(train_ids: np.ndarray, label_map: LabelMap) -> np.ndarray:
     return out
 
 
-def normalise(score: np.ndarray) -> np.ndarray:
-    """Scores -> [0, 1] by the scan's 1st..99th percentiles (min..max if those coincide); NaN -> 0."""
+def heat_range(score: np.ndarray) -> tuple[float, float] | None:
+    """The score range the heat colours span: the scan's 1st..99th percentiles (min..max if those
+    coincide); None without a finite score."""
     s = np.asarray(score, dtype=np.float64)
     finite = s[np.isfinite(s)]
     if finite.size == 0:
-        return np.zeros(len(s))
+        return None
     lo, hi = np.percentile(finite, [1, 99])
     if hi <= lo:
         lo, hi = finite.min(), finite.max()
+    return float(lo), float(hi)
+
+
+def normalise(score: np.ndarray) -> np.ndarray:
+    """Scores -> [0, 1] over :func:`heat_range` (0.5 when all scores are equal); NaN -> 0."""
+    s = np.asarray(score, dtype=np.float64)
+    rng = heat_range(s)
+    if rng is None:
+        return np.zeros(len(s))
+    lo, hi = rng
     if hi <= lo:
         return np.full(len(s), 0.5)
     return np.nan_to_num(np.clip((s - lo) / (hi - lo), 0.0, 1.0))
+
+
+def heat_ramp(n: int) -> np.ndarray:
+    """(n, 3) the heat colours from the lowest to the highest score (for legends)."""
+    import matplotlib
+
+    a, b = HEAT_RANGE
+    return matplotlib.colormaps["turbo"](np.linspace(a, b, n))[:, :3]
 
 
 def heat_colors(score: np.ndarray) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""The open3d anomaly viewer: a headless render (``OffscreenRenderer``, no display needed) and the
-interactive window (keys switch views and move between frames).
+"""Headless rendering of the open3d anomaly viewer (``OffscreenRenderer``, no display needed); the
+interactive window is :mod:`segood.viz.window`.
 
 Camera convention (:class:`RenderCamera`): a pinhole ``K`` and a world->camera ``extrinsic`` in the
 OpenCV frame (x right, y down, z forward), world = the LiDAR frame (x forward, y left, z up). The
@@ -20,15 +20,13 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from segood.atomic import atomic_write
-from segood.viz.colors import BACKGROUND_RGB, VIEWS
-from segood.viz.frame import VizFrame
+from segood.viz.colors import BACKGROUND_RGB
 
 
 @dataclass(frozen=True)
@@ -93,6 +91,22 @@ def _quiet_stdout():
         os.close(saved)
 
 
+def ensure_runtime_dir() -> None:
+    """Give the process a private ``XDG_RUNTIME_DIR`` when it has none (e.g. under sudo, ssh or a CI
+    runner): Mesa's drivers otherwise print "error: XDG_RUNTIME_DIR is invalid or not set in the
+    environment." on every window or renderer. Only that variable is touched, and only when unset
+    or not a folder."""
+    current = os.environ.get("XDG_RUNTIME_DIR")
+    if current and os.path.isdir(current):
+        return
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix=f"segood-runtime-{os.getuid()}-")  # mode 0700, as the spec asks
+    os.environ["XDG_RUNTIME_DIR"] = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+
+
 _RENDERER: dict[str, object] = {}
 
 
@@ -106,6 +120,7 @@ def _renderer(width: int, height: int):
 
     if _RENDERER.get("size") != (width, height):
         release_renderer()
+        ensure_runtime_dir()
         check_offscreen()
         o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
         with _quiet_stdout():
@@ -175,15 +190,6 @@ def render_image(xyz: np.ndarray, rgb: np.ndarray, camera: RenderCamera, point_s
     return img[:, :, :3].copy()
 
 
-def add_caption(img: np.ndarray, text: str) -> np.ndarray:
-    """The image with a caption strip below it (the rendered pixels are not touched)."""
-    import cv2
-
-    strip = np.full((28, img.shape[1], 3), 30, dtype=np.uint8)
-    cv2.putText(strip, text[: img.shape[1] // 8], (8, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (235, 235, 235), 1, cv2.LINE_AA)
-    return np.concatenate([img, strip], axis=0)
-
-
 def write_png(path: str | Path, img: np.ndarray) -> Path:
     """Write an RGB image as PNG, atomically."""
     import cv2
@@ -192,104 +198,3 @@ def write_png(path: str | Path, img: np.ndarray) -> Path:
     if not ok:
         raise ValueError(f"{path}: PNG encoding failed")
     return atomic_write(path, lambda p: p.write_bytes(buf.tobytes()))
-
-
-# ---------------------------------------------------------------------------------------------
-# Interactive window
-
-HELP = "keys: 1 ground truth, 2 prediction, 3 anomaly heatmap, 4 above operating point, V next view, " \
-       "N / right next frame, P / left previous frame, Q quit"
-_KEYS = {"1": ("view", "gt"), "2": ("view", "pred"), "3": ("view", "heat"), "4": ("view", "hot"),
-         "V": ("cycle", 1), "N": ("frame", 1), "RIGHT": ("frame", 1), "P": ("frame", -1), "LEFT": ("frame", -1)}
-GLFW_KEYS = {"RIGHT": 262, "LEFT": 263}
-
-
-class ViewerState:
-    """Which frame and view the window shows, and how keys change them (kept apart from open3d so
-    it can be tested without a display)."""
-
-    def __init__(self, num_frames: int, view: str, index: int = 0) -> None:
-        self.num_frames, self.view, self.index = num_frames, view, index
-        self.available: list[str] = list(VIEWS)
-
-    def key(self, name: str) -> bool:
-        """Apply a key; True when the picture must be redrawn."""
-        action, arg = _KEYS.get(name.upper(), (None, None))
-        if action == "view":
-            if arg not in self.available or arg == self.view:
-                return False
-            self.view = arg
-        elif action == "cycle":
-            i = self.available.index(self.view) if self.view in self.available else -1
-            self.view = self.available[(i + arg) % len(self.available)]
-        elif action == "frame":
-            new = min(max(self.index + arg, 0), self.num_frames - 1)
-            if new == self.index:
-                return False
-            self.index = new
-        else:
-            return False
-        return True
-
-    def settle(self, available: list[str]) -> None:
-        """After loading a frame: keep the view if the frame has it, else take its first view."""
-        self.available = available
-        if self.view not in available:
-            self.view = available[0]
-
-
-def start_view(vis, camera: RenderCamera) -> None:
-    """Point the legacy visualizer's camera like ``camera`` (same pose; the window keeps its own size)."""
-    import open3d as o3d
-
-    ctl = vis.get_view_control()
-    params = ctl.convert_to_pinhole_camera_parameters()
-    w, h = params.intrinsic.width, params.intrinsic.height
-    f = camera.K[1, 1] * h / camera.height
-    params.intrinsic = o3d.camera.PinholeCameraIntrinsic(w, h, f, f, w / 2 - 0.5, h / 2 - 0.5)
-    params.extrinsic = camera.extrinsic
-    ctl.convert_from_pinhole_camera_parameters(params, allow_arbitrary=True)
-
-
-def run_window(load: Callable[[int], VizFrame], num_frames: int, view: str, point_size: float = 2.0) -> None:
-    """Open the interactive window; ``load(i)`` gives frame ``i``. Needs a display (X11 / Wayland)."""
-    import open3d as o3d
-
-    state = ViewerState(num_frames, view)
-    vis = o3d.visualization.VisualizerWithKeyCallback()
-    if not vis.create_window("segood viewer", 1280, 720):
-        raise RuntimeError("could not open a window (no display?); use --png, --overlay or --ply for headless output")
-    pcd = o3d.geometry.PointCloud()
-    cache: dict[str, object] = {}
-
-    def show(reset: bool) -> None:
-        if cache.get("index") != state.index:
-            cache["frame"], cache["index"] = load(state.index), state.index
-        frame = cache["frame"]
-        state.settle(frame.views)
-        pcd.points = o3d.utility.Vector3dVector(frame.scan.points[:, :3].astype(np.float64))
-        pcd.colors = o3d.utility.Vector3dVector(frame.colors(state.view))
-        if reset:
-            vis.add_geometry(pcd, reset_bounding_box=True)
-            start_view(vis, RenderCamera.preset("chase", 1280, 720))
-        else:
-            vis.update_geometry(pcd)
-        print(f"[{state.index + 1}/{num_frames}] {frame.caption(state.view)}", flush=True)
-
-    def on_key(name: str):
-        def cb(_vis) -> bool:  # returning True makes open3d redraw
-            if state.key(name):
-                show(False)
-                return True
-            return False
-        return cb
-
-    for name in _KEYS:
-        vis.register_key_callback(GLFW_KEYS.get(name, ord(name) if len(name) == 1 else 0), on_key(name))
-    opt = vis.get_render_option()
-    opt.background_color = np.asarray(BACKGROUND_RGB)
-    opt.point_size = point_size
-    print(HELP, flush=True)
-    show(True)
-    vis.run()
-    vis.destroy_window()

@@ -11,6 +11,7 @@ import numpy as np
 
 from segood.viz.colors import to_uint8
 from segood.viz.frame import VizFrame
+from segood.viz.legend import with_legend
 from segood.viz.open3d_view import write_png
 
 
@@ -45,4 +46,5 @@ def overlay_image(frame: VizFrame, view: str, radius: int | None = None) -> np.n
 
 
 def write_overlay(path: str | Path, frame: VizFrame, view: str, radius: int | None = None) -> Path:
-    return write_png(path, overlay_image(frame, view, radius))
+    """The overlay with the caption and colour legend below it, as PNG."""
+    return write_png(path, with_legend(overlay_image(frame, view, radius), frame, view))

@@ -85,3 +85,21 @@ def _has_labels(data: dict, sequence: str, label_map: LabelMap) -> bool:
         return len(reader) > 0 and reader[0].raw_labels is not None
     except DataError:
         return False
+
+
+RUN_CONFIG, RUN_CHECKPOINT = "config.yaml", "checkpoint.pt"
+
+
+def run_folder_input(path: str | Path) -> tuple[Path, Path | None] | None:
+    """(config, checkpoint or None) when ``path`` is a training run folder (holding ``config.yaml``)
+    or a run's ``config.yaml`` itself; None for any other input. The checkpoint is the run's
+    ``checkpoint.pt`` (the latest) when it exists."""
+    p = Path(path)
+    if p.is_dir() and (p / RUN_CONFIG).is_file():
+        cfg = p / RUN_CONFIG
+    elif p.name == RUN_CONFIG and p.is_file():
+        cfg = p
+    else:
+        return None
+    ckpt = cfg.parent / RUN_CHECKPOINT
+    return cfg, (ckpt if ckpt.is_file() else None)
