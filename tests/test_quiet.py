@@ -37,7 +37,7 @@ def test_only_the_fx_tracing_notice_is_dropped():
 def test_a_model_forward_prints_no_fx_notice(tmp_path):
     """In a fresh process, building and running the model (spconv) writes nothing about torch.fx."""
     code = ("from segood.config import CONFIG_DIR, load_config; from segood.models import build_model;"
-            "from segood.data.synthetic import SyntheticConfig, generate_scene, render_scan;"
+            "from segood.synthetic import SyntheticConfig, generate_scene, render_scan;"
             "from segood.data.scan import Scan; from segood.data.batching import collate, scan_to_sample;"
             "from segood.engine.builders import build_grid; import numpy as np;"
             "cfg = load_config(CONFIG_DIR / 'synthetic_baseline.yaml', ['model.lidar.channels=[8, 16]']);"
