@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     check_cli.add_parser(sub)
     viz_cli.add_parser(sub)
     ros_cli.add_parser(sub)
+    from segood.bench import gpu_check as bench_gpu_check
     from segood.bench import memory as bench_memory
     from segood.bench import synthesis as bench_synthesis
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = benches.add_subparsers(dest="bench", required=True)
     bench_synthesis.add_parser(bench_sub)
     bench_memory.add_parser(bench_sub)
+    bench_gpu_check.add_parser(bench_sub)
 
     p = sub.add_parser("demo", help="the main job: synthetic data, baseline vs Feature Mixing, report")
     p.add_argument("--out", default="runs/demo", help="demo folder (data, runs, report)")

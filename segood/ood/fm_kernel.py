@@ -30,7 +30,7 @@ import torch
 
 from .feature_mixing import _step_seed, select_anchors
 
-__all__ = ["load_extension", "philox4x32_10", "reference_feature_mixing", "feature_mixing_op",
+__all__ = ["load_extension", "philox4x32_10", "reference_feature_mixing", "feature_mixing_op", "feature_mixing_into",
            "KernelFeatureMixing", "MAX_DIM"]
 
 MAX_DIM = 4096  # kMaxDim in feature_mixing_math.h
@@ -135,6 +135,7 @@ def _register_python_side() -> None:
     for name in (lib, lib + "_backward"):
         torch.library.register_fake(name)(
             lambda c, l, mask, n_swap, seed, step: (torch.empty_like(c), torch.empty_like(l)))
+    torch.library.register_fake(lib + "_into")(lambda c, l, mask, n_swap, seed, step, out_c, out_l: None)
 
 
 def _has_kernel(device: torch.device) -> bool:
@@ -352,6 +353,22 @@ def feature_mixing_op(feat_image: torch.Tensor, feat_lidar: torch.Tensor, mask: 
     signed_seed = seed - (1 << 64) if seed >= 1 << 63 else seed  # the schema's int is int64
     return tuple(torch.ops.segood.feature_mixing(feat_image, feat_lidar, mask, int(n_swap),
                                                  int(signed_seed), int(step)))
+
+
+def feature_mixing_into(feat_image: torch.Tensor, feat_lidar: torch.Tensor, mask: torch.Tensor | None,
+                        n_swap: int, seed: int, step: int, out_image: torch.Tensor, out_lidar: torch.Tensor) -> None:
+    """:func:`feature_mixing_op` written into ``out_image`` / ``out_lidar`` (contiguous, same
+    shape, dtype and device as the inputs, not overlapping them); no autograd. For buffers
+    reused across calls (inference, benchmarks): a fresh output above ~32 MB is a new ``mmap``
+    whose page faults cost more than the mix."""
+    _check_args(feat_image, feat_lidar, mask, n_swap, seed, step)
+    if not (load_extension() and _has_kernel(feat_image.device)):
+        mixed = reference_feature_mixing(feat_image, feat_lidar, mask, n_swap, seed, step)
+        out_image.copy_(mixed[0]), out_lidar.copy_(mixed[1])
+        return
+    signed_seed = seed - (1 << 64) if seed >= 1 << 63 else seed
+    torch.ops.segood.feature_mixing_into(feat_image, feat_lidar, mask, int(n_swap), int(signed_seed), int(step),
+                                         out_image, out_lidar)
 
 
 class KernelFeatureMixing:
