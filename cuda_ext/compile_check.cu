@@ -10,17 +10,12 @@ using namespace segood_fm;
 template <typename T>
 __global__ void mix_thread_per_point(const T* in_c, const T* in_l, T* out_c, T* out_l, int64_t rows,
                                      int d_c, int d_l, int n, uint64_t seed, uint32_t step) {
-  constexpr int kDim = 256;  // this check's local scratch; the real kernel uses shared memory
-  uint16_t perm_c[kDim], perm_l[kDim], jpos_c[kDim], jpos_l[kDim];
-  iota_dims(perm_c, d_c);
-  iota_dims(perm_l, d_l);
+  constexpr int kSlots = 256;  // this check's local scratch (n <= 256)
+  uint16_t sel_c[kSlots], sel_l[kSlots];
   for (int64_t p = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; p < rows; p += (int64_t)gridDim.x * blockDim.x) {
-    Stream s_c(seed, step, (uint64_t)p, 0), s_l(seed, step, (uint64_t)p, 1);
-    select_dims(s_c, perm_c, d_c, n, jpos_c);
-    select_dims(s_l, perm_l, d_l, n, jpos_l);
-    mix_row(in_c + p * d_c, in_l + p * d_l, out_c + p * d_c, out_l + p * d_l, d_c, d_l, perm_c, perm_l, n);
-    restore_dims(perm_c, n, jpos_c);
-    restore_dims(perm_l, n, jpos_l);
+    select_dims(point_keys(seed, step, (uint64_t)p, 0, (uint32_t)d_c), n, sel_c);
+    select_dims(point_keys(seed, step, (uint64_t)p, 1, (uint32_t)d_l), n, sel_l);
+    mix_row(in_c + p * d_c, in_l + p * d_l, out_c + p * d_c, out_l + p * d_l, d_c, d_l, sel_c, sel_l, n);
   }
 }
 
@@ -35,7 +30,4 @@ template __global__ void mix_thread_per_point<float>(const float*, const float*,
 template __global__ void mix_thread_per_point<double>(const double*, const double*, double*, double*, int64_t,
                                                       int, int, int, uint64_t, uint32_t);
 
-uint32_t host_first_word(uint64_t seed) {
-  Stream s(seed, 0, 0, 0);
-  return s.next();
-}
+uint32_t host_first_dim(uint64_t seed) { return select_dim(0, point_keys(seed, 0, 0, 0, 64)); }

@@ -4,19 +4,18 @@
 // `__host__ __device__` under nvcc and nothing otherwise, so the CPU build, the CUDA build and
 // segood/ood/fm_kernel.py (the Python reference) compute the same indices bit for bit.
 //
-// Random stream of one point (64-bit row index p, 64-bit seed, 32-bit step):
-//   Philox4x32-10 (Random123, 10 rounds), key = (seed_lo, seed_hi),
-//   counter = (p_lo, p_hi, step, (modality << 31) | block),  modality 0 = image, 1 = LiDAR.
-//   The u32 words of a modality are the outputs of block 0 (lanes 0..3), then block 1, ...
-//   so word w = philox(ctr with block = w / 4)[w % 4]. The two modalities read independent
-//   sub-streams, hence the image dims for N are a prefix of the image dims for N + 1.
+// Random words of one point (64-bit row index p, 64-bit seed, 32-bit step), per modality:
+//   ONE Philox4x32-10 block (Random123, 10 rounds), key = (seed_lo, seed_hi),
+//   counter = (p_lo, p_hi, step, modality << 31),  modality 0 = image, 1 = LiDAR.
 //
-// Selection of N distinct dims out of d (per modality): partial Fisher-Yates on perm = 0..d-1:
-//   for k in 0..N-1:  j = k + ((uint64)word_k * (d - k)) >> 32;  swap(perm[k], perm[j])
-//   (draw_position, take_dim)
-//   selected dims = perm[0..N) (an ordered sample: uniform over ordered N-tuples up to the
-//   multiply-shift bias, (d - k) / 2^32 < 1e-6). The perm scratch is reset in O(N) after use
-//   (restore_dims), so a thread pays the O(d) iota once, not once per point.
+// Selection of N distinct dims out of d (per modality): dim_k = perm(k) for k < N, perm a
+// random bijection of [0, d) keyed by those 4 words (PermKeys below). Each dim is selected with
+// probability N / d exactly (up to the 2^-32 bias of the offset's multiply-shift); the N-subsets
+// are NOT uniform over all C(d, N) (the permutations are a keyed family, not all d!), but pairs
+// of dims co-occur within a few % of the uniform rate (tests/test_fm_kernel.py). The image and
+// LiDAR permutations are independent, and the dims for N are a prefix of those for N + 1.
+// (The previous rule, a partial Fisher-Yates with one Philox word per dim, drew 4x the Philox
+// blocks at N = 16 and walked a scratch permutation serially per point.)
 //
 // Mix of one point, ic = image dims, il = LiDAR dims (both length N):
 //   out_c = in_c, out_l = in_l, then for k < N: out_c[ic[k]] = in_l[il[k]],
@@ -34,8 +33,7 @@
 
 namespace segood_fm {
 
-// Largest d_c / d_l: dims are stored as uint16 and a CUDA warp keeps 2 * (d_c + d_l + 2N)
-// bytes of scratch in shared memory (<= 32 KiB at the limit).
+// Largest d_c / d_l: dims are computed in 16-bit lanes (D = 2^ceil(log2 d) must divide 2^16).
 constexpr int kMaxDim = 4096;
 
 constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;
@@ -58,69 +56,107 @@ FM_HD void philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t 
   out[0] = x0; out[1] = x1; out[2] = x2; out[3] = x3;
 }
 
-// Philox block `block` of the word stream of (seed, step, point, modality): words 4*block..4*block+3.
-FM_HD void stream_block(uint64_t seed, uint32_t step, uint64_t point, uint32_t modality, uint32_t block,
-                        uint32_t out[4]) {
+// The 4 words of (seed, step, point, modality): Philox4x32-10 of counter (p_lo, p_hi, step, modality << 31).
+FM_HD void point_words(uint64_t seed, uint32_t step, uint64_t point, uint32_t modality, uint32_t out[4]) {
   const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
-  const uint32_t ctr[4] = {(uint32_t)point, (uint32_t)(point >> 32), step, (modality << 31) | block};
+  const uint32_t ctr[4] = {(uint32_t)point, (uint32_t)(point >> 32), step, modality << 31};
   philox4x32_10(ctr, key, out);
 }
 
-// The u32 word stream of one (seed, step, point, modality), drawn block by block on demand.
-struct Stream {
-  uint64_t seed, point;
-  uint32_t step, modality, block, buf[4];
-  int used;  // words of buf already handed out (4 = buffer empty)
-
-  FM_HD Stream(uint64_t seed_, uint32_t step_, uint64_t point_, uint32_t modality_)
-      : seed(seed_), point(point_), step(step_), modality(modality_), block(0), used(4) {}
-  FM_HD uint32_t next() {
-    if (used == 4) { stream_block(seed, step, point, modality, block++, buf); used = 0; }
-    return buf[used++];
-  }
+// The permutation of one (point, modality): a keyed bijection of [0, d) built from ONE Philox
+// block (words w0..w3 of the stream), evaluated independently for every k (no scratch, no state).
+//   bits = ceil(log2 d) (0 for d = 1), D = 2^bits, s = max(1, ceil(bits / 2));
+//   offset = (w0 * d) >> 32;  round r = 0, 1, 2: a_r = (w_{r+1} & 0xFFFF) | 1, c_r = w_{r+1} >> 16;
+//   pi(x) = three times { x = (a_r * x + c_r) mod D;  x ^= x >> s }      (a bijection of [0, D));
+//   walk(x) = the first of pi(x), pi(pi(x)), ... below d   (cycle walking: a bijection of [0, d));
+//   dim_k = (walk(k) + offset) mod d.
+// 16-bit arithmetic is exact (D <= 4096 divides 2^16), so SIMD lanes of uint16 give the same bits.
+struct PermShape {
+  uint32_t d, mask, shift;  // d, D - 1, s
 };
 
-// perm[i] = i for i < d (the state select_dims expects and restore_dims returns to).
-FM_HD void iota_dims(uint16_t* perm, int d) {
-  for (int i = 0; i < d; ++i) perm[i] = (uint16_t)i;
+struct PermKeys {
+  uint32_t d, mask, shift, offset;
+  uint32_t a[3], c[3];
+};
+
+// D - 1 and s of a dimension d (1 <= d <= kMaxDim): computed once per call, not per point.
+FM_HD PermShape perm_shape(uint32_t d) {
+  uint32_t bits = 0;
+  while ((1u << bits) < d) ++bits;
+  return {d, (1u << bits) - 1u, bits > 1 ? (bits + 1) / 2 : 1u};
 }
 
-// Step k of the partial Fisher-Yates draws its swap partner j in [k, d) from one u32 word.
-FM_HD uint32_t draw_position(uint32_t word, int d, int k) {
-  return (uint32_t)k + (uint32_t)(((uint64_t)word * (uint32_t)(d - k)) >> 32);
+FM_HD PermKeys make_keys(const uint32_t w[4], const PermShape& shape) {
+  PermKeys k;
+  k.d = shape.d;
+  k.mask = shape.mask;
+  k.shift = shape.shift;
+  k.offset = (uint32_t)(((uint64_t)w[0] * shape.d) >> 32);
+  for (int r = 0; r < 3; ++r) { k.a[r] = (w[r + 1] & 0xFFFFu) | 1u; k.c[r] = w[r + 1] >> 16; }
+  return k;
 }
 
-// Swap positions k and j of the permutation and return the dim now at position k. Positions
-// below k are never read again, so the caller may keep that dim elsewhere (sel != perm): only
-// perm[j] must be written.
-FM_HD uint16_t take_dim(uint16_t* perm, int k, uint32_t j) {
-  const uint16_t v = perm[j];
-  perm[j] = perm[k];
-  return v;
-}
-
-// Partial Fisher-Yates: on return perm[0..n) are the n selected dims; jpos[k] records the swap
-// partner of step k so restore_dims can undo it. perm must be the identity on entry. Words is
-// Stream or anything else with uint32_t next(). (The CPU kernel runs the same steps with
-// partners drawn in bulk and the dims kept in a separate array.)
-template <typename Words>
-FM_HD void select_dims(Words& stream, uint16_t* perm, int d, int n, uint16_t* jpos) {
-  for (int k = 0; k < n; ++k) {
-    const uint32_t j = draw_position(stream.next(), d, k);
-    jpos[k] = (uint16_t)j;
-    perm[k] = take_dim(perm, k, j);
+// pi: three rounds of multiply-add mod D and xorshift.
+FM_HD uint32_t permute_pow2(uint32_t x, const PermKeys& k) {
+  for (int r = 0; r < 3; ++r) {
+    x = (k.a[r] * x + k.c[r]) & k.mask;
+    x ^= x >> k.shift;
   }
+  return x;
 }
 
-// Back to the identity after select_dims: only positions k < n and jpos[k] were touched.
-FM_HD void restore_dims(uint16_t* perm, int n, const uint16_t* jpos) {
-  for (int k = 0; k < n; ++k) { perm[k] = (uint16_t)k; perm[jpos[k]] = jpos[k]; }
+// walk(y) for y = pi(k) already computed, then the offset: the k-th selected dim.
+FM_HD uint32_t finish_dim(uint32_t y, const PermKeys& k) {
+  while (y >= k.d) y = permute_pow2(y, k);
+  y += k.offset;
+  return y >= k.d ? y - k.d : y;
+}
+
+// dim_k of the permutation: N distinct dims for k = 0..N-1 (the dims for N are a prefix of those for N + 1).
+FM_HD uint32_t select_dim(uint32_t k, const PermKeys& keys) { return finish_dim(permute_pow2(k, keys), keys); }
+
+// Keys of (seed, step, point, modality) for dimension d.
+FM_HD PermKeys point_keys(uint64_t seed, uint32_t step, uint64_t point, uint32_t modality, uint32_t d) {
+  uint32_t w[4];
+  point_words(seed, step, point, modality, w);
+  return make_keys(w, perm_shape(d));
+}
+
+// sel[k] = select_dim(k) for k < n; sel holds round_up(n, kDimLanes) entries. The pi loop runs
+// in whole chunks of kDimLanes uint16 lanes with no branch (exact, see above), so compilers turn
+// each chunk into one AVX2 vector (two SSE2 ones); the walk runs only when d is not a power of two.
+constexpr int kDimLanes = 16;
+
+FM_HD int dim_slots(int n) { return (n + kDimLanes - 1) / kDimLanes * kDimLanes; }
+
+FM_HD void select_dims(const PermKeys& keys, int n, uint16_t* __restrict__ sel) {
+  const uint16_t mask = (uint16_t)keys.mask, shift = (uint16_t)keys.shift;
+  const uint16_t a0 = (uint16_t)keys.a[0], a1 = (uint16_t)keys.a[1], a2 = (uint16_t)keys.a[2];
+  const uint16_t c0 = (uint16_t)keys.c[0], c1 = (uint16_t)keys.c[1], c2 = (uint16_t)keys.c[2];
+  const uint16_t offset = (uint16_t)keys.offset;
+  const bool pow2 = keys.d == keys.mask + 1;
+  for (int k0 = 0; k0 < n; k0 += kDimLanes) {
+    for (int j = 0; j < kDimLanes; ++j) {
+      uint16_t x = (uint16_t)(k0 + j);
+      x = (uint16_t)(a0 * x + c0) & mask;
+      x ^= x >> shift;
+      x = (uint16_t)(a1 * x + c1) & mask;
+      x ^= x >> shift;
+      x = (uint16_t)(a2 * x + c2) & mask;
+      x ^= x >> shift;
+      sel[k0 + j] = pow2 ? (uint16_t)((uint16_t)(x + offset) & mask) : x;
+    }
+  }
+  if (!pow2) {
+    for (int k = 0; k < n; ++k) sel[k] = (uint16_t)finish_dim(sel[k], keys);
+  }
 }
 
 // The swap half of the mix: out rows already hold copies of the in rows.
 template <typename T>
-FM_HD void swap_row(const T* in_c, const T* in_l, T* out_c, T* out_l,
-                    const uint16_t* ic, const uint16_t* il, int n) {
+FM_HD void swap_row(const T* __restrict__ in_c, const T* __restrict__ in_l, T* __restrict__ out_c,
+                    T* __restrict__ out_l, const uint16_t* __restrict__ ic, const uint16_t* __restrict__ il, int n) {
   for (int k = 0; k < n; ++k) { out_c[ic[k]] = in_l[il[k]]; out_l[il[k]] = in_c[ic[k]]; }
 }
 

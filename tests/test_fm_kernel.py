@@ -1,4 +1,5 @@
-"""Feature Mixing kernel (cuda_ext/, segood.ood.fm_kernel): RNG, bit-exactness, properties, errors.
+"""Feature Mixing kernel (cuda_ext/, segood.ood.fm_kernel): RNG, selection rule, bit-exactness,
+properties, errors.
 
 The C++ extension is built on first use (~1 min on 2 cores, then cached); tests that need it
 skip with the build error if it cannot be built.
@@ -83,6 +84,86 @@ def test_philox_cpp_matches_python(ext):
 
 
 # ---------------------------------------------------------------------------------------------
+# The selection rule (feature_mixing_math.h), written again here from the spec in plain Python
+
+
+def _spec_dims(seed, step, point, modality, d, n):
+    """dim_k = (walk(pi(k)) + offset) mod d, from DEVELOPERS.md's spec, one int at a time."""
+    ctr = [point & 0xFFFFFFFF, point >> 32, step, modality << 31]
+    w = [int(v) for v in philox4x32_10(np.array([ctr], dtype=np.uint64), (seed & 0xFFFFFFFF, seed >> 32))[0]]
+    bits = (d - 1).bit_length()
+    mask, shift = (1 << bits) - 1, max(1, (bits + 1) // 2)
+    offset = (w[0] * d) >> 32
+    keys = [((w[r + 1] & 0xFFFF) | 1, w[r + 1] >> 16) for r in range(3)]
+
+    def pi(x):
+        for a, c in keys:
+            x = (a * x + c) & mask
+            x ^= x >> shift
+        return x
+
+    out = []
+    for k in range(n):
+        y = pi(k)
+        while y >= d:
+            y = pi(y)
+        out.append((y + offset) % d)
+    return out
+
+
+# (seed, step, point, modality, d, n) -> dims; computed with _spec_dims when the rule was adopted.
+DIMS_KAT = [
+    ((0, 0, 0, 0, 64, 16), [5, 3, 44, 51, 4, 12, 59, 22, 10, 27, 6, 42, 0, 7, 35, 26]),
+    ((987654321, 17, 123456789012, 1, 40, 9), [34, 37, 16, 19, 22, 9, 20, 27, 36]),
+    (((1 << 64) - 1, (1 << 32) - 1, (1 << 40) + 3, 0, 5, 5), [1, 0, 2, 3, 4]),
+]
+
+
+@pytest.mark.parametrize("args,expected", DIMS_KAT)
+def test_selection_known_answers(args, expected):
+    seed, step, point, modality, d, n = args
+    assert _spec_dims(*args) == expected
+    got = fm_kernel._draw_dims(torch.tensor([point]), d, n, seed, step, modality)
+    assert got.tolist() == [expected]
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 8, 24, 40, 64, 100, 4095, 4096])
+def test_selection_reference_and_select_dim_match_spec(ext, d):
+    """The torch reference (all rows at once), select_dim (the CUDA kernel's per-lane function,
+    through dims_debug) and the spec agree; a full draw (n = d) is a permutation of 0..d-1."""
+    n = d if d <= 100 else 100
+    rows = torch.tensor([0, 1, 7, (1 << 33) + 5])
+    ref = fm_kernel._draw_dims(rows, d, n, 2**63 + 11, 99, 1)
+    for i, point in enumerate(rows.tolist()):
+        want = _spec_dims(2**63 + 11, 99, point, 1, d, n)
+        assert ref[i].tolist() == want
+        assert ext.dims_debug(_signed(2**63 + 11), 99, point, 1, d, n).tolist() == want
+    assert (ref.sort(1).values == torch.arange(d)).all() if n == d else (ref.sort(1).values.diff(1) > 0).all()
+    full = fm_kernel._draw_dims(torch.arange(50), d, d, 3, 4, 0)
+    assert (full.sort(1).values == torch.arange(d)).all()  # every row: a permutation
+
+
+def test_selection_pairs_are_near_uniform(ext):
+    """Not uniform over all N-subsets (a keyed permutation family), but close in what a mix can
+    see: pairs of image dims co-occur within 12 % of the uniform rate, and the partner of an image
+    dim is uniform over the LiDAR dims (measured: within ~3 % and ~2 % at d = 16, N = 4)."""
+    p, d, n = 100_000, 16, 4
+    c = torch.zeros(p, d)
+    l = torch.arange(1, d + 1, dtype=torch.float32).expand(p, d).contiguous()
+    out_c, _ = ext.feature_mixing(c, l, None, n, 21, 3)
+    sel = (out_c != 0).float()
+    assert (sel.sum(1) == n).all()
+    pairs = (sel.T @ sel / p)[torch.triu_indices(d, d, 1).unbind()]
+    rate = n * (n - 1) / (d * (d - 1))
+    assert ((pairs / rate - 1).abs() < 0.12).all(), pairs / rate
+    partner = torch.zeros(d, d)  # [image dim, LiDAR dim]
+    rows, dims = out_c.nonzero(as_tuple=True)
+    partner.index_put_((dims, out_c[rows, dims].long() - 1), torch.ones(len(rows)), accumulate=True)
+    expected = p * n / (d * d)
+    assert ((partner / expected - 1).abs() < 0.15).all(), partner / expected
+
+
+# ---------------------------------------------------------------------------------------------
 # Kernel == reference, bit for bit
 
 
@@ -106,6 +187,22 @@ def test_op_wrapper_matches_reference_and_fallback(ext, monkeypatch):
     monkeypatch.setitem(fm_kernel._ext_state, "ok", False)  # as if the build had failed
     fallback = feature_mixing_op(c, l, mask, 4, 2**63 + 5, 3)
     assert torch.equal(got[0], fallback[0]) and torch.equal(got[1], fallback[1])
+
+
+def test_into_matches_the_op_and_checks_outputs(ext):
+    c, l, mask = _inputs(300, 24, 40, torch.bfloat16, seed=2)
+    out_c, out_l = torch.full_like(c, 7), torch.full_like(l, 7)
+    ext.feature_mixing_into(c, l, mask, 9, 4, 5, out_c, out_l)
+    want = reference_feature_mixing(c, l, mask, 9, 4, 5)
+    assert torch.equal(out_c, want[0]) and torch.equal(out_l, want[1])
+    with pytest.raises(ValueError, match=r"out_lidar must be a contiguous torch.bfloat16 tensor of shape \[300, 40\]"):
+        ext.feature_mixing_into(c, l, mask, 9, 4, 5, out_c, out_l[:, :39])
+    with pytest.raises(ValueError, match=r"out_image must be a contiguous"):
+        ext.feature_mixing_into(c, l, mask, 9, 4, 5, out_c.float(), out_l)
+    with pytest.raises(ValueError, match=r"out_image overlaps an input"):
+        ext.feature_mixing_into(c, l, mask, 9, 4, 5, c, out_l)
+    with pytest.raises(ValueError, match=r"n_swap must be in"):
+        ext.feature_mixing_into(c, l, mask, 25, 4, 5, out_c, out_l)
 
 
 def test_cpu_kernel_is_built_parallel(ext):
@@ -356,10 +453,15 @@ def test_kernel_feature_mixing_class(ext):
 
 
 def test_cuda_compile_check():
+    """The shared header (sm_80, sm_90) and feature_mixing_cuda.cu itself (sm_90, against this
+    torch's headers) compile with nvcc; ~1-2 min on 2 cores, most of it the torch headers."""
+    import sys
+
     nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.access("/usr/local/cuda/bin/nvcc", os.X_OK)
                                     else None)
     if nvcc is None:
         pytest.skip("nvcc not found (PATH or /usr/local/cuda/bin)")
-    run = subprocess.run(["bash", str(ROOT / "tools" / "check_cuda_compile.sh")], capture_output=True,
-                         text=True, env={**os.environ, "NVCC": nvcc}, timeout=300)
+    run = subprocess.run(["bash", str(ROOT / "tools" / "check_cuda_compile.sh"), "--ext"], capture_output=True,
+                         text=True, env={**os.environ, "NVCC": nvcc, "PYTHON": sys.executable}, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
+    assert "feature_mixing_cuda.cu sm_90 ok" in run.stdout

@@ -1,16 +1,17 @@
-"""``segood bench synthesis|memory``: benchmarks that print figures and ratios measured in one run."""
+"""``segood bench synthesis|memory|gpu-check``: benchmarks that print figures and ratios measured in one run."""
 from __future__ import annotations
 
 import argparse
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from segood.bench import memory, synthesis
+    from segood.bench import gpu_check, memory, synthesis
 
     p = subparsers.add_parser("bench", help="benchmarks (print figures and ratios measured in one run)")
     sub = p.add_subparsers(dest="bench", required=True)
     synthesis.add_parser(sub)
     memory.add_parser(sub)
+    gpu_check.add_parser(sub)
     p.set_defaults(run=run)
     return p
 

@@ -4,10 +4,12 @@ The kernel (``cuda_ext/``: shared math header, CPU and CUDA sources) swaps ``n_s
 dims between each selected point's image and LiDAR features. Its randomness is a counter-based
 RNG, so results depend only on ``(seed, step, row index)`` and are identical on CPU and GPU:
 
-* Philox4x32-10, key = (seed_lo, seed_hi), counter = (row_lo, row_hi, step, modality<<31 | block),
-  modality 0 = image, 1 = LiDAR; a modality's u32 words are block 0 lanes 0..3, block 1, ...
-* N distinct dims of d: partial Fisher-Yates on 0..d-1, step k swaps k with
-  ``j = k + (word_k * (d - k)) >> 32``; the dims are the first N entries.
+* one Philox4x32-10 block per row and modality: key = (seed_lo, seed_hi), counter = (row_lo,
+  row_hi, step, modality << 31), modality 0 = image, 1 = LiDAR; words w0..w3.
+* N distinct dims of d: ``dim_k = perm(k)``, k < N, for a keyed bijection of [0, d): three rounds
+  of ``x = (a_r x + c_r) mod D; x ^= x >> s`` on D = 2**ceil(log2 d) (a_r, c_r = the 16-bit
+  halves of w1..w3, a_r odd), cycle-walked into [0, d), plus an offset ``(w0 * d) >> 32`` mod d.
+  Every dim is equally likely; the N-subsets are not uniform over all of them.
 * mix: ``out_c[ic[k]] = in_l[il[k]]``, ``out_l[il[k]] = in_c[ic[k]]``, the rest copied.
 
 :func:`reference_feature_mixing` implements the same stream in torch (the oracle of the tests
@@ -28,7 +30,7 @@ import torch
 
 from .feature_mixing import _step_seed, select_anchors
 
-__all__ = ["load_extension", "philox4x32_10", "reference_feature_mixing", "feature_mixing_op",
+__all__ = ["load_extension", "philox4x32_10", "reference_feature_mixing", "feature_mixing_op", "feature_mixing_into",
            "KernelFeatureMixing", "MAX_DIM"]
 
 MAX_DIM = 4096  # kMaxDim in feature_mixing_math.h
@@ -133,6 +135,7 @@ def _register_python_side() -> None:
     for name in (lib, lib + "_backward"):
         torch.library.register_fake(name)(
             lambda c, l, mask, n_swap, seed, step: (torch.empty_like(c), torch.empty_like(l)))
+    torch.library.register_fake(lib + "_into")(lambda c, l, mask, n_swap, seed, step, out_c, out_l: None)
 
 
 def _has_kernel(device: torch.device) -> bool:
@@ -226,24 +229,40 @@ def _seed_key(seed: int) -> tuple[int, int]:
     return seed & _M32, seed >> 32
 
 
+def perm_shape(d: int) -> tuple[int, int]:
+    """(D - 1, s) of dimension d: D = 2**ceil(log2 d), s = max(1, ceil(bits / 2)) (perm_shape in
+    feature_mixing_math.h)."""
+    bits = max(0, (d - 1).bit_length())
+    return (1 << bits) - 1, (bits + 1) // 2 if bits > 1 else 1
+
+
+def _permute_pow2(x: torch.Tensor, a: list[torch.Tensor], c: list[torch.Tensor], mask: int, shift: int) -> torch.Tensor:
+    """pi(x): three rounds of ``x = (a_r x + c_r) mod D; x ^= x >> s`` (int64, per-row keys (M, 1))."""
+    for a_r, c_r in zip(a, c):
+        x = (a_r * x + c_r) & mask
+        x = x ^ (x >> shift)
+    return x
+
+
 def _draw_dims(rows: torch.Tensor, d: int, n: int, seed: int, step: int, modality: int) -> torch.Tensor:
-    """(M, n) int64 dims selected for ``rows`` (int64 row indices): the kernel's partial
-    Fisher-Yates (select_dims in feature_mixing_math.h), vectorised over rows."""
+    """(M, n) int64 dims selected for ``rows`` (int64 row indices): dim_k = perm(k) of each row's
+    keyed permutation (select_dims in feature_mixing_math.h), vectorised over rows and k."""
     k0, k1 = _seed_key(seed)
-    m, blocks = len(rows), (n + 3) // 4
-    block = torch.arange(blocks, device=rows.device, dtype=torch.int64) | (modality << 31)
-    ctr = (rows.repeat(blocks) & _M32, rows.repeat(blocks) >> 32,  # block-major: (blocks * M,)
-           torch.full((blocks * m,), step, dtype=torch.int64, device=rows.device),
-           block.repeat_interleave(m))
-    # words[w] = word w of every row: block w // 4, lane w % 4
-    words = torch.stack(_philox_cols(*ctr, k0, k1)).view(4, blocks, m).transpose(0, 1).reshape(blocks * 4, m)
-    perm = torch.arange(d, device=rows.device, dtype=torch.int32)[:, None].repeat(1, m)  # (d, M)
-    for k in range(n):
-        j = (k + ((words[k] * (d - k)) >> 32))[None]  # < 2**44: exact in int64
-        at_k = perm[k].clone()
-        perm[k] = perm.gather(0, j)[0]
-        perm.scatter_(0, j, at_k[None])
-    return perm[:n].t().long()
+    m = len(rows)
+    ctr = (rows & _M32, rows >> 32, torch.full((m,), step, dtype=torch.int64, device=rows.device),
+           torch.full((m,), modality << 31, dtype=torch.int64, device=rows.device))
+    w = [col[:, None] for col in _philox_cols(*ctr, k0, k1)]  # 4 x (M, 1)
+    mask, shift = perm_shape(d)
+    offset = (w[0] * d) >> 32  # < 2**44: exact in int64
+    a = [(w[r + 1] & 0xFFFF) | 1 for r in range(3)]
+    c = [w[r + 1] >> 16 for r in range(3)]
+    y = _permute_pow2(torch.arange(n, device=rows.device, dtype=torch.int64)[None].expand(m, n), a, c, mask, shift)
+    outside = y >= d  # cycle walking (only when d is not a power of two)
+    while bool(outside.any()):
+        y = torch.where(outside, _permute_pow2(y, a, c, mask, shift), y)
+        outside = y >= d
+    y = y + offset
+    return torch.where(y >= d, y - d, y)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +332,7 @@ def reference_feature_mixing(feat_image: torch.Tensor, feat_lidar: torch.Tensor,
             else torch.nonzero(mask, as_tuple=False).squeeze(1))
     if n_swap == 0 or rows.numel() == 0:
         return feat_image.clone(), feat_lidar.clone()
-    chunk = max(1, (1 << 24) // max(feat_image.shape[1], feat_lidar.shape[1]))  # bound perm memory
+    chunk = max(1, (1 << 22) // n_swap)  # bound the (rows, n_swap) index memory
     parts = [(_draw_dims(r, feat_image.shape[1], n_swap, seed, step, 0),
               _draw_dims(r, feat_lidar.shape[1], n_swap, seed, step, 1)) for r in rows.split(chunk)]
     ic = torch.cat([p[0] for p in parts])
@@ -334,6 +353,22 @@ def feature_mixing_op(feat_image: torch.Tensor, feat_lidar: torch.Tensor, mask: 
     signed_seed = seed - (1 << 64) if seed >= 1 << 63 else seed  # the schema's int is int64
     return tuple(torch.ops.segood.feature_mixing(feat_image, feat_lidar, mask, int(n_swap),
                                                  int(signed_seed), int(step)))
+
+
+def feature_mixing_into(feat_image: torch.Tensor, feat_lidar: torch.Tensor, mask: torch.Tensor | None,
+                        n_swap: int, seed: int, step: int, out_image: torch.Tensor, out_lidar: torch.Tensor) -> None:
+    """:func:`feature_mixing_op` written into ``out_image`` / ``out_lidar`` (contiguous, same
+    shape, dtype and device as the inputs, not overlapping them); no autograd. For buffers
+    reused across calls (inference, benchmarks): a fresh output above ~32 MB is a new ``mmap``
+    whose page faults cost more than the mix."""
+    _check_args(feat_image, feat_lidar, mask, n_swap, seed, step)
+    if not (load_extension() and _has_kernel(feat_image.device)):
+        mixed = reference_feature_mixing(feat_image, feat_lidar, mask, n_swap, seed, step)
+        out_image.copy_(mixed[0]), out_lidar.copy_(mixed[1])
+        return
+    signed_seed = seed - (1 << 64) if seed >= 1 << 63 else seed
+    torch.ops.segood.feature_mixing_into(feat_image, feat_lidar, mask, int(n_swap), int(signed_seed), int(step),
+                                         out_image, out_lidar)
 
 
 class KernelFeatureMixing:

@@ -1,0 +1,502 @@
+"""One prepared check of the GPU path, in one short run (issue 15): ``tools/gpu_check.sh OUT``.
+
+Stages, in order of priority (each in its own process, with its own time budget, so a crash or a
+hang in one loses none of the others):
+
+  env         torch / CUDA / nvcc versions, which optional packages exist
+  build       the Feature Mixing extension with its CUDA kernel (torch.utils.cpp_extension)
+  bitexact    CUDA == CPU == reference bit for bit: float32 / float16 / bfloat16 (and float64),
+              masks, odd dims, n = 0..max, the into-variant and the backward
+  bench       ``segood bench synthesis`` on the device: Feature Mixing vs a device copy, vs NP-Mix
+              as MultiOOD runs it (faithful) and vs NP-Mix with cdist, at 100k and 1M points
+  train_fp32  the demo model (configs/synthetic_feature_mixing.yaml) for a few hundred steps,
+              ``model.lidar.backend=torch`` when the config has that key
+  replay      one replay frame (collate, model, labels and score back on the host) at ~35k and
+              ~120k points, on the trained checkpoint (or a fresh model)
+  train_bf16  the same training with ``train.amp=bf16``
+  eval        ``evaluate`` of the fp32 checkpoint on the synthetic validation scans
+
+The parent writes ``gpu_check.json`` and ``gpu_check.md`` (atomically) into OUT after every
+stage; each stage is ok / failed / skipped with its figures. At ``--time-limit`` the running
+stage is killed and the rest are skipped. ``--dry-run`` runs every stage on the CPU with tiny
+sizes (tests/test_gpu_check.py), so only what needs CUDA is left untested without a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+__all__ = ["STAGES", "run_check", "format_markdown", "add_parser", "main"]
+
+STAGES = ("env", "build", "bitexact", "bench", "train_fp32", "replay", "train_bf16", "eval")
+BUDGET_S = {"env": 30, "build": 240, "bitexact": 60, "bench": 150, "train_fp32": 120, "replay": 60,
+            "train_bf16": 90, "eval": 60}
+FULL = {"points": (100_000, 1_000_000), "dims": (64,), "repeats": 5, "budget_s": 8.0, "steps": 300,
+        "train_scans": 6, "val_scans": 2, "azimuth": 512, "image": (621, 188), "replay_frames": 5,
+        "replay_columns": {"35k": (32, 1220), "120k": (64, 2048)}}
+DRY = {"points": (2000,), "dims": (16,), "repeats": 1, "budget_s": 1.0, "steps": 2,
+       "train_scans": 2, "val_scans": 1, "azimuth": 128, "image": (160, 48), "replay_frames": 1,
+       "replay_columns": {"35k": (32, 128), "120k": (64, 128)}}
+BENCH_METHODS = ("copy", "feature_mixing_op", "feature_mixing_into", "feature_mixing", "npmix", "npmix_cdist")
+OPTIONAL = ("spconv", "open3d", "rosbags", "nuscenes", "scipy", "ninja")
+
+
+# ------------------------------------------------------------------ stages (run in a child process)
+
+
+def _sizes(ctx: dict) -> dict:
+    return DRY if ctx["dry_run"] else FULL
+
+
+def stage_env(ctx: dict) -> dict:
+    """Versions and the optional packages present (the GPU machine lacks spconv, open3d, rosbags)."""
+    import importlib.util
+
+    import torch
+
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+    nvcc_version = None
+    if nvcc:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False).stdout
+        nvcc_version = out.strip().splitlines()[-1] if out.strip() else None
+    cuda = torch.cuda.is_available()
+    return {"python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+            "cuda_available": cuda, "gpu": torch.cuda.get_device_name() if cuda else None,
+            "cpu_cores": os.cpu_count(), "nvcc": nvcc_version,
+            "packages": {m: importlib.util.find_spec(m) is not None for m in OPTIONAL}}
+
+
+def stage_build(ctx: dict) -> dict:
+    """Build and load the extension; on a CUDA device the CUDA kernel must be registered."""
+    import torch
+
+    from segood.ood import fm_kernel
+
+    t = time.perf_counter()
+    ok = fm_kernel.load_extension(verbose=False)
+    seconds = time.perf_counter() - t
+    if not ok:
+        raise RuntimeError(f"extension did not build: {fm_kernel._ext_state.get('reason')}")
+    has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key("segood::feature_mixing", "CUDA")
+    if ctx["device"] == "cuda" and not has_cuda:
+        raise RuntimeError("extension built without its CUDA kernel (nvcc or CUDA_HOME not found?)")
+    return {"seconds": round(seconds, 1), "cuda_kernel": bool(has_cuda), "cpu_path": torch.ops.segood.cpu_path(),
+            "build_dir": str(fm_kernel._build_dir(has_cuda))}
+
+
+def _bitexact_cases(dry_run: bool):
+    """(dtype, P, d_c, d_l, n, masked, seed, step): powers of two and odd dims, n = 0..max."""
+    import torch
+
+    seeds = ((987654321, 17),) if dry_run else ((0, 0), ((1 << 64) - 1, (1 << 32) - 1), (987654321, 17))
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        for p, d_c, d_l in ((300, 64, 64), (77, 24, 40)) if dry_run else ((4099, 64, 64), (777, 24, 40), (33, 5, 7)):
+            for n in sorted({0, 1, min(16, d_c, d_l), min(d_c, d_l)}):
+                for masked in (False, True):
+                    for seed, step in seeds:
+                        yield dtype, p, d_c, d_l, n, masked, seed, step
+
+
+def stage_bitexact(ctx: dict) -> dict:
+    """Every case: CPU op == reference; on CUDA also CUDA op == CPU op, the into-variant and the
+    backward, bit for bit."""
+    import torch
+
+    from segood.ood import fm_kernel
+
+    if not fm_kernel.load_extension():
+        raise RuntimeError(f"extension unavailable: {fm_kernel._ext_state.get('reason')}")
+    ops, cuda = torch.ops.segood, ctx["device"] == "cuda"
+    checked, failures = 0, []
+    for dtype, p, d_c, d_l, n, masked, seed, step in _bitexact_cases(ctx["dry_run"]):
+        g = torch.Generator().manual_seed(p + n)
+        c = torch.randn(p, d_c, generator=g, dtype=torch.float64).to(dtype)
+        l = torch.randn(p, d_l, generator=g, dtype=torch.float64).to(dtype)
+        mask = (torch.rand(p, generator=g) < 0.6) if masked else None
+        signed = seed - (1 << 64) if seed >= 1 << 63 else seed
+        want = fm_kernel.reference_feature_mixing(c, l, mask, n, seed, step)
+        got = {"cpu": ops.feature_mixing(c, l, mask, n, signed, step)}
+        if cuda:
+            cm = mask.cuda() if masked else None
+            got["cuda"] = [t.cpu() for t in ops.feature_mixing(c.cuda(), l.cuda(), cm, n, signed, step)]
+            outs = (torch.empty_like(c, device="cuda"), torch.empty_like(l, device="cuda"))
+            ops.feature_mixing_into(c.cuda(), l.cuda(), cm, n, signed, step, *outs)
+            got["cuda_into"] = [t.cpu() for t in outs]
+            got["cuda_backward"] = [t.cpu() for t in ops.feature_mixing_backward(c.cuda(), l.cuda(), cm, n, signed, step)]
+        for name, (a, b) in got.items():
+            checked += 1
+            if not (torch.equal(a, want[0]) and torch.equal(b, want[1])):
+                failures.append(f"{name} {dtype} P={p} d={d_c}+{d_l} n={n} masked={masked} seed={seed} step={step}")
+    if failures:
+        raise AssertionError(f"{len(failures)} of {checked} comparisons differ, e.g. {failures[:3]}")
+    return {"comparisons": checked, "devices": ["cpu", "reference"] + (["cuda"] if cuda else []),
+            "dtypes": ["float32", "float16", "bfloat16", "float64"],
+            "note": None if cuda else "no CUDA: CPU == reference only"}
+
+
+def stage_bench(ctx: dict) -> dict:
+    """``segood bench synthesis --device DEVICE`` at 100k and 1M points, d = 64 + 64, float32."""
+    from segood.bench.synthesis import run_synthesis_bench
+
+    s = _sizes(ctx)
+    result = run_synthesis_bench(points=s["points"], dims=s["dims"], dtypes=("float32",), repeats=s["repeats"],
+                                 warmup=1, device=ctx["device"], out_dir=ctx["work"] / "bench",
+                                 methods=BENCH_METHODS, faithful_max_points=100_000, budget_s=s["budget_s"],
+                                 train_step=False)
+    keep = ("method", "points", "dim", "ms", "measured", "x_clone", "x_copy", "vs_npmix", "vs_npmix_cdist", "note")
+    return {"rows": [{k: r.get(k) for k in keep} for r in result["results"]], "targets": result["targets"],
+            "device": ctx["device"]}
+
+
+def _ensure_data(ctx: dict) -> Path:
+    from segood.synthetic import SyntheticConfig, write_dataset
+
+    s, data = _sizes(ctx), ctx["work"] / "data"
+    if not (data / "synthetic.json").exists():
+        write_dataset(data, SyntheticConfig(num_train=s["train_scans"], num_val=s["val_scans"],
+                                            azimuth_columns=s["azimuth"], image_width=s["image"][0],
+                                            image_height=s["image"][1]), progress=False)
+    return data
+
+
+def demo_config(ctx: dict, amp: str) -> tuple[dict, str]:
+    """The demo model's config for this check, and the sparse backend it uses."""
+    from segood.config import CONFIG_DIR, load_config
+
+    path = CONFIG_DIR / "synthetic_feature_mixing.yaml"
+    steps = _sizes(ctx)["steps"]
+    overrides = [f"data.root={_ensure_data(ctx).resolve()}", f"train.steps={steps}", f"train.amp={amp}",
+                 f"train.ckpt_every={steps}", f"train.log_every={max(1, steps // 10)}"]
+    backend = "spconv (model.lidar.backend not in the config: the torch backend is not merged)"
+    if "backend" in load_config(path)["model"]["lidar"]:
+        overrides.append(f"model.lidar.backend={ctx['backend']}")
+        backend = ctx["backend"]
+    return load_config(path, overrides), backend
+
+
+def _steady_step_ms(history: Path) -> float | None:
+    """ms per step from history.jsonl's wall clock, second half of the run (no warm-up)."""
+    recs = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+    if len(recs) < 2:
+        return None
+    a, b = recs[len(recs) // 2 - 1] if len(recs) > 2 else recs[0], recs[-1]
+    return 1e3 * (b["sec"] - a["sec"]) / max(1, b["step"] - a["step"])
+
+
+def stage_train(ctx: dict, amp: str) -> dict:
+    from segood.engine.train import train
+
+    cfg, backend = demo_config(ctx, amp)
+    run = ctx["work"] / f"train_{amp}"
+    shutil.rmtree(run, ignore_errors=True)
+    t = time.perf_counter()
+    ckpt = train(cfg, run, progress=False)
+    seconds = time.perf_counter() - t
+    hist = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines() if x.strip()]
+    return {"steps": cfg["train"]["steps"], "amp": amp, "backend": backend, "seconds": round(seconds, 1),
+            "step_ms": _steady_step_ms(run / "history.jsonl"), "final_loss": hist[-1].get("total") if hist else None,
+            "checkpoint": str(ckpt), "device": ctx["device"]}
+
+
+def stage_eval(ctx: dict) -> dict:
+    from segood.engine.evaluate import evaluate, headline
+
+    ckpt = ctx["work"] / "train_none" / "checkpoint.pt"
+    if not ckpt.exists():
+        return {"status": "skipped", "reason": "no fp32 checkpoint (train_fp32 did not finish)"}
+    cfg, _ = demo_config(ctx, "none")
+    t = time.perf_counter()
+    metrics = evaluate(cfg, ckpt, ctx["work"] / "eval", progress=False)
+    return {"seconds": round(time.perf_counter() - t, 1), "device": "cpu (evaluate runs on the host)",
+            "scores": {s: headline(metrics, s) for s in metrics.get("ood", {})}}
+
+
+def _replay_model(ctx: dict):
+    """(model on the device, grid, source): the fp32 checkpoint when trained, else a fresh model."""
+    from segood.engine.builders import build_grid
+    from segood.engine.evaluate import load_model
+    from segood.models import build_model
+
+    ckpt = ctx["work"] / "train_none" / "checkpoint.pt"
+    if ckpt.exists():
+        model, state = load_model(ckpt)
+        cfg, source = state["config"], str(ckpt)
+    else:
+        cfg, _ = demo_config(ctx, "none")
+        model, source = build_model(cfg).eval(), "randomly initialised (no fp32 checkpoint)"
+    return model.to(ctx["device"]), build_grid(cfg), source
+
+
+def stage_replay(ctx: dict) -> dict:
+    """ms per frame of what ``segood replay`` does per LiDAR message, minus the bag I/O: voxelise
+    on the host, model on the device, labels and energy score back on the host."""
+    import numpy as np
+    import torch
+
+    from segood.data.batching import collate, scan_to_sample
+    from segood.data.scan import Scan
+    from segood.synthetic import SyntheticConfig, generate_scene, render_scan
+    from segood.engine.train import to_device
+
+    model, grid, source = _replay_model(ctx)
+    sync = torch.cuda.synchronize if ctx["device"] == "cuda" else (lambda: None)
+    frames, out = _sizes(ctx)["replay_frames"], {"model": source, "device": ctx["device"], "sizes": {}}
+    for name, (beams, columns) in _sizes(ctx)["replay_columns"].items():
+        cfg = SyntheticConfig(beams=beams, azimuth_columns=columns, **({"fov_up_deg": 10.0, "fov_down_deg": -30.0}
+                                                                         if beams == 32 else {}))
+        scans = [Scan(points=render_scan(generate_scene(np.random.default_rng(k), cfg), cfg)[0])
+                 for k in range(frames + 1)]
+        total, model_ms = [], []
+        with torch.no_grad():
+            for i, scan in enumerate([scans[0], *scans]):  # the first frame warms up
+                sync()
+                t0 = time.perf_counter()
+                batch = to_device(collate([scan_to_sample(scan, None)], grid), torch.device(ctx["device"]))
+                sync()
+                t1 = time.perf_counter()
+                logits = model(batch)["logits"]
+                sync()
+                t2 = time.perf_counter()
+                logits.argmax(-1).cpu().numpy(), (-torch.logsumexp(logits.float(), -1)).cpu().numpy()
+                if i:
+                    total.append(time.perf_counter() - t0)
+                    model_ms.append(t2 - t1)
+        out["sizes"][name] = {"points": int(np.mean([len(s.points) for s in scans])),
+                              "frame_ms": 1e3 * statistics.median(total), "model_ms": 1e3 * statistics.median(model_ms),
+                              "frames_per_s": 1 / statistics.median(total), "frames": len(total)}
+    return out
+
+
+RUNNERS = {"env": stage_env, "build": stage_build, "bitexact": stage_bitexact, "bench": stage_bench,
+           "train_fp32": lambda ctx: stage_train(ctx, "none"), "replay": stage_replay,
+           "train_bf16": lambda ctx: stage_train(ctx, "bf16"), "eval": stage_eval}
+
+
+def run_stage(name: str, ctx: dict) -> dict:
+    """Run one stage; {status, seconds, figures | error | reason}."""
+    t = time.perf_counter()
+    try:
+        figures = RUNNERS[name](ctx)
+        if figures.get("status") == "skipped":
+            return {"status": "skipped", "reason": figures["reason"], "seconds": round(time.perf_counter() - t, 1)}
+        return {"status": "ok", "seconds": round(time.perf_counter() - t, 1), "figures": figures}
+    except Exception as exc:  # noqa: BLE001 - a stage's failure is its result
+        traceback.print_exc()
+        return {"status": "failed", "seconds": round(time.perf_counter() - t, 1),
+                "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:600]}"}
+
+
+# ------------------------------------------------------------------ the parent: stages, limit, report
+
+
+def _child_cmd(name: str, ctx: dict) -> list[str]:
+    return [sys.executable, "-m", "segood.bench.gpu_check", str(ctx["out"]), "--stage", name, "--work", str(ctx["work"]),
+            "--device", ctx["device"], "--backend", ctx["backend"]] + (["--dry-run"] if ctx["dry_run"] else [])
+
+
+def _run_child(name: str, ctx: dict, timeout: float, log) -> dict:
+    """One stage in a child process (its own session, so a kill at the limit takes nvcc and
+    ninja with it); its result file, or why there is none."""
+    result = ctx["work"] / f"{name}.json"
+    result.unlink(missing_ok=True)
+    proc = subprocess.Popen(_child_cmd(name, ctx), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        return {"status": "failed", "seconds": round(timeout, 1),
+                "error": f"stopped after {timeout:.0f} s (stage budget or the run's time limit)"}
+    if result.exists():
+        return json.loads(result.read_text())
+    return {"status": "failed", "error": f"the stage process exited with code {code} and wrote no result "
+                                         f"(see gpu_check.log)"}
+
+
+def _target_rows(result: dict) -> list[dict]:
+    """The issue's GPU targets, each with its value and pass / fail / n/a."""
+    st = result["stages"]
+    fig = {k: v.get("figures", {}) for k, v in st.items()}
+    bench = fig.get("bench", {}).get("targets", {})
+    limit = "1.5" if result["meta"]["device"] == "cuda" else "2"
+
+    def bench_row(name: str, key: str, need_value_only: bool = False) -> dict:
+        t = bench.get(key, {})
+        ok = (t.get("value") is not None) if need_value_only else t.get("holds")
+        if result["meta"]["dry_run"]:  # tiny sizes: no 100k / 1M rows
+            ok = None
+        return {"target": name, "value": t.get("value"), "pass": ok}
+
+    train = fig.get("train_fp32", {}).get("step_ms")
+    bf16 = fig.get("train_bf16", {}).get("step_ms")
+    frame = fig.get("replay", {}).get("sizes", {}).get("120k", {}).get("frame_ms")
+    return [
+        {"target": "CUDA == CPU == reference, bit for bit (fp32 / fp16 / bf16)",
+         "value": fig.get("bitexact", {}).get("comparisons"),
+         "pass": st.get("bitexact", {}).get("status") == "ok" if "bitexact" in st else None},
+        bench_row(f"FM op <= {limit}x a device copy, 1M x (64+64) fp32",
+                  "feature_mixing_into x copy (P=1M, d=64+64, fp32)"),
+        bench_row(">= 370x faster than NP-Mix as MultiOOD runs it (100k)", "feature_mixing vs npmix faithful (P=100k, d=64)"),
+        bench_row("reported against GPU NP-Mix (cdist; 100k)", "feature_mixing vs npmix_cdist (P=100k, d=64)", True),
+        {"target": "demo training step timed (fp32, ms)", "value": train, "pass": None if "train_fp32" not in st
+         else train is not None},
+        {"target": "demo training step timed (bf16 AMP, ms)", "value": bf16, "pass": None if "train_bf16" not in st
+         else bf16 is not None},
+        {"target": "120k-point replay frame timed (ms)", "value": frame, "pass": None if "replay" not in st
+         else frame is not None},
+    ]
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _brief(stage: dict) -> str:
+    """A few figures of a stage for its table row."""
+    if stage["status"] != "ok":
+        return stage.get("error") or stage.get("reason", "")
+    f = stage["figures"]
+    if "sizes" in f:
+        return "; ".join(f"{k}: {v['points']} pts, {v['frame_ms']:.1f} ms/frame (model {v['model_ms']:.1f})"
+                         for k, v in f["sizes"].items())
+    if "scores" in f:
+        return "; ".join(f"{s}: AUROC {h['auroc']:.1f} AUPR {h['aupr']:.1f}" for s, h in list(f["scores"].items())[:3])
+    if "rows" in f:
+        return f"{len(f['rows'])} rows (table below)"
+    keep = ("gpu", "torch", "nvcc", "seconds", "cuda_kernel", "comparisons", "step_ms", "backend", "final_loss", "note")
+    return ", ".join(f"{k}={_cell(f[k])}" for k in keep if f.get(k) is not None)
+
+
+def format_markdown(result: dict) -> str:
+    """The one Markdown page: stages, targets (pass / fail columns), the synthesis bench rows."""
+    m = result["meta"]
+    lines = [f"# segood GPU check ({'dry run, ' if m['dry_run'] else ''}device {m['device']})", "",
+             f"machine: {m.get('gpu') or 'no GPU'}; {m['cpu_cores']} CPU cores; torch {m['torch']}; "
+             f"started {m['started']}; {m['seconds']:.0f} s of a {m['time_limit_s']:.0f} s limit", "",
+             "| stage | status | s | figures |", "| --- | --- | ---: | --- |"]
+    for name in STAGES:
+        s = result["stages"].get(name)
+        if s is None:
+            lines.append(f"| {name} | pending | | |")
+            continue
+        lines.append(f"| {name} | {s['status']} | {_cell(s.get('seconds'))} | {_brief(s).replace('|', '/')} |")
+    lines += ["", "| target | value | pass | fail |", "| --- | ---: | :---: | :---: |"]
+    for t in result["targets"]:
+        mark = {True: ("x", ""), False: ("", "x"), None: ("n/a", "n/a")}[t["pass"]]
+        lines.append(f"| {t['target']} | {_cell(t['value'])} | {mark[0]} | {mark[1]} |")
+    rows = result["stages"].get("bench", {}).get("figures", {}).get("rows", [])
+    if rows:
+        lines += ["", "| method | P | ms | x copy | vs npmix | vs npmix_cdist | note |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in rows:
+            ms = ("~" if not r["measured"] else "") + _cell(r.get("ms"))
+            lines.append(f"| {r['method']} | {r['points']} | {ms} | {_cell(r.get('x_copy'))} | "
+                         f"{_cell(r.get('vs_npmix'))} | {_cell(r.get('vs_npmix_cdist'))} | {r.get('note') or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write(out: Path, result: dict) -> None:
+    from segood.atomic import write_json, write_text
+
+    result["targets"] = _target_rows(result)
+    write_json(out / "gpu_check.json", result)
+    write_text(out / "gpu_check.md", format_markdown(result))
+
+
+def run_check(out: str | Path, device: str = "cuda", dry_run: bool = False, time_limit_s: float = 420.0,
+              backend: str = "torch", stages: tuple[str, ...] = STAGES) -> dict:
+    """Run the stages in order within ``time_limit_s``; writes OUT/gpu_check.{json,md,log}
+    after every stage and returns the JSON's content."""
+    import tempfile
+
+    import torch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start, t0 = time.strftime("%Y-%m-%d %H:%M:%S"), time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="segood_gpu_check_"))
+    ctx = {"out": out, "work": work, "device": device, "dry_run": dry_run, "backend": backend}
+    meta = {"device": device, "dry_run": dry_run, "time_limit_s": time_limit_s, "started": start,
+            "torch": torch.__version__, "cpu_cores": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "budgets_s": {s: BUDGET_S[s] for s in stages}, "work": str(work), "seconds": 0.0}
+    result = {"meta": meta, "stages": {}}
+    try:
+        with open(out / "gpu_check.log", "a") as log:
+            for name in stages:
+                left = time_limit_s - (time.perf_counter() - t0) - 5.0
+                if left < 15.0:
+                    result["stages"][name] = {"status": "skipped", "reason": "time limit reached"}
+                else:
+                    print(f"[gpu_check] {name} (budget {min(BUDGET_S[name], left):.0f} s) ...", flush=True)
+                    log.write(f"\n===== stage {name} =====\n")
+                    log.flush()
+                    result["stages"][name] = _run_child(name, ctx, min(BUDGET_S[name], left), log)
+                s = result["stages"][name]
+                print(f"[gpu_check] {name}: {s['status']} {_brief(s)[:200]}", flush=True)
+                meta["seconds"] = time.perf_counter() - t0
+                _write(out, result)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+# ------------------------------------------------------------------ command line
+
+
+def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("out", help="folder for gpu_check.json, gpu_check.md and gpu_check.log (e.g. $OUT)")
+    p.add_argument("--device", default=None, help="cuda (default when a GPU is present) or cpu")
+    p.add_argument("--dry-run", action="store_true", help="every stage on the CPU with tiny sizes (< 1 min)")
+    p.add_argument("--time-limit", type=float, default=420.0, help="seconds for the whole run (default 420)")
+    p.add_argument("--backend", default="torch", help="model.lidar.backend for training (default torch)")
+    p.add_argument("--stages", nargs="+", choices=STAGES, help="a subset, in the usual order (default: all)")
+    p.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # internal: run one stage (child)
+    p.add_argument("--work", help=argparse.SUPPRESS)
+    return p
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``gpu-check`` on ``segood bench``."""
+    p = subparsers.add_parser("gpu-check", help="the prepared GPU check (tools/gpu_check.sh): build, bit-exactness, "
+                                                "bench, train, replay, eval; one JSON + one Markdown table")
+    configure_parser(p).set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    device = "cpu" if args.dry_run else (args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.stage:  # child: one stage, result into WORK/STAGE.json
+        ctx = {"out": Path(args.out), "work": Path(args.work), "device": device, "dry_run": args.dry_run,
+               "backend": args.backend}
+        from segood.atomic import write_json
+
+        write_json(ctx["work"] / f"{args.stage}.json", run_stage(args.stage, ctx))
+        return 0
+    stages = tuple(s for s in STAGES if s in (args.stages or STAGES))
+    result = run_check(args.out, device, args.dry_run, args.time_limit, args.backend, stages)
+    print(format_markdown(result))
+    return 0 if all(s["status"] != "failed" for s in result["stages"].values()) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(configure_parser(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
