@@ -1,17 +1,18 @@
 """Models: sparse LiDAR U-Net, ResNet image branch, fusion segmenter.
 
 ``build_model(cfg)`` turns the ``model:`` section of an experiment config into
-a :class:`FusionSegmenter`.  Importing this package applies the spconv CPU
-guards (see :mod:`segood.models.spconv_guard`).
+a :class:`FusionSegmenter`.  spconv is imported only when the LiDAR backend
+(``model.lidar.backend``, :mod:`segood.models.sparse_backend`) resolves to it,
+with its CPU guards (:mod:`segood.models.spconv_guard`) applied first.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from segood.models import spconv_guard  # noqa: F401  (patch spconv before use)
 from segood.models.image_net import ImageBranch, ResNetEncoder, load_pretrained
 from segood.models.lidar_unet import LidarBranch
+from segood.models.sparse_backend import BACKENDS
 from segood.models.segmenter import FusionSegmenter
 
 __all__ = ["build_model", "FusionSegmenter", "LidarBranch", "ImageBranch", "ResNetEncoder", "load_pretrained"]
@@ -29,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
         "out_channels": 64,
         "point_hidden": 16,
         "skip": "add",
+        "backend": "auto",
     },
     "image": {"depth": 18, "out_channels": 64, "pretrained": None, "width_scale": 0.5},
     "fusion": {"hidden": 64},
@@ -69,6 +71,7 @@ def _build_lidar(cfg: dict) -> LidarBranch:
         out_channels=_positive_int(cfg["out_channels"], "lidar.out_channels"),
         point_hidden=_positive_int(cfg["point_hidden"], "lidar.point_hidden"),
         skip=_choice(cfg["skip"], ("add", "concat"), "lidar.skip"),
+        backend=_choice(cfg["backend"], BACKENDS, "lidar.backend"),
     )
 
 
