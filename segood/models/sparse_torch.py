@@ -96,11 +96,6 @@ class KernelMap:
     in_indices: torch.Tensor  # the input voxels' coordinates (an inverse conv's output voxels)
     in_shape: list[int]
 
-    def pairs(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input rows, output rows) of offset k."""
-        s, e = self.bounds[k], self.bounds[k + 1]
-        return self.in_rows[s:e], self.out_rows[s:e]
-
     def transposed(self) -> "KernelMap":
         """The same pairs read the other way (an inverse convolution's map)."""
         return KernelMap(self.n_out, self.n_in, self.kernel_volume, self.out_rows, self.in_rows, self.bounds,
@@ -203,18 +198,28 @@ def strided_map(x: SparseConvTensor, kernel: tuple[int, int, int], stride: tuple
 # ----------------------------------------------------------------------------- compute
 
 
+def _offset_mm(rows: torch.Tensor, weight: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+    """``rows[bounds[k]:bounds[k+1]] @ weight[k]`` for every offset k, into one (P, C_out) tensor."""
+    out = rows.new_empty(rows.shape[0], weight.shape[2])
+    for k in range(weight.shape[0]):
+        s, e = bounds[k], bounds[k + 1]
+        if e > s:
+            torch.mm(rows[s:e], weight[k], out=out[s:e])
+    return out
+
+
 def _conv_forward(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
     """``out[o] = sum over pairs (i, o, k) of features[i] @ weight[k]``; weight (K, C_in, C_out).
 
-    One gather - matmul - scatter-add per offset, offsets in a fixed order."""
+    One gather of every pair's input row, one matmul per offset, one scatter-add (a fixed order:
+    deterministic on the CPU; atomics on CUDA)."""
     if kmap.identity is not None:
         out = features @ weight[kmap.identity]
     else:
         out = features.new_zeros(kmap.n_out, weight.shape[2])
-    for k in range(kmap.kernel_volume):
-        ins, outs = kmap.pairs(k)
-        if ins.numel():
-            out.index_add_(0, outs, features.index_select(0, ins) @ weight[k])
+    if kmap.in_rows.numel():
+        products = _offset_mm(features.index_select(0, kmap.in_rows), weight, kmap.bounds)
+        out.index_add_(0, kmap.out_rows, products)
     return out
 
 
@@ -222,22 +227,22 @@ def _conv_backward(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap
                    need_input: bool, need_weight: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Gradients wrt features (the same pairs read backwards) and weight (K, C_in, C_out)."""
     grad_in = grad_w = None
+    grads = grad_out.index_select(0, kmap.out_rows) if kmap.out_rows.numel() else None
     if need_input:
         grad_in = (grad_out @ weight[kmap.identity].t() if kmap.identity is not None
                    else grad_out.new_zeros(kmap.n_in, weight.shape[1]))
+        if grads is not None:
+            grad_in.index_add_(0, kmap.in_rows, _offset_mm(grads, weight.transpose(1, 2), kmap.bounds))
     if need_weight:
         grad_w = weight.new_zeros(weight.shape)
         if kmap.identity is not None:
-            grad_w[kmap.identity] = features.t() @ grad_out
-    for k in range(kmap.kernel_volume):
-        ins, outs = kmap.pairs(k)
-        if not ins.numel():
-            continue
-        g = grad_out.index_select(0, outs)
-        if need_input:
-            grad_in.index_add_(0, ins, g @ weight[k].t())
-        if need_weight:
-            torch.mm(features.index_select(0, ins).t(), g, out=grad_w[k])
+            torch.mm(features.t(), grad_out, out=grad_w[kmap.identity])
+        if grads is not None:
+            rows = features.index_select(0, kmap.in_rows)
+            for k in range(kmap.kernel_volume):
+                s, e = kmap.bounds[k], kmap.bounds[k + 1]
+                if e > s:
+                    torch.mm(rows[s:e].t(), grads[s:e], out=grad_w[k])
     return grad_in, grad_w
 
 
