@@ -239,7 +239,7 @@ def test_checkpoint_moves_between_backends(tmp_path, trained, loaded):
 def test_backend_selection_and_errors():
     assert resolve_backend("torch") == "torch"
     assert resolve_backend("spconv") == "spconv"
-    assert resolve_backend("auto") == "torch"  # no GPU here; see sparse_backend's rule
+    assert resolve_backend("auto") == "spconv"  # CPU with spconv installed; see sparse_backend's rule
     assert sparse_ops("torch") is sparse_torch
     with pytest.raises(ValueError, match="model.lidar.backend"):
         resolve_backend("minkowski")

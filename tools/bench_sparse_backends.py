@@ -7,7 +7,7 @@ so a load change on a shared machine hits them alike; the table gives medians an
 each to the first variant.
 
 Variants (``--variants``): ``spconv`` (sparse part single-threaded by its guard, the rest on
-``--threads``), ``torch`` (``--threads``), ``torch1`` (torch backend, 1 thread in total).
+``--threads``), ``torch`` (``--threads``), ``spconv1`` / ``torch1`` (1 thread in total).
 
   tools/bench_sparse_backends.py --data /tmp/sparse_syn --steps 10 [--threads 2] [--out DIR]
 """
@@ -33,7 +33,7 @@ from segood.engine.builders import build_dataset, build_grid, build_label_map, b
 from segood.engine.objective import compute_losses  # noqa: E402
 from segood.models import build_model  # noqa: E402
 
-VARIANTS = {"spconv": ("spconv", None), "torch": ("torch", None), "torch1": ("torch", 1)}
+VARIANTS = {"spconv": ("spconv", None), "torch": ("torch", None), "spconv1": ("spconv", 1), "torch1": ("torch", 1)}
 
 
 def batches(cfg: dict, n: int) -> list[dict]:

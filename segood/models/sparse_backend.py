@@ -4,15 +4,17 @@
   one thread, so the whole sparse network runs single-threaded (:mod:`segood.models.spconv_guard`).
 - ``torch``: :mod:`segood.models.sparse_torch`, torch ops only, any device, race-free with any
   number of threads.
-- ``auto``: ``torch``, unless a GPU is visible and spconv is installed with CUDA support.
-  Measured on the 2-core development CPU (demo model, one run, both backends side by side):
-  the torch backend's training step beats spconv at 2 threads *and* at 1 thread
-  (see ``tools/bench_sparse_backends.py``), so on a CPU there is nothing to choose; on a GPU
-  spconv's implicit-GEMM kernels are expected to win where they are installed. Without spconv
-  (e.g. the GPU check machine) ``auto`` is ``torch``.
+- ``auto``: spconv when it is importable and can run where the model will (a CPU, or a GPU with
+  spconv's CUDA build); otherwise ``torch`` (no spconv installed, as on the GPU check machine, or
+  a GPU with a CPU-only spconv). Why spconv stays first on the CPU: measured on the 2-core
+  development machine (demo model, one run, variants interleaved, ``tools/bench_sparse_backends.py``),
+  the torch backend is on par with spconv at one thread but loses at two threads when the
+  machine is oversubscribed (its ~30 small ops per conv each pay an OpenMP barrier), while
+  spconv's guard keeps its sparse part single-threaded; see DEVELOPERS.md for the figures.
 
 Both backends have the same parameter names and shapes, so a checkpoint trained with one loads
-into the other (``--set model.lidar.backend=...`` at eval / replay time).
+into a model built with the other. A checkpoint's config keeps ``auto`` unresolved, so it is
+resolved again where the checkpoint is loaded (torch on a machine without spconv).
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ def resolve_backend(name: str) -> str:
             raise RuntimeError(f"model.lidar.backend is 'spconv' but spconv cannot be imported ({why}); "
                                f"set model.lidar.backend to 'torch' or 'auto'")
         return "spconv"
-    return "spconv" if importable and has_cuda and torch.cuda.is_available() else "torch"
+    if not importable:
+        return "torch"
+    return "spconv" if has_cuda or not torch.cuda.is_available() else "torch"
 
 
 def sparse_ops(backend: str) -> ModuleType:

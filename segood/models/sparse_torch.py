@@ -3,24 +3,23 @@
 Drop-in for the spconv 2.3 modules the U-Net uses (``SubMConv3d``, ``SparseConv3d``,
 ``SparseInverseConv3d``, ``SparseSequential``, ``SparseConvTensor``), with the same parameter
 names and shapes (weight ``(out, kD, kH, kW, in)``, optional ``bias``), so one checkpoint serves
-both backends. Runs on any device torch runs on; nothing here leaves the tensors' device.
+both backends. Runs on any device torch runs on: tensors never leave their device (one host sync
+per kernel map reads its per-offset pair counts).
 
-**Kernel maps.** Voxel coordinates ``[b, z, y, x]`` become int64 keys, sorted once;
-``torch.searchsorted`` finds every kernel offset's neighbour at once. A map between an input and
-an output voxel set is kept as two tables, ``out_table (N_out, K)`` (input row feeding output
-row o through offset k, or the pad row N_in) and ``in_table (N_in, K)`` (its transpose). Maps are
-cached in the tensor's ``indice_dict`` under the conv's ``indice_key`` (shared by every tensor
-derived from the input), as spconv does: all submanifold convs of a level share one map, and an
-inverse conv reuses its paired strided conv's map with the tables swapped.
+**Kernel maps.** Voxel coordinates ``[b, z, y, x]`` become int64 keys on a padded grid, sorted
+once; one ``torch.searchsorted`` finds every kernel offset's neighbours (submanifold: only the
+offsets before the centre are searched, the others are the same pairs swapped; strided k = s:
+``o = c // s``). A map is the list of (input row, output row) pairs grouped by offset, with
+``bounds`` per offset. Maps are cached in the tensor's ``indice_dict`` under the conv's
+``indice_key`` (shared by every tensor derived from the input), as spconv does: all submanifold
+convs of a level share one map, and an inverse conv reuses its strided conv's map, transposed.
 
-**Compute: gather, then one matmul.** ``out = pad(x)[out_table].view(N_out, K*C_in) @
-W.view(K*C_in, C_out)``. The backward pass uses the transposed table the same way (gradient wrt
-the input: a gather of ``grad_out`` through ``in_table``), so there is no scatter-add anywhere:
-every output row is one dot product in a fixed order, which makes the result race-free and
-deterministic with any number of CPU threads and on CUDA. When every row of a table has at most
-one valid entry (stride == kernel size, no padding: the U-Net's down/inverse pair) the matmul
-goes first and the gather second (``(x @ W_all)[o * K + k]``), which avoids gathering K-1 zero
-rows per voxel. The only Python loops are over row chunks (bounding the gathered buffer).
+**Compute: gather - matmul - scatter-add,** as spconv's CPU path: one ``index_select`` of every
+pair's input row, one matmul per offset (the only Python loop: over the K offsets, never over
+points), one ``index_add_`` into the outputs; the submanifold centre is a dense matmul. The
+backward pass reads the same pairs the other way. ``index_add_`` on the CPU adds in index order
+(deterministic with any thread count: no race as in spconv's CPU scatter); on CUDA it is atomic.
+Under autocast the conv runs in the autocast dtype.
 """
 
 from __future__ import annotations
