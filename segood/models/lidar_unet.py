@@ -137,8 +137,7 @@ class LidarBranch(nn.Module):
     ) -> None:
         super().__init__()
         self.backend = resolve_backend(backend)
-        self._ops = sparse_ops(self.backend)
-        self.unet = SparseUNet(in_channels, channels, skip, self._ops)
+        self.unet = SparseUNet(in_channels, channels, skip, sparse_ops(self.backend))
         self.point_mlp = _mlp(point_channels, point_hidden, point_hidden)
         self.out = nn.Sequential(
             nn.Linear(self.unet.out_channels + point_hidden, out_channels, bias=False),
@@ -152,9 +151,10 @@ class LidarBranch(nn.Module):
         coords = batch["voxel_coords"].int()
         shape = [int(s) for s in batch["spatial_shape"]]
         bs = int(batch["batch_size"])
+        ops = sparse_ops(self.backend)
 
         def fn(feats: torch.Tensor) -> torch.Tensor:
-            x = self._ops.SparseConvTensor(feats, coords, shape, bs)
+            x = ops.SparseConvTensor(feats, coords, shape, bs)
             return self.unet(x).features
 
         return run_sparse(self.backend, fn, batch["voxel_feats"], list(self.unet.parameters()))
