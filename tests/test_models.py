@@ -1,4 +1,6 @@
-"""Tests for segood.models: spconv CPU guards, LiDAR U-Net, image branch, segmenter."""
+"""Tests for segood.models: spconv CPU guards, LiDAR U-Net, image branch, segmenter.
+
+The torch sparse backend and the backend switch: tests/test_sparse_torch.py."""
 
 from __future__ import annotations
 
@@ -166,10 +168,12 @@ def _lidar_grads(model: LidarBranch, batch: dict) -> tuple[torch.Tensor, list[to
     return out.detach(), [p.grad.clone() for p in model.parameters()]
 
 
-def test_lidar_gradients_two_threads_equal_single_thread():
+@pytest.mark.parametrize("backend", ["spconv", "torch"])
+def test_lidar_gradients_two_threads_equal_single_thread(backend):
     batch = make_batch(2000)
     torch.manual_seed(0)
-    model = LidarBranch(7, [8, 16, 24], 16, point_hidden=8)
+    model = LidarBranch(7, [8, 16, 24], 16, point_hidden=8, backend=backend)
+    assert model.backend == backend
     with num_threads(2):
         out2, grads2 = _lidar_grads(model, batch)
     with num_threads(1):

@@ -6,7 +6,7 @@ and the share of each frame spent decoding and encoding messages.
 Model: the ``model:`` section of configs/base.yaml (or --config), randomly initialised (timing only).
 Clouds: synthetic streets (segood.synthetic), written to an MCAP bag with the camera as JPEG.
 
-  tools/bench_replay.py --frames 5 [--out runs/bench_replay] [--threads 2]
+  tools/bench_replay.py --frames 5 [--out runs/bench_replay] [--threads 2] [--set model.lidar.backend=torch]
 """
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=5)
     ap.add_argument("--config", default=str(CONFIG_DIR / "base.yaml"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. --set model.lidar.backend=torch")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=None, help="folder for bench_replay.json")
     args = ap.parse_args(argv)
@@ -60,10 +62,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = {"torch_threads": torch.get_num_threads(), "config": args.config, "frames": args.frames, "runs": []}
+    results = {"torch_threads": torch.get_num_threads(), "config": args.config, "overrides": args.set,
+               "frames": args.frames, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, args.set)
         ckpt = save_checkpoint(tmp / "bench.pt", {"model": build_model(cfg).state_dict(), "config": cfg,
                                                   "label_map": load_label_map(cfg["data"]["label_map"]).checksum(),
                                                   "step": 0})

@@ -144,17 +144,30 @@ def collate(samples: list[dict], grid: VoxelGrid, max_voxels: int | None = None,
     return collate(cropped, grid, max_voxels, rng)
 
 
+def _unique_voxels(batch_idx: np.ndarray, zyx: np.ndarray, shape: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Occupied voxels ``[b, z, y, x]`` (sorted) and each point's voxel index.
+
+    One int64 key per point (same order as the rows' lexicographic order) and a 1-D ``np.unique``:
+    the row-wise ``np.unique(axis=0)`` it replaces took most of a 120k-point replay frame."""
+    z, y, x = (int(s) for s in shape)
+    key = ((batch_idx * z + zyx[:, 0]) * y + zyx[:, 1]) * x + zyx[:, 2]
+    ukey, point2voxel = np.unique(key, return_inverse=True)
+    coords = np.empty((len(ukey), 4), dtype=np.int64)
+    rest, coords[:, 3] = np.divmod(ukey, x)
+    rest, coords[:, 2] = np.divmod(rest, y)
+    coords[:, 0], coords[:, 1] = np.divmod(rest, z)
+    return coords, point2voxel.reshape(-1)
+
+
 def _collate(samples: list[dict], grid: VoxelGrid) -> dict:
     batch_idx = np.concatenate([np.full(len(s["points"]), b, dtype=np.int64) for b, s in enumerate(samples)])
     points = np.concatenate([s["points"] for s in samples])
     zyx = grid.coords(points[:, :3])
-    keys = np.concatenate([batch_idx[:, None], zyx], axis=1)
-    voxel_keys, point2voxel = np.unique(keys, axis=0, return_inverse=True)
-    point2voxel = point2voxel.reshape(-1)
+    voxel_keys, point2voxel = _unique_voxels(batch_idx, zyx, grid.spatial_shape)
     v = len(voxel_keys)
     counts = np.bincount(point2voxel, minlength=v).astype(np.float32)[:, None]
-    mean = np.zeros((v, 4), dtype=np.float64)
-    np.add.at(mean, point2voxel, points)
+    # per-column bincount sums in point order in float64, as np.add.at did (same bits, ~30x faster)
+    mean = np.stack([np.bincount(point2voxel, weights=points[:, c], minlength=v) for c in range(4)], axis=1)
     mean = (mean / counts).astype(np.float32)
     lo = np.array(grid.point_range[:3], dtype=np.float32)
     centre = (voxel_keys[:, 1:][:, ::-1].astype(np.float32) + 0.5) * grid.voxel_size + lo

@@ -1,8 +1,9 @@
 """Models: sparse LiDAR U-Net, ResNet image branch, fusion segmenter.
 
 ``build_model(cfg)`` turns the ``model:`` section of an experiment config into
-a :class:`FusionSegmenter`.  Importing this package applies the spconv CPU
-guards (see :mod:`segood.models.spconv_guard`).
+a :class:`FusionSegmenter`.  spconv is imported only when the LiDAR backend
+(``model.lidar.backend``, :mod:`segood.models.sparse_backend`) resolves to it,
+with its CPU guards (:mod:`segood.models.spconv_guard`) applied first.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from segood.config import base_defaults
-from segood.models import spconv_guard  # noqa: F401  (patch spconv before use)
 from segood.models.image_net import ImageBranch, ResNetEncoder, load_pretrained
 from segood.models.lidar_unet import LidarBranch
+from segood.models.sparse_backend import BACKENDS
 from segood.models.segmenter import FusionSegmenter
 
 __all__ = ["build_model", "FusionSegmenter", "LidarBranch", "ImageBranch", "ResNetEncoder", "load_pretrained"]
@@ -56,6 +57,7 @@ def _build_lidar(cfg: dict) -> LidarBranch:
         out_channels=_positive_int(cfg["out_channels"], "lidar.out_channels"),
         point_hidden=_positive_int(cfg["point_hidden"], "lidar.point_hidden"),
         skip=_choice(cfg["skip"], ("add", "concat"), "lidar.skip"),
+        backend=_choice(cfg["backend"], BACKENDS, "lidar.backend"),
     )
 
 
