@@ -457,34 +457,39 @@ ReportSink = Callable[[Path, dict, Mapping[str, Mapping[str, ScoreHistogram]], M
 
 @torch.no_grad()
 def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None, progress: bool = True,
-             report: ReportSink | None = None) -> dict:
-    """Run the model over ``data.val_sequences`` and return the metrics dict.
+             report: ReportSink | None = None, split: str = "val") -> dict:
+    """Run the model over ``data.<split>_sequences`` (``val`` or ``test``) and return the metrics dict.
 
-    With ``out_dir``: also write ``metrics.json`` and ``histograms.npz``, store the operating point
-    beside the checkpoint (``checkpoint.operating_point.json``), and hand metrics and histograms to
-    ``report`` (e.g. :func:`segood.report.markdown.write_eval_report`: report.md and its pictures).
+    With ``out_dir``: also write ``metrics.json`` and ``histograms.npz``, hand metrics and histograms
+    to ``report`` (e.g. :func:`segood.report.markdown.write_eval_report`: report.md and its pictures)
+    and, for the val split only, store the operating point beside the checkpoint
+    (``checkpoint.operating_point.json``): thresholds are chosen on val, never on the reported split.
     """
+    if split not in ("val", "test"):
+        raise ConfigError(f"evaluate: split must be 'val' or 'test', got '{split}'")
+    if not cfg["data"][f"{split}_sequences"]:
+        raise ConfigError(f"data.{split}_sequences is empty: nothing to evaluate on the {split} split")
     label_map = build_label_map(cfg)
     names = list(cfg["eval"]["scores"])
     check_scores(names)
     model, state = load_model(ckpt_path, label_map)
     scorers = load_scorers(ckpt_path, names, cfg, model, auto_fit=True, progress=progress)
-    loader = build_loader(cfg, "val", label_map, shuffle=False)
+    loader = build_loader(cfg, split, label_map, shuffle=False)
     acc = EvalAccumulator(names, label_map.num_classes, score_ranges(names, cfg, label_map.num_classes),
                           int(eval_option(cfg, "hist_bins")))
     run_pass(model, loader, scorers, acc, progress)
-    metrics = assemble_metrics(cfg, ckpt_path, state, label_map, acc, len(loader.dataset))
+    metrics = assemble_metrics(cfg, ckpt_path, state, label_map, acc, len(loader.dataset), split)
     if out_dir is not None:
         write_outputs(Path(out_dir), metrics, acc)
         if report is not None:
             report(Path(out_dir), metrics, acc.hist, acc.binning)
-        if metrics["operating_point"] is not None:
+        if split == "val" and metrics["operating_point"] is not None:
             write_json(operating_point_path(ckpt_path), metrics["operating_point"])
     return metrics
 
 
 def assemble_metrics(cfg: dict, ckpt_path: str | Path, state: Mapping[str, Any], label_map: LabelMap,
-                     acc: EvalAccumulator, num_scans: int) -> dict:
+                     acc: EvalAccumulator, num_scans: int, split: str = "val") -> dict:
     """The metrics.json structure (``ood[score][fov|all]``, ``miou[fov|all]``, conventions, provenance)."""
     fit = load_fit(ckpt_path) if any(is_fitted(n) for n in acc.names) else None
     bounds = acc.error_bounds()
@@ -495,7 +500,7 @@ def assemble_metrics(cfg: dict, ckpt_path: str | Path, state: Mapping[str, Any],
         "train_config": state["config"].get("_source", ""),
         "synthesis": state["config"]["synthesis"]["method"],
         "num_scans": num_scans,
-        "split": {"name": "val", "sequences": list(cfg["data"]["val_sequences"])},
+        "split": {"name": split, "sequences": list(cfg["data"][f"{split}_sequences"])},
         "conventions": {k: v.format(ood=list(label_map.ood_learning_ids)) for k, v in CONVENTIONS.items()},
         "ood_classes": label_map.ood_names,
         "miou": {k: acc.conf[k].to_dict(label_map.class_names) for k in SUBSETS},
@@ -505,7 +510,7 @@ def assemble_metrics(cfg: dict, ckpt_path: str | Path, state: Mapping[str, Any],
                        "bin_error_bound": bounds.get(n)} for n in acc.names},
         "fit": None if fit is None else {"path": str(scores_path(ckpt_path)), "points": int(len(fit["bank"]["labels"])),
                                          "per_class": fit["per_class"], "sequences": fit["sequences"]},
-        "operating_point": operating_point(acc, cfg, ckpt_path, "val", state["config"]["synthesis"]["method"]),
+        "operating_point": operating_point(acc, cfg, ckpt_path, split, state["config"]["synthesis"]["method"]),
         "resolved_config": cfg,
     }
 

@@ -263,6 +263,7 @@ class Trainer:
         per_epoch = len(self.loader) // self.accumulate
         epoch, offset = divmod(self.step, per_epoch)
         self.sampler.set_epoch(epoch)
+        self.loader.dataset.epoch = epoch  # augmentation seeded per (seed, epoch, index); workers copy it at iter()
         self.sampler.start_batch = offset * self.accumulate
         it = iter(self.loader)
         for _ in range(offset, per_epoch):

@@ -93,4 +93,5 @@ def build_model(cfg: Mapping[str, Any]) -> FusionSegmenter:
         image=_build_image(_section(cfg, "image")),
         num_classes=num_classes,
         hidden=_positive_int(fusion["hidden"], "fusion.hidden"),
+        modality_norm=_choice(fusion["modality_norm"], ("none", "layernorm", "standardize"), "fusion.modality_norm"),
     )

@@ -37,6 +37,13 @@ def _ln_mlp(c_in: int, c_hidden: int, c_out: int) -> nn.Sequential:
     )
 
 
+def standardize_outputs(block: nn.Sequential, norm: nn.Module) -> None:
+    """Turn a branch's final ``[layer, BatchNorm, ReLU]`` into ``[layer, BatchNorm(affine=False)]``."""
+    if not (len(block) == 3 and isinstance(block[1], nn.modules.batchnorm._BatchNorm) and isinstance(block[2], nn.ReLU)):
+        raise ValueError(f"expected a [layer, BatchNorm, ReLU] output block, got {block}")
+    block[1], block[2] = norm, nn.Identity()
+
+
 class FusionSegmenter(nn.Module):
     """Late-fusion point segmenter with per-modality heads and an anomaly head.
 
@@ -47,7 +54,8 @@ class FusionSegmenter(nn.Module):
     ``outlier_index`` (M,), ``outlier_logits`` (M, C), ``outlier_anomaly_logit`` (M,).
     """
 
-    def __init__(self, lidar: LidarBranch, image: ImageBranch, num_classes: int, hidden: int) -> None:
+    def __init__(self, lidar: LidarBranch, image: ImageBranch, num_classes: int, hidden: int,
+                 modality_norm: str = "none") -> None:
         super().__init__()
         self.lidar = lidar
         self.image = image
@@ -60,10 +68,22 @@ class FusionSegmenter(nn.Module):
         )
         self.lidar_head = nn.Linear(d_l, num_classes)
         self.image_head = nn.Linear(d_c, num_classes)
+        # Feature Mixing swaps values between the modalities. If their feature dims have different
+        # ranges (each branch ends in its own BatchNorm affine + ReLU), a swapped value is out of the
+        # receiving dim's range and the anomaly head can key on that instead of real anomalies.
+        # "layernorm": both modalities zero-mean / unit-variance per point; "standardize": each branch
+        # ends in a BatchNorm without affine and no ReLU, so every dim of both modalities is
+        # zero-mean / unit-variance over points (no exact zeros, no per-dim offsets to key on).
+        layer = modality_norm == "layernorm"
+        self.norm_image = nn.LayerNorm(d_c, elementwise_affine=False) if layer else nn.Identity()
+        self.norm_lidar = nn.LayerNorm(d_l, elementwise_affine=False) if layer else nn.Identity()
+        if modality_norm == "standardize":
+            standardize_outputs(lidar.out, nn.BatchNorm1d(d_l, affine=False))
+            standardize_outputs(image.decoder.smooth, nn.BatchNorm2d(d_c, affine=False))
 
     def encode(self, batch: dict) -> dict:
         """Per-point features of each modality: feat_image (P, d_c), feat_lidar (P, d_l)."""
-        return {"feat_image": self.image(batch), "feat_lidar": self.lidar(batch)}
+        return {"feat_image": self.norm_image(self.image(batch)), "feat_lidar": self.norm_lidar(self.lidar(batch))}
 
     def fuse(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """Concatenate both modalities and the visibility flag, then MLP -> (P, d_f)."""

@@ -35,8 +35,8 @@ from segood.synthetic.config import (GENERATOR_VERSION, OOD_KINDS, OOD_KINDS_MIX
                                      RAW_CLASSES, SEPARATED_BY, SyntheticConfig)
 from segood.synthetic.raycast import CameraRays, LidarRays, cast, sensor_rays
 from segood.synthetic.render import generate_scene, render_scan
-from segood.synthetic.writer import scan_rng, write_dataset
+from segood.synthetic.writer import ensure_dataset, scan_rng, write_dataset
 
-__all__ = ["GENERATOR_VERSION", "OOD_KINDS", "OOD_KINDS_MIXED", "OOD_KINDS_NOVEL", "OOD_RAW_ID", "RAW_CLASSES",
+__all__ = ["ensure_dataset", "GENERATOR_VERSION", "OOD_KINDS", "OOD_KINDS_MIXED", "OOD_KINDS_NOVEL", "OOD_RAW_ID", "RAW_CLASSES",
            "SEPARATED_BY", "SyntheticConfig", "calibration", "camera_intrinsics", "lidar_to_image", "CameraRays",
            "LidarRays", "cast", "sensor_rays", "generate_scene", "render_scan", "scan_rng", "write_dataset"]

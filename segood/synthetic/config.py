@@ -39,7 +39,7 @@ OOD_KINDS_NOVEL = ("tetra", "pyramid", "ring", "tilted_slab", "stack", "big_sphe
 OOD_KINDS_MIXED = ("veg_car", "road_pole", "novel_wall", "brick_bush")
 OOD_KINDS = OOD_KINDS_NOVEL + OOD_KINDS_MIXED
 
-TRAIN_SEQUENCE, VAL_SEQUENCE = "00", "08"  # 08 is SemanticKITTI's validation sequence
+TRAIN_SEQUENCE, VAL_SEQUENCE, TEST_SEQUENCE = "00", "08", "11"  # 08: SemanticKITTI's validation sequence; 11: its first test one
 SCAN_PERIOD = 0.1  # s, 10 Hz like KITTI
 NOMINAL_SPEED = 10.0  # m/s, only for the nominal poses
 MISS, GROUND = -1, -2  # primitive ids of a ray that hit nothing / the ground plane
@@ -58,6 +58,7 @@ class SyntheticConfig:
 
     num_train: int = 24  # scans in sequence "00"
     num_val: int = 8  # scans in sequence "08" (held out, the SemanticKITTI validation sequence)
+    num_test: int = 0  # scans in sequence "11" (held out: reported; val chooses scores and thresholds)
     azimuth_columns: int = 1024
     image_width: int = 621
     image_height: int = 188

@@ -11,7 +11,7 @@ from PIL import Image
 
 from segood.atomic import atomic_write
 from segood.synthetic.config import (GENERATOR_VERSION, NOMINAL_SPEED, OOD_KINDS_MIXED, OOD_KINDS_NOVEL,
-                                     OOD_RAW_ID, RAW_CLASSES, SCAN_PERIOD, SyntheticConfig, TRAIN_SEQUENCE,
+                                     OOD_RAW_ID, RAW_CLASSES, SCAN_PERIOD, SyntheticConfig, TEST_SEQUENCE, TRAIN_SEQUENCE,
                                      VAL_SEQUENCE)
 from segood.synthetic.calibration import _calib_text
 from segood.synthetic.render import generate_scene, render_scan
@@ -101,7 +101,7 @@ def _prepare_sequence(out: Path, seq: str, count: int, cfg: SyntheticConfig) -> 
 
 
 def write_dataset(out_dir: str | Path, cfg: SyntheticConfig, progress: bool = True) -> dict:
-    """Generate ``cfg.num_train`` scans in sequence 00 and ``cfg.num_val`` in 08 under ``out_dir``.
+    """Generate ``cfg.num_train`` scans in sequence 00, ``cfg.num_val`` in 08 and ``cfg.num_test`` in 11.
 
     Returns the summary that is also written to ``out_dir/synthetic.json`` (last, so an interrupted
     run never looks complete). Same config and seed -> byte-identical files.
@@ -111,7 +111,7 @@ def write_dataset(out_dir: str | Path, cfg: SyntheticConfig, progress: bool = Tr
     out = Path(out_dir)
     _check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
-    counts = {TRAIN_SEQUENCE: cfg.num_train, VAL_SEQUENCE: cfg.num_val}
+    counts = {TRAIN_SEQUENCE: cfg.num_train, VAL_SEQUENCE: cfg.num_val, TEST_SEQUENCE: cfg.num_test}
     seq_dirs = {seq: _prepare_sequence(out, seq, n, cfg) for seq, n in counts.items()}
     class_points = np.zeros(1 << 16, dtype=np.int64)
     ood_kinds: dict[str, int] = {}
@@ -140,7 +140,7 @@ def _summary(cfg: SyntheticConfig, counts: dict[str, int], class_points: np.ndar
         "seed": cfg.seed,
         "config": json.loads(json.dumps(asdict(cfg))),  # tuples -> lists, as read back from JSON
         "counts": counts,
-        "splits": {"train": [TRAIN_SEQUENCE], "val": [VAL_SEQUENCE]},
+        "splits": {"train": [TRAIN_SEQUENCE], "val": [VAL_SEQUENCE], "test": [TEST_SEQUENCE]},
         "classes": {str(k): v for k, v in RAW_CLASSES.items()},
         "ood_raw_ids": [OOD_RAW_ID],
         "ood_kinds": {"novel": list(OOD_KINDS_NOVEL), "mixed": list(OOD_KINDS_MIXED)},
@@ -150,3 +150,15 @@ def _summary(cfg: SyntheticConfig, counts: dict[str, int], class_points: np.ndar
         "notes": "Scans are independent scenes; poses.txt is a nominal straight-line trajectory only. "
                  "Labels: instance << 16 | raw id; raw 20 (other-vehicle -> learning 5) is the OOD class.",
     }
+
+
+def ensure_dataset(out_dir: str | Path, cfg: SyntheticConfig, progress: bool = True) -> bool:
+    """Generate the synthetic set in ``out_dir`` unless one with the same generator config is
+    already there (its ``synthetic.json``). Returns True when it generated."""
+    marker = Path(out_dir) / "synthetic.json"
+    if marker.exists():
+        have = json.loads(marker.read_text()).get("config")
+        if have == json.loads(json.dumps(asdict(cfg))):  # same generator settings (tuples as JSON lists)
+            return False
+    write_dataset(out_dir, cfg, progress)
+    return True

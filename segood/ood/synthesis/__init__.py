@@ -37,11 +37,12 @@ from segood.ood.synthesis.bank import ClassBank
 from segood.ood.synthesis.common import SynthesisContext
 from segood.ood.synthesis.feature_mixing import (SharedIndexFeatureMixing, build_feature_mixing,
                                                  build_shared_feature_mixing, shared_feature_mixing)
+from segood.ood.synthesis.feature_mixing_block import BlockFeatureMixing, build_block_feature_mixing
 from segood.ood.synthesis.mixup import Mixup, build_mixup
 from segood.ood.synthesis.npmix import NPMix, build_npmix, nearest_classes
 from segood.ood.synthesis.vos import VOS, build_vos
 
-__all__ = ["SYNTHESIZERS", "build_synthesizer", "SynthesisContext", "SharedIndexFeatureMixing",
+__all__ = ["SYNTHESIZERS", "build_synthesizer", "SynthesisContext", "SharedIndexFeatureMixing", "BlockFeatureMixing",
            "shared_feature_mixing", "ClassBank", "nearest_classes", "NPMix", "VOS", "Mixup"]
 
 Builder = Callable[[Mapping, SynthesisContext], Callable]
@@ -50,6 +51,7 @@ SYNTHESIZERS: dict[str, Builder | None] = {
     "none": None,
     "feature_mixing": build_feature_mixing,
     "feature_mixing_shared": build_shared_feature_mixing,
+    "feature_mixing_block": build_block_feature_mixing,
     "npmix": build_npmix,
     "npmix_cdist": functools.partial(build_npmix, knn="cdist"),
     "vos": build_vos,

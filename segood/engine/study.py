@@ -1,0 +1,152 @@
+"""Multi-seed studies: train every configuration for every seed, evaluate on val and test, resume.
+
+``run_study`` is what ``segood study CONFIG... --seeds 0 1 2 3 4 --out DIR`` runs. Each
+(configuration, seed) pair is one run folder ``DIR/runs/<arm>/seed<k>`` holding its checkpoint and
+``eval_val/metrics.json`` + ``eval_test/metrics.json``; a run whose test metrics belong to its
+final checkpoint is finished and skipped, an interrupted one resumes from its last checkpoint.
+Runs are independent, so ``jobs`` of them train side by side (one torch thread each by default:
+spconv's CPU path is single-threaded anyway, so two jobs nearly double throughput on 2 cores).
+
+The summary (:mod:`segood.engine.study_report`) chooses each configuration's headline score on
+the val split and reports the test split only.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from tqdm import tqdm
+
+from segood.config import ConfigError, load_config
+
+__all__ = ["Arm", "RunSpec", "plan_runs", "run_study", "load_results", "run_is_finished"]
+
+SPLITS = ("val", "test")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration of a study: a name, an experiment config and its overrides."""
+
+    name: str
+    config: str
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One (arm, seed) training + evaluation."""
+
+    arm: Arm
+    seed: int
+    out: Path
+    overrides: tuple[str, ...] = field(default=())  # study-wide --set (data root, steps)
+
+    @property
+    def dir(self) -> Path:
+        return self.out / "runs" / self.arm.name / f"seed{self.seed}"
+
+    def config(self) -> dict:
+        return load_config(self.arm.config, [*self.overrides, *self.arm.overrides, f"seed={self.seed}"])
+
+
+def plan_runs(arms: Sequence[Arm], seeds: Sequence[int], out: Path, overrides: Sequence[str] = ()) -> list[RunSpec]:
+    """Every (arm, seed) pair, seeds outermost (so an interrupted study has whole seeds done first)."""
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"study: configuration names must be unique, got {names}")
+    return [RunSpec(a, int(s), Path(out), tuple(overrides)) for s in seeds for a in arms]
+
+
+def _metrics_path(run_dir: Path, split: str) -> Path:
+    return run_dir / f"eval_{split}" / "metrics.json"
+
+
+def run_is_finished(spec: RunSpec, steps: int) -> bool:
+    """True when both splits' metrics exist and were computed from a checkpoint at ``steps``."""
+    from segood.engine.evaluate import checkpoint_sha
+
+    ckpt = spec.dir / "checkpoint.pt"
+    summary = spec.dir / "run_summary.json"
+    if not (ckpt.is_file() and summary.is_file()) or json.loads(summary.read_text()).get("step", -1) < steps:
+        return False
+    sha = checkpoint_sha(ckpt)
+    return all(_metrics_path(spec.dir, s).is_file()
+               and json.loads(_metrics_path(spec.dir, s).read_text()).get("checkpoint_sha256") == sha
+               for s in SPLITS)
+
+
+def execute_run(spec: RunSpec, threads: int) -> dict:
+    """Train (or resume) one run, then evaluate it on val and test. Returns a small status dict."""
+    from segood.engine.evaluate import evaluate
+    from segood.engine.train import train
+
+    torch.set_num_threads(threads)
+    cfg = spec.config()
+    t0 = time.time()
+    ckpt = spec.dir / "checkpoint.pt"
+    summary = spec.dir / "run_summary.json"
+    done = summary.is_file() and json.loads(summary.read_text()).get("step", -1) >= int(cfg["train"]["steps"])
+    if not done:
+        train(cfg, spec.dir, resume=ckpt.exists(), progress=False)
+    for split in SPLITS:
+        evaluate(cfg, ckpt, spec.dir / f"eval_{split}", progress=False, split=split)
+    return {"arm": spec.arm.name, "seed": spec.seed, "seconds": round(time.time() - t0, 1)}
+
+
+def _worker(args: tuple[RunSpec, int]) -> dict:
+    spec, threads = args
+    if mp.current_process().name != "MainProcess":
+        mp.set_start_method("fork", force=True)  # a spawned worker would spawn its DataLoader workers too
+    try:
+        return {"ok": True, **execute_run(spec, threads)}
+    except Exception as exc:  # reported in the summary; the other runs go on
+        return {"ok": False, "arm": spec.arm.name, "seed": spec.seed, "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()}
+
+
+def run_study(specs: Sequence[RunSpec], steps: int, jobs: int = 1, threads: int | None = None,
+              progress: bool = True) -> list[dict]:
+    """Run every unfinished spec, ``jobs`` at a time; returns one status dict per executed run."""
+    todo = [s for s in specs if not run_is_finished(s, steps)]
+    skipped = len(specs) - len(todo)
+    threads = threads or (1 if jobs > 1 else torch.get_num_threads())
+    bar = tqdm(total=len(specs), initial=skipped, desc="study runs", unit="run", disable=not progress,
+               dynamic_ncols=True)
+    statuses = []
+    work = [(s, threads) for s in todo]
+    # worker processes must not be daemonic (each training starts DataLoader workers of its own)
+    pool = None if jobs <= 1 else ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1)
+    results = map(_worker, work) if pool is None else as_completed_results(pool, work)
+    for status in results:
+        statuses.append(status)
+        bar.set_postfix_str(f"{status['arm']} seed {status['seed']} "
+                            f"{'%.0f s' % status['seconds'] if status['ok'] else 'FAILED'}")
+        bar.update(1)
+    if pool is not None:
+        pool.shutdown()
+    bar.close()
+    return statuses
+
+
+def as_completed_results(pool: ProcessPoolExecutor, work: list) -> Iterator[dict]:
+    """Statuses of ``work`` items in the order they finish."""
+    for future in as_completed([pool.submit(_worker, w) for w in work]):
+        yield future.result()
+
+
+def load_results(specs: Sequence[RunSpec]) -> dict[str, dict[int, dict[str, dict]]]:
+    """``results[arm][seed][split]`` = that run's metrics.json (missing runs are left out)."""
+    out: dict[str, dict[int, dict[str, dict]]] = {}
+    for spec in specs:
+        paths = {s: _metrics_path(spec.dir, s) for s in SPLITS}
+        if all(p.is_file() for p in paths.values()):
+            out.setdefault(spec.arm.name, {})[spec.seed] = {s: json.loads(p.read_text()) for s, p in paths.items()}
+    return out
