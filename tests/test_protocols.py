@@ -174,3 +174,62 @@ def test_stu_rules_by_hand():
     for k in hand:
         assert m["ood"]["s"]["all"][k] == pytest.approx(hand[k], abs=1e-12), k
     assert (m["ood"]["s"]["all"]["num_ood"], m["ood"]["s"]["all"]["num_id"]) == (5, 4)
+
+
+def test_relative_energy_needs_extra_logits():
+    import torch
+
+    from segood.ood.scores import get_score, score_options
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 3.0], [0.0, 4.0, -1.0, -2.0]])
+    rel = get_score("relative_energy", num_id_logits=3)({"logits": logits})
+    expect = torch.logsumexp(logits, 1) - torch.logsumexp(logits[:, :3], 1)
+    assert torch.allclose(rel, expect) and rel[0] > rel[1] > 0  # mass on the extra logit = anomalous
+    assert score_options({"eval": {}}, "relative_energy") == {"num_id_logits": None}
+    for bad in (None, 4):
+        with pytest.raises(ValueError, match="eval.score_options.relative_energy.num_id_logits"):
+            get_score("relative_energy", num_id_logits=bad)({"logits": logits})
+
+
+def test_stu_projection_equals_cv2_and_reads_the_release_formats(tmp_path):
+    cv2 = pytest.importorskip("cv2")  # installed with nuscenes-devkit
+    from builders import write_stu_root
+    from segood.data.readers.stu import StuReader, project_distorted
+
+    rng = np.random.default_rng(4)
+    pts = np.c_[rng.uniform(1, 40, 3000), rng.uniform(-30, 30, 3000), rng.uniform(-2, 2, 3000), rng.random(3000)]
+    sem = rng.choice([0, 1, 2, 9], 3000)
+    root = write_stu_root(tmp_path, {"125": [{"points": pts, "semantic": sem, "instance": rng.integers(0, 9, 3000)}]})
+    reader = StuReader(root, ["125"], load_label_map("stu"))
+    scan = reader[0]
+    c = reader.calibration()
+    cam = (pts[:, :3] - c["t"]) @ c["R"]
+    front = cam[:, 2] > 0
+    uv_cv, _ = cv2.projectPoints(cam[front].reshape(-1, 1, 3), np.zeros(3), np.zeros(3), c["K"], c["D"])
+    uv_cv = uv_cv.reshape(-1, 2)
+    inside = (uv_cv.astype(int)[:, 0] >= 0) & (uv_cv.astype(int)[:, 0] < 1920) & (uv_cv.astype(int)[:, 1] >= 0) \
+        & (uv_cv.astype(int)[:, 1] < 1208)
+    assert scan.visible.sum() == inside.sum() > 100
+    np.testing.assert_allclose(scan.pixel_uv[front][inside], uv_cv[inside], atol=1e-3)
+    assert np.array_equal(scan.raw_labels, np.where(sem == 9, 1, sem))  # other values read as inlier; instance dropped
+    uv, seen = project_distorted(pts[:, :3], c["t"], c["R"], c["K"], c["D"], 1920, 1208)
+    assert np.array_equal(seen, scan.visible)
+
+
+@pytest.mark.parametrize("name, raw_ood, ood_name", [("semantickitti_ood", 2, "anomaly"), ("nuscenes_ood", 100, "anomaly")])
+def test_inserted_object_label_maps(name, raw_ood, ood_name, tmp_path):
+    """LIDO's SemanticKITTI-OoD / nuScenes-OoD: KITTI layout through the SemanticKITTI reader, the inserted
+    objects' raw label is the OOD class and every benchmark class is in-distribution."""
+    from segood.data.readers import READERS
+
+    lm = load_label_map(name)
+    assert lm.ood_names == [ood_name] and lm.to_ood_target(lm.to_learning([raw_ood])).tolist() == [1]
+    base = load_label_map("semantickitti" if name.startswith("semantic") else "nuscenes")
+    assert lm.num_classes == len(base.learning_names) - 1  # all classes but the ignored one
+    seq = tmp_path / "sequences" / "00"
+    (seq / "velodyne").mkdir(parents=True)
+    (seq / "labels").mkdir()
+    np.zeros((4, 4), np.float32).tofile(seq / "velodyne" / "000000.bin")
+    np.array([raw_ood, raw_ood | (3 << 16), 0, sorted(base.learning_map)[-1]], np.uint32).tofile(seq / "labels" / "000000.label")
+    scan = READERS[name](tmp_path, ["00"], lm, camera=None)[0]
+    assert lm.to_ood_target(scan.learning_labels).tolist()[:3] == [1, 1, -1]
