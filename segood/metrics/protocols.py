@@ -157,16 +157,22 @@ def bin_error_bounds(counts: np.ndarray, protocol: Protocol, tpr: float = 0.95) 
     A bin is a group of tied scores for the binned metrics; the exact curve passes through the same
     points at every bin edge. AUROC: at most half the share of ID/OOD pairs inside one bin. FPR95
     (either rule): the exact crossing lies in the bin where the binned TPR crosses, so at most that
-    bin's share of ID points. AUPR (AP or trapezoid): inside a bin every precision on the exact curve
-    lies in [tp0 / (tp0 + fp1), tp1 / (tp1 + fp0)] ((tp0, fp0) before the bin, (tp1, fp1) after it),
-    so the bin's part differs by at most its recall step times that interval's width.
+    bin's share of ID points. AUPR (AP or trapezoid): inside a bin every precision that weighs a recall
+    step lies in [(tp0 + 1) / (tp0 + 1 + fp1), tp1 / (tp1 + fp0)] ((tp0, fp0) before the bin, (tp1, fp1)
+    after it; the trapezoid's step may also start at tp0 / (tp0 + fp1) when the bin holds ID points), so
+    the bin's part differs by at most its recall step times that interval's width.
     """
     idc, oodc = counts[0][::-1].astype(np.float64), counts[1][::-1].astype(np.float64)
     n_id, n_ood = idc.sum(), oodc.sum()
     tp1, fp1 = np.cumsum(oodc), np.cumsum(idc)
     tp0, fp0 = tp1 - oodc, fp1 - idc
     with np.errstate(divide="ignore", invalid="ignore"):
-        lo = np.where(tp0 + fp1 > 0, tp0 / (tp0 + fp1), 0.0)
+        # a precision that weighs a recall step has tp >= tp0 + 1; the trapezoid also uses the point where the
+        # step starts: inside the bin (tp0, fp <= fp1) when the bin holds ID points, else the bin's start
+        lo = (tp0 + 1) / (tp0 + 1 + fp1)
+        if protocol.aupr == "trapezoid":
+            start = np.where(tp0 + fp0 > 0, tp0 / (tp0 + fp0), 1.0)
+            lo = np.where(idc > 0, tp0 / (tp0 + fp1), np.minimum(lo, start))
         hi = np.where(tp1 + fp0 > 0, tp1 / (tp1 + fp0), 1.0)
     rate = tp1 / n_ood
     first = int(np.argmax(rate > tpr if protocol.fpr_rule == ">" else rate >= tpr))
