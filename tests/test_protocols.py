@@ -3,7 +3,6 @@ REAL's np_ioueval (PR-curve trapezoid, FPR at the first TPR > 0.95, iouEval mIoU
 compute_point_level_ood.py, and ``segood eval --protocol real`` end to end on a SemanticKITTI root."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
