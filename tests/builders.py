@@ -220,3 +220,96 @@ def write_carla_ood_sample(
             (tag | (labels & 0xFFFF0000)).astype("<u4").tofile(seq_dir / "labels" / f"{name}.label")
             Image.fromarray(image).save(seq_dir / "rgb" / f"{name}.png")
     return root
+
+
+# --------------------------------------------------------------------------- STU
+
+# The front camera of kumuji/stu_dataset camera_config/ (port_a_camera_0), in the repository's own formats.
+STU_INTRINSICS = """\ufeffport_a_camera_0:
+header:
+  seq: 788
+  stamp:
+    secs: 1704843225
+    nsecs: 352841854
+  frame_id: "port_a_camera_0"
+height: 1208
+width: 1920
+distortion_model: "plumb_bob"
+D: [-0.260735, 0.046071, 0.001173, -0.000154, 0.0]
+K: [1827.48989, 0.0, 925.91346, 0.0, 1835.88358, 642.07154, 0.0, 0.0, 1.0]
+R: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+P: [1678.93384, 0.0, 918.44184, 0.0, 0.0, 1779.26013, 644.71356, 0.0, 0.0, 0.0, 1.0, 0.0]
+binning_x: 0
+binning_y: 0
+roi:
+  x_offset: 0
+  y_offset: 0
+  height: 0
+  width: 0
+  do_rectify: False
+"""
+STU_EXTRINSICS = """transforms:
+  -
+    header:
+      seq: 0
+      stamp:
+        secs: 1704842214
+        nsecs: 894391217
+      frame_id: "base_link"
+    child_frame_id: "os_sensor"
+    transform:
+      translation:
+        x: 0.7
+        y: 0.0
+        z: 1.8
+      rotation:
+        x: 0.0
+        y: 0.0
+        z: 0.00499997916669
+        w: 0.999987500026
+---
+transforms:
+  -
+    header:
+      seq: 0
+      stamp:
+        secs: 1704842215
+        nsecs: 786860225
+      frame_id: "os_sensor"
+    child_frame_id: "port_a_camera_0"
+    transform:
+      translation:
+        x: 0.7658
+        y: 0.0124
+        z: -0.3925
+      rotation:
+        x: -0.496146480946
+        y: 0.498388981228
+        z: -0.494329641699
+        w: 0.510965065512
+---
+"""
+
+
+def write_stu_root(root: str | Path, sequences: dict[str, list[dict]], image_size: tuple[int, int] = (1920, 1208)) -> Path:
+    """Write an STU-layout root: ``sequences``: name -> frames, each ``points`` (N, 4) float32, ``semantic`` (N,)
+    0/1/2 and ``instance`` (N,) ids (stored in the upper 16 bits); a grey front image per frame, poses.txt,
+    calib.txt and camera_config/ with the release's front-camera intrinsics and extrinsics."""
+    from PIL import Image
+
+    root = Path(root)
+    (root / "camera_config").mkdir(parents=True, exist_ok=True)
+    (root / "camera_config" / "intrinsics.txt").write_text(STU_INTRINSICS, encoding="utf-8")
+    (root / "camera_config" / "extrinsics.txt").write_text(STU_EXTRINSICS)
+    grey = Image.fromarray(np.full((image_size[1], image_size[0], 3), 120, np.uint8))
+    for seq, frames in sequences.items():
+        for sub in ("velodyne", "labels", "port_a_cam_0"):
+            (root / seq / sub).mkdir(parents=True, exist_ok=True)
+        for i, f in enumerate(frames):
+            np.asarray(f["points"], np.float32).tofile(root / seq / "velodyne" / f"{i:06d}.bin")
+            label = (np.asarray(f["instance"], np.uint32) << 16) | np.asarray(f["semantic"], np.uint32)
+            label.astype("<u4").tofile(root / seq / "labels" / f"{i:06d}.label")
+            grey.save(root / seq / "port_a_cam_0" / f"{i:06d}.png")
+        (root / seq / "poses.txt").write_text("\n".join(["1 0 0 0 0 1 0 0 0 0 1 0"] * len(frames)) + "\n")
+        (root / seq / "calib.txt").write_text("P0: 1 0 0 0 0 1 0 0 0 0 1 0\nTr: 1 0 0 0 0 1 0 0 0 0 1 0\n")
+    return root

@@ -20,6 +20,7 @@ from pyquaternion import Quaternion  # noqa: E402
 from segood.data.errors import DataError  # noqa: E402
 from segood.data.labels import load_label_map  # noqa: E402
 from builders import write_nuscenes_sample  # noqa: E402
+from segood.data.projection import project_points  # noqa: E402
 from segood.data.readers.nuscenes import CAMERAS, NuScenesReader  # noqa: E402
 
 FIX = Path(__file__).parent / "fixtures"
@@ -137,12 +138,12 @@ def test_projection_chain_against_calib_json(mini, label_map):
         cam = np.c_[xyz, np.ones(len(xyz))] @ np.array(c["lidar2cam_4x4"]).T
         pix = cam[:, :3] @ (np.diag([SCALE, SCALE, 1.0]) @ np.array(c["cam2img_3x3"])).T
         u, v = pix[:, 0] / pix[:, 2], pix[:, 1] / pix[:, 2]
-        inside = (cam[:, 2] > 0.1) & (u >= 0) & (u < 320) & (v >= 0) & (v < 180)
+        inside = (cam[:, 2] > 1.0) & (u > 1) & (u < 319) & (v > 1) & (v < 179)  # the devkit's rule
         ours = scan.images[k].shape[:2] == (180, 320)
         assert ours
         hom = xyz @ scan.lidar_to_image[k][:, :3].T + scan.lidar_to_image[k][:, 3]
         uo, vo = hom[:, 0] / hom[:, 2], hom[:, 1] / hom[:, 2]
-        ours_inside = (hom[:, 2] > 0.1) & (uo >= 0) & (uo < 320) & (vo >= 0) & (vo < 180)
+        ours_inside = (hom[:, 2] > 1.0) & (uo > 1) & (uo < 319) & (vo > 1) & (vo < 179)
         # the fixture's float32 matrices: a handful of points may sit on the image border
         assert abs(int(inside.sum()) - int(ours_inside.sum())) <= 2, ch
         assert inside.sum() > 300, (ch, inside.sum())  # every camera sees points (~9 % of the scan)
@@ -154,6 +155,29 @@ def test_projection_chain_against_calib_json(mini, label_map):
     assert abs(int(scan.visible.sum()) - int(inside_any.sum())) <= 6
     counts = np.bincount(scan.camera_id[scan.visible], minlength=6)
     assert (counts > 300).all()
+
+
+def test_visibility_counts_equal_the_devkit_rule(mini, label_map):
+    """On the real scene-0061 keyframe: the points each camera sees, and the points any camera sees,
+    equal nuscenes-devkit's ``map_pointcloud_to_image`` (depth > 1 m, 1-pixel margin) exactly; the
+    ``visibility: segood`` switch keeps the KITTI-style rule (depth > 0.1 m, no margin) and sees more."""
+    nusc = NuScenes(version="v1.0-mini", dataroot=str(mini), verbose=False)
+    reader = NuScenesReader(mini, ["scene-0061"], label_map)
+    scan = reader[0]
+    sample = nusc.get("sample", reader.samples[0])
+    seen_by_devkit = np.zeros(scan.num_points, bool)
+    for k, ch in enumerate(CAMERAS):
+        uv_dev, _, im = nusc.explorer.map_pointcloud_to_image(sample["data"]["LIDAR_TOP"], sample["data"][ch])
+        # the devkit returns only the kept points' pixels: compare its count with segood's rule per camera
+        matrix, _, _ = reader.camera_matrix(0, ch)
+        ours = project_points(scan.points[:, :3], matrix, im.size[0], im.size[1], visibility=reader.visibility)[1]
+        assert int(ours.sum()) == uv_dev.shape[1] > 50, ch
+        seen_by_devkit |= ours
+    assert int(scan.visible.sum()) == int(seen_by_devkit.sum())
+    loose = NuScenesReader(mini, ["scene-0061"], label_map, visibility="segood")[0]
+    assert loose.visible.sum() > scan.visible.sum()
+    with pytest.raises(DataError, match="reader_options.visibility"):
+        NuScenesReader(mini, ["scene-0061"], label_map, visibility="pmf")
 
 
 def test_camera_ego_poses_follow_the_cars_motion():

@@ -28,6 +28,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", nargs="+", metavar="RUN",
                    help="compare runs: run folders (RUN/eval/metrics.json; evaluated first if only "
                         "RUN/checkpoint.pt exists and CONFIG is given) or metrics.json paths")
+    p.add_argument("--protocol", action="append", metavar="NAME",
+                   help="also report a reference evaluator's numbers: real | nuscenes_devkit | stu (repeatable; "
+                        "= eval.protocol)")
     p.add_argument("--points", choices=SUBSETS, default="fov", help="subset shown in the comparison (default fov)")
     add_common(p, example="eval.score_options.knn.k=20")
 
@@ -76,7 +79,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from segood.config import ConfigError, load_config
     from segood.report.markdown import format_metrics
 
-    cfg = load_config(args.config, args.set) if args.config else None
+    overrides = list(args.set or []) + ([f"eval.protocol={json.dumps(args.protocol)}"] if args.protocol else [])
+    cfg = load_config(args.config, overrides) if args.config else None
     if args.compare:
         compare_runs(args.compare, args.out, cfg, args.points, not args.no_progress)
         print(f"comparison: {Path(args.out) / 'comparison.png'}  {Path(args.out) / 'comparison.md'}")

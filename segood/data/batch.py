@@ -34,10 +34,12 @@ class _Batch(TypedDict):
 
 
 class Batch(_Batch, total=False):
-    """The collated batch; ``target`` and ``ood_target`` are absent at inference."""
+    """The collated batch; ``target``, ``ood_target`` and ``raw_label`` are absent at inference."""
 
     target: torch.Tensor         # int64 (P,): train id, -1 for ignored and OOD points (no segmentation loss)
     ood_target: torch.Tensor     # int64 (P,): 1 = OOD (anomaly, positive), 0 = ID, -1 = ignored
+    raw_label: torch.Tensor      # int64 (P,): the data set's raw id (evaluation protocols map it with their own
+    #                              label map, segood.metrics.protocols)
 
 
 BATCH_KEYS: frozenset[str] = frozenset(_Batch.__annotations__)

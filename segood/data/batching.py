@@ -104,10 +104,12 @@ def scan_to_sample(scan: Scan, label_map: LabelMap | None, augment: Augment | No
     if scan.learning_labels is not None and label_map is not None:
         sample["target"] = label_map.to_train(scan.learning_labels)
         sample["ood_target"] = label_map.to_ood_target(scan.learning_labels)
+        if scan.raw_labels is not None:
+            sample["raw_label"] = scan.raw_labels.astype(np.int64)
     return sample
 
 
-PER_POINT_KEYS = ("points", "visible", "pixel_uv", "camera_id", "target", "ood_target")
+PER_POINT_KEYS = ("points", "visible", "pixel_uv", "camera_id", "target", "ood_target", "raw_label")
 
 
 def take_points(sample: dict, keep: np.ndarray) -> dict:
@@ -192,6 +194,8 @@ def _collate(samples: list[dict], grid: VoxelGrid) -> dict:
     if all("target" in s for s in samples):
         batch["target"] = torch.from_numpy(np.concatenate([s["target"] for s in samples]))
         batch["ood_target"] = torch.from_numpy(np.concatenate([s["ood_target"] for s in samples]))
+    if all("raw_label" in s for s in samples):
+        batch["raw_label"] = torch.from_numpy(np.concatenate([s["raw_label"] for s in samples]))
     return batch
 
 

@@ -158,7 +158,9 @@ def format_report(report: Report, label_map: LabelMap) -> str:
                         else "OOD" if lid in label_map.ood_learning_ids else "ID")
                 n = int(sr.class_points[lid])
                 lines.append(f"   {lid:11d}  {label_map.learning_names[lid]:22s} {role:8s} {n:12d} {100 * n / total:6.2f}%")
-            for role, ids in (("ID", label_map.train_learning_ids), ("OOD", label_map.ood_learning_ids),
+            id_ids = [i for i in label_map.learning_names
+                      if i not in label_map.ignore_learning_ids and i not in label_map.ood_learning_ids]
+            for role, ids in (("ID", id_ids), ("OOD", label_map.ood_learning_ids),
                               ("ignored", label_map.ignore_learning_ids)):
                 n = int(sr.class_points[list(ids)].sum())
                 lines.append(f"   {'':11s}  {'total ' + role:22s} {'':8s} {n:12d} {100 * n / total:6.2f}%")

@@ -35,13 +35,16 @@ class LabelMap:
     learning_names: dict[int, str]
     ignore_learning_ids: tuple[int, ...]
     ood_learning_ids: tuple[int, ...]
+    anomaly_only: bool
     _raw_lut: np.ndarray = field(repr=False, compare=False)
     _train_lut: np.ndarray = field(repr=False, compare=False)
     _ood_lut: np.ndarray = field(repr=False, compare=False)
 
     @property
     def train_learning_ids(self) -> list[int]:
-        """Learning ids the network predicts, in train-id order."""
+        """Learning ids the network predicts, in train-id order (none for an ``anomaly_only`` map)."""
+        if self.anomaly_only:
+            return []
         skip = set(self.ignore_learning_ids) | set(self.ood_learning_ids)
         return [i for i in sorted(self.learning_names) if i not in skip]
 
@@ -123,6 +126,7 @@ def load_label_map(name_or_path: str | Path) -> LabelMap:
     inv = {k: int(v) for k, v in _int_keys(doc["learning_map_inv"], "learning_map_inv", source).items()}
     ignore = tuple(int(i) for i in doc.get("ignore_learning_ids", [0]))
     ood = tuple(int(i) for i in doc["ood_learning_ids"])
+    anomaly_only = bool(doc.get("anomaly_only", False))  # no segmentation classes: scored for anomalies only
     undefined = sorted(set(learning_map.values()) - set(names))
     if undefined:
         raise DataError(f"{source}: learning ids {undefined} used in learning_map have no learning_names entry")
@@ -131,7 +135,7 @@ def load_label_map(name_or_path: str | Path) -> LabelMap:
         raw_lut[raw] = learn
     n_learn = max(names) + 1
     train_lut = np.full(n_learn, -1, dtype=np.int64)
-    skip = set(ignore) | set(ood)
+    skip = set(names) if anomaly_only else set(ignore) | set(ood)
     for t, lid in enumerate(i for i in sorted(names) if i not in skip):
         train_lut[lid] = t
     ood_lut = np.zeros(n_learn, dtype=np.int64)
@@ -145,6 +149,7 @@ def load_label_map(name_or_path: str | Path) -> LabelMap:
         learning_names=names,
         ignore_learning_ids=ignore,
         ood_learning_ids=ood,
+        anomaly_only=anomaly_only,
         _raw_lut=raw_lut,
         _train_lut=train_lut,
         _ood_lut=ood_lut,

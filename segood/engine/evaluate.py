@@ -38,6 +38,7 @@ from segood.engine.checkpoint import file_sha256, load_checkpoint
 from segood.engine.operating_point import choose_operating_point, threshold_at_tpr  # noqa: F401  (re-exported)
 from segood.metrics.iou import ConfusionMatrix
 from segood.metrics.ood import ScoreHistogram
+from segood.metrics.protocols import PROTOCOLS, ProtocolAccumulator, protocol_names
 from segood.models import build_model
 from segood.ood.scores import (FITTED_SCORES, check_score_names, get_score, is_fitted, score_options,
                                score_range)
@@ -331,6 +332,12 @@ class EvalAccumulator:
         self.binning[name] = binning
         self.hist[name] = {s: binning.histogram(self.bins) for s in SUBSETS}
 
+    def axis(self, name: str, sample: np.ndarray) -> Binning:
+        """The histogram axis of a score (calibrated on ``sample`` when it has none yet)."""
+        if name not in self.binning:
+            self._set_binning(name, Binning.calibrate(sample))
+        return self.binning[name]
+
     def add_segmentation(self, pred: Any, target: Any, visible: Any) -> None:
         """Predicted vs target train ids (-1 ignored) for all points and for the camera-visible ones."""
         pred, target, visible = (np.asarray(a) for a in (pred, target, visible))
@@ -344,9 +351,7 @@ class EvalAccumulator:
             return
         for n in self.names:
             s = np.asarray(scores[n], np.float64)
-            if n not in self.binning:
-                self._set_binning(n, Binning.calibrate(s))
-            u = self.binning[n].forward(s)
+            u = self.axis(n, s).forward(s)
             self.hist[n]["all"].update(u, y)
             self.hist[n]["fov"].update(u[v], y[v])
 
@@ -438,17 +443,36 @@ def _labelled_output(out: Mapping[str, torch.Tensor], keep: torch.Tensor) -> dic
 
 @torch.no_grad()
 def run_pass(model: torch.nn.Module, loader, scorers: Mapping[str, Callable], acc: EvalAccumulator,
-             progress: bool = True) -> EvalAccumulator:
-    """One network pass per batch; every score from that output; only accumulators are kept."""
+             progress: bool = True, protocols: list[ProtocolAccumulator] = ()) -> EvalAccumulator:
+    """One network pass per batch; every score from that output; only accumulators are kept. With
+    ``protocols`` every point is scored (a protocol's label map may label points segood ignores)."""
     for batch in tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True):
         out = model(batch)
         visible, ood_target = batch["visible"], batch["ood_target"]
-        acc.add_segmentation(out["logits"].argmax(-1).numpy(), batch["target"].numpy(), visible.numpy())
+        pred = out["logits"].argmax(-1).numpy()
+        acc.add_segmentation(pred, batch["target"].numpy(), visible.numpy())
         keep = ood_target >= 0
-        sub = _labelled_output(out, keep)
-        scores = {n: f(sub).float().numpy() for n, f in scorers.items()}
-        acc.add_scores(scores, (ood_target[keep] == 1).numpy(), visible[keep].numpy())
+        if not protocols:
+            scores = {n: f(_labelled_output(out, keep)).float().numpy() for n, f in scorers.items()}
+            acc.add_scores(scores, (ood_target[keep] == 1).numpy(), visible[keep].numpy())
+            continue
+        every = {n: f(_labelled_output(out, torch.ones_like(keep))).float().numpy() for n, f in scorers.items()}
+        k = keep.numpy()
+        acc.add_scores({n: v[k] for n, v in every.items()}, (ood_target[keep] == 1).numpy(), visible[keep].numpy())
+        for p in protocols:
+            p.add(batch["raw_label"], pred, every, acc.axis, visible, batch["points"], batch["batch_idx"],
+                  batch["sources"][0])
     return acc
+
+
+def model_label_map(label_map: LabelMap, state: Mapping[str, Any], ckpt_path: str | Path) -> LabelMap:
+    """The label map of the model's classes: the data's, or for an ``anomaly_only`` data map (STU) the one
+    the checkpoint was trained with (its checksum checked)."""
+    if not label_map.anomaly_only:
+        return label_map
+    trained = build_label_map(state["config"])
+    check_label_map(state, trained, ckpt_path)
+    return trained
 
 
 # report(out_dir, metrics, histograms {score: {subset: ScoreHistogram}}, binnings {score: Binning})
@@ -472,13 +496,16 @@ def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None
     label_map = build_label_map(cfg)
     names = list(cfg["eval"]["scores"])
     check_scores(names)
-    model, state = load_model(ckpt_path, label_map)
+    model, state = load_model(ckpt_path, None if label_map.anomaly_only else label_map)
+    model_map = model_label_map(label_map, state, ckpt_path)
     scorers = load_scorers(ckpt_path, names, cfg, model, auto_fit=True, progress=progress)
     loader = build_loader(cfg, split, label_map, shuffle=False)
-    acc = EvalAccumulator(names, label_map.num_classes, score_ranges(names, cfg, label_map.num_classes),
-                          int(eval_option(cfg, "hist_bins")))
-    run_pass(model, loader, scorers, acc, progress)
-    metrics = assemble_metrics(cfg, ckpt_path, state, label_map, acc, len(loader.dataset), split)
+    bins = int(eval_option(cfg, "hist_bins"))
+    acc = EvalAccumulator(names, model_map.num_classes, score_ranges(names, cfg, model_map.num_classes), bins)
+    protocols = [ProtocolAccumulator(PROTOCOLS[p], label_map, model_map, names, bins)
+                 for p in protocol_names(cfg) if p != "segood"]
+    run_pass(model, loader, scorers, acc, progress, protocols)
+    metrics = assemble_metrics(cfg, ckpt_path, state, model_map, acc, len(loader.dataset), split, protocols)
     if out_dir is not None:
         write_outputs(Path(out_dir), metrics, acc)
         if report is not None:
@@ -489,8 +516,10 @@ def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None
 
 
 def assemble_metrics(cfg: dict, ckpt_path: str | Path, state: Mapping[str, Any], label_map: LabelMap,
-                     acc: EvalAccumulator, num_scans: int, split: str = "val") -> dict:
-    """The metrics.json structure (``ood[score][fov|all]``, ``miou[fov|all]``, conventions, provenance)."""
+                     acc: EvalAccumulator, num_scans: int, split: str = "val",
+                     protocols: list[ProtocolAccumulator] = ()) -> dict:
+    """The metrics.json structure (``ood[score][fov|all]``, ``miou[fov|all]``: protocol ``segood``;
+    ``protocols[name]``: each reference protocol's own block; conventions, provenance)."""
     fit = load_fit(ckpt_path) if any(is_fitted(n) for n in acc.names) else None
     bounds = acc.error_bounds()
     return {
@@ -505,6 +534,8 @@ def assemble_metrics(cfg: dict, ckpt_path: str | Path, state: Mapping[str, Any],
         "ood_classes": label_map.ood_names,
         "miou": {k: acc.conf[k].to_dict(label_map.class_names) for k in SUBSETS},
         "ood": acc.ood(),
+        "protocol": "segood",
+        "protocols": {p.protocol.name: p.metrics() for p in protocols},
         "scores": {n: {"params": score_params(n, cfg),
                        "binning": acc.binning[n].to_dict() if n in acc.binning else None,
                        "bin_error_bound": bounds.get(n)} for n in acc.names},

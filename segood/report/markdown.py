@@ -22,17 +22,27 @@ def _pct(v: Any) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
 
+def _protocol_rows(metrics: Mapping[str, Any]):
+    """(protocol, ood, bounds-by-subset or None) for segood's own numbers, then each reference protocol's."""
+    bounds = {n: (metrics.get("scores", {}).get(n) or {}).get("bin_error_bound") or {} for n in metrics["ood"]}
+    yield metrics.get("protocol", "segood"), metrics["ood"], bounds
+    for name, block in (metrics.get("protocols") or {}).items():
+        yield name, block["ood"], {n: {s: o.get("bin_error_bound") or {} for s, o in per.items()}
+                                   for n, per in block["ood"].items()}
+
+
 def ood_table(metrics: Mapping[str, Any]) -> str:
-    """Markdown table: every score x {fov, all}: AUROC, AUPR, FPR95 (%), counts, binning error bounds."""
-    lines = ["| score | points | AUROC ↑ | AUPR ↑ | FPR95 ↓ | ID pts | OOD pts | bin err AUROC / FPR95 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for name, per in metrics["ood"].items():
-        bounds = (metrics.get("scores", {}).get(name) or {}).get("bin_error_bound") or {}
+    """Markdown table: every score x {fov, all} x protocol: AUROC, AUPR, FPR95 (%), counts, binning error bounds."""
+    lines = ["| score | points | protocol | AUROC ↑ | AUPR ↑ | FPR95 ↓ | ID pts | OOD pts | bin err AUROC / FPR95 |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = list(_protocol_rows(metrics))
+    for name in metrics["ood"]:
         for pts in SUBSETS:
-            o, b = per[pts], bounds.get(pts, {})
-            err = f"{b['auroc']:.1e} / {b['fpr95']:.1e}" if b else "n/a"
-            lines.append(f"| {name} | {pts} | {_pct(o.get('auroc'))} | {_pct(o.get('aupr'))} | "
-                         f"{_pct(o.get('fpr95'))} | {o['num_id']} | {o['num_ood']} | {err} |")
+            for proto, ood, bounds in rows:
+                o, b = ood[name][pts], bounds.get(name, {}).get(pts, {})
+                err = f"{b['auroc']:.1e} / {b['fpr95']:.1e}" if b else "n/a"
+                lines.append(f"| {name} | {pts} | {proto} | {_pct(o.get('auroc'))} | {_pct(o.get('aupr'))} | "
+                             f"{_pct(o.get('fpr95'))} | {o['num_id']} | {o['num_ood']} | {err} |")
     return "\n".join(lines) + "\n"
 
 
@@ -100,13 +110,25 @@ def write_eval_report(out_dir: str | Path, metrics: Mapping[str, Any], hists: Ma
 
 
 def format_metrics(m: Mapping[str, Any]) -> str:
-    """Console summary of one evaluation."""
+    """Console summary of one evaluation: segood's numbers, and each reference protocol's beside them
+    (those in % with 4 decimals, i.e. 6 digits of the fraction, for comparison with the reference code)."""
     from segood.engine.evaluate import headline
 
-    lines = [f"ID mIoU: FOV {100 * m['miou']['fov']['miou']:.1f}  all {100 * m['miou']['all']['miou']:.1f}",
-             f"{'score':14s} {'points':6s} {'AUROC':>7s} {'AUPR':>7s} {'FPR95':>7s}   (anomaly = positive, %)"]
+    lines = [f"ID mIoU (segood): FOV {100 * m['miou']['fov']['miou']:.1f}  all {100 * m['miou']['all']['miou']:.1f}"]
+    for name, block in (m.get("protocols") or {}).items():
+        if block.get("miou"):
+            mi = block["miou"]
+            lines.append(f"ID mIoU ({name}, as shipped / OOD class ignored): FOV {100 * mi['fov']['miou']:.4f} / "
+                         f"{100 * mi['fov']['miou_id']:.4f}  all {100 * mi['all']['miou']:.4f} / "
+                         f"{100 * mi['all']['miou_id']:.4f}")
+    lines.append(f"{'score':16s} {'points':6s} {'protocol':16s} {'AUROC':>9s} {'AUPR':>9s} {'FPR95':>9s}"
+                 "   (anomaly = positive, %)")
     for score in m["ood"]:
         for pts in SUBSETS:
             h = headline(m, score, pts)
-            lines.append(f"{score:14s} {pts:6s} {h['auroc']:7.1f} {h['aupr']:7.1f} {h['fpr95']:7.1f}")
+            lines.append(f"{score:16s} {pts:6s} {'segood':16s} {h['auroc']:9.1f} {h['aupr']:9.1f} {h['fpr95']:9.1f}")
+            for name, block in (m.get("protocols") or {}).items():
+                o = block["ood"][score][pts]
+                vals = [f"{100 * o[k]:9.4f}" if k in o else f"{'n/a':>9s}" for k in ("auroc", "aupr", "fpr95")]
+                lines.append(f"{score:16s} {pts:6s} {name:16s} " + " ".join(vals))
     return "\n".join(lines)

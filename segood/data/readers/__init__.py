@@ -19,6 +19,7 @@ from segood.data.reader import Reader
 from segood.data.readers.carla_ood import CarlaOodReader
 from segood.data.readers.nuscenes import NuScenesReader  # imports the devkit only when used
 from segood.data.readers.semantickitti import SemanticKittiReader
+from segood.data.readers.stu import StuReader
 
 __all__ = ["Reader", "READERS", "reader_class", "open_reader"]
 
@@ -27,6 +28,9 @@ READERS: dict[str, type] = {
     "semantickitti": SemanticKittiReader,
     "nuscenes": NuScenesReader,
     "carla_ood": CarlaOodReader,
+    "stu": StuReader,
+    "semantickitti_ood": SemanticKittiReader,  # LIDO's SemanticKITTI-OoD: KITTI layout, label map semantickitti_ood
+    "nuscenes_ood": SemanticKittiReader,       # LIDO's nuScenes-OoD: KITTI layout, label map nuscenes_ood
 }
 
 

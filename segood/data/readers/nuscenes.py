@@ -21,7 +21,10 @@ Cameras: every point is projected into each of the six cameras through the full 
 
 (the ego moves between the LiDAR sweep and each camera exposure, so both ego poses enter). A point
 seen by several cameras is assigned by :func:`segood.data.projection.assign_cameras` (closest to
-the image centre). ``Scan.images``/``lidar_to_image`` hold the selected cameras in
+the image centre). A point counts as seen by a camera by the devkit's rule (``visibility: devkit``,
+the default: depth > 1 m and 1 < u < W - 1, 1 < v < H - 1, as ``NuScenesExplorer.map_pointcloud_to_image``
+and PMF's loader); ``visibility: segood`` is the KITTI-style rule (depth > 0.1 m, 0 <= u < W).
+``Scan.images``/``lidar_to_image`` hold the selected cameras in
 :data:`CAMERAS` order; ``Scan.pose`` is LiDAR -> global at the LiDAR timestamp.
 
 Splits: entries of ``splits`` are devkit split names (``train``, ``val``, ``test``,
@@ -38,7 +41,8 @@ import numpy as np
 
 from segood.data.errors import DataError
 from segood.data.labels import LabelMap
-from segood.data.projection import assign_cameras, check_projection_matrix, project_points
+from segood.data.projection import (DEVKIT_VISIBILITY, SEGOOD_VISIBILITY, assign_cameras, check_projection_matrix,
+                                    project_points)
 from segood.data.scan import Scan
 from segood.data.readers.semantickitti import read_image
 
@@ -49,6 +53,7 @@ TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrat
 SPLIT_VERSION = {"train": "v1.0-trainval", "val": "v1.0-trainval", "test": "v1.0-test",
                  "mini_train": "v1.0-mini", "mini_val": "v1.0-mini"}
 POINT_DIMS = 5
+VISIBILITY = {"devkit": DEVKIT_VISIBILITY, "segood": SEGOOD_VISIBILITY}
 
 
 def _devkit():
@@ -225,6 +230,7 @@ class NuScenesReader:
 
     ``camera``: ``"all"`` (the six, default), ``None`` (LiDAR only), one channel name or a list.
     ``nusc``: an already loaded devkit ``NuScenes`` (shared between readers to load tables once).
+    ``visibility``: ``devkit`` (default) or ``segood`` (see the module doc; ``data.reader_options.visibility``).
     """
 
     def __init__(
@@ -237,7 +243,11 @@ class NuScenesReader:
         version: str | None = None,
         intensity_scale: float = 1.0 / 255.0,
         nusc: Any = None,
+        visibility: str = "devkit",
     ) -> None:
+        if visibility not in VISIBILITY:
+            raise DataError(f"data.reader_options.visibility: '{visibility}' is not one of {sorted(VISIBILITY)}")
+        self.visibility = VISIBILITY[visibility]
         self.root = Path(root)
         entries = [splits] if isinstance(splits, str) else [str(s) for s in splits]
         self.label_map = label_map
@@ -367,7 +377,8 @@ class NuScenesReader:
                 scan.images.append(image)
                 scan.lidar_to_image.append(matrix)
                 sizes.append((image.shape[1], image.shape[0]))
-            scan.pixel_uv, scan.camera_id = assign_cameras(points[:, :3], scan.lidar_to_image, sizes)
+            scan.pixel_uv, scan.camera_id = assign_cameras(points[:, :3], scan.lidar_to_image, sizes,
+                                                           self.visibility)
         return scan
 
     def check_scan(self, i: int, decode_images: bool = True) -> tuple[list[str], np.ndarray | None, dict]:
@@ -395,7 +406,7 @@ class NuScenesReader:
             except DataError as e:
                 problems.append(str(e))
             if w and h:
-                n = int(project_points(points[:, :3], matrix, w, h)[1].sum())
+                n = int(project_points(points[:, :3], matrix, w, h, visibility=self.visibility)[1].sum())
                 in_image[channel] = n
                 if n == 0:
                     problems.append(f"{image_path}: the calibration puts none of the {len(points)} points into "

@@ -23,7 +23,7 @@ import torch
 
 from segood.config import ConfigError
 from segood.ood.scores.fitted import ASH, KNN, FittedScore, Mahalanobis, ReAct, ViM
-from segood.ood.scores.logit import anomaly_head, energy, entropy, gen, maxlogit, msp
+from segood.ood.scores.logit import anomaly_head, energy, entropy, gen, maxlogit, msp, relative_energy
 
 __all__ = ["Score", "SCORES", "FITTED_SCORES", "get_score", "check_score_names", "score_range", "is_fitted",
            "score_options"]
@@ -71,6 +71,7 @@ SCORES: dict[str, Score] = {s.name: s for s in (
     Score("msp", msp, range=lambda c, **_: (-1.0, -1.0 / c)),
     Score("maxlogit", maxlogit),
     Score("energy", energy),
+    Score("relative_energy", relative_energy),  # = -log(softmax mass of the ID logits): [0, inf)
     Score("entropy", entropy, range=lambda c, **_: (0.0, math.log(c))),
     Score("gen", gen, range=_gen_range),
     Score("mahalanobis", fitted=Mahalanobis),

@@ -17,7 +17,7 @@ import torch
 
 from segood.ood.scores.fitted import free_energy
 
-__all__ = ["anomaly_head", "msp", "maxlogit", "energy", "entropy", "gen"]
+__all__ = ["anomaly_head", "msp", "maxlogit", "energy", "relative_energy", "entropy", "gen"]
 
 Output = Mapping[str, torch.Tensor]
 
@@ -43,6 +43,21 @@ def maxlogit(out: Output) -> torch.Tensor:
 def energy(out: Output, temperature: float = 1.0) -> torch.Tensor:
     """Free energy ``-T * logsumexp(logits / T)`` (Liu et al. 2020); high energy = anomalous."""
     return free_energy(out["logits"], temperature)
+
+
+def relative_energy(out: Output, num_id_logits: int | None = None) -> torch.Tensor:
+    """Relative energy ``logsumexp(all logits) - logsumexp(ID logits)`` (NDP / REL on STU): high when the
+    extra (e.g. void / outlier-class) logits hold the mass. ``num_id_logits``: the first that many columns
+    of ``out['logits']`` are the ID classes, the rest the extra logits. Undefined without extra logits
+    (it would be 0 everywhere, not energy): a ValueError names the option."""
+    logits = out["logits"]
+    c = logits.shape[1]
+    if num_id_logits is None or not 0 < int(num_id_logits) < c:
+        raise ValueError(
+            f"relative_energy is undefined for this model: its {c} logits are all ID classes (no extra logits); "
+            f"set eval.score_options.relative_energy.num_id_logits to the number of ID logits of a model with extra "
+            f"logits (got {num_id_logits!r}, need 0 < num_id_logits < {c})")
+    return torch.logsumexp(logits, dim=1) - torch.logsumexp(logits[:, : int(num_id_logits)], dim=1)
 
 
 def entropy(out: Output) -> torch.Tensor:
