@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     check_cli.add_parser(sub)
     viz_cli.add_parser(sub)
     ros_cli.add_parser(sub)
+    __import__("segood.commands.doctor", fromlist=["add_parser"]).add_parser(sub)
     from segood.bench import memory as bench_memory
     from segood.bench import synthesis as bench_synthesis
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    if args.command == "bench":
+    if getattr(args, "func", None):
         return args.func(args)
     if args.command == "make-synthetic":
         from segood.data.synthetic import SyntheticConfig, write_dataset
