@@ -16,6 +16,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--splits", nargs="+", default=["train", "val"], help="config splits to check (default: train val)")
     p.add_argument("--max-scans", type=int, default=None, help="check at most N scans per sequence/split entry")
     p.add_argument("--quick", action="store_true", help="read image headers only (skip full decoding)")
+    p.add_argument("--no-labels", action="store_true",
+                   help="check geometry, calibration and images only (e.g. a nuScenes root without lidarseg)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     return p
 
@@ -28,8 +30,10 @@ def _local_readers() -> dict:
     return {"semantickitti": SemanticKittiReader, "nuscenes": NuScenesReader, "carla_ood": CarlaOodReader}
 
 
-def make_reader_factory(cfg: dict, label_map):
-    """``(split, entry) -> reader`` for :func:`segood.data.check.check_dataset`."""
+def make_reader_factory(cfg: dict, label_map, labels: bool = True, notes: list[str] | None = None):
+    """``(split, entry) -> reader`` for :func:`segood.data.check.check_dataset`. ``labels=False``
+    checks without label files; a nuScenes root without lidarseg is checked that way too, with
+    one problem appended to ``notes`` (training needs the labels)."""
     from segood.config import ConfigError, resolve_path
     from segood.engine import builders
 
@@ -47,15 +51,20 @@ def make_reader_factory(cfg: dict, label_map):
 
             root = resolve_path(data["root"])
             version = options.get("version") or infer_version([entry], root)
+            with_labels = labels and (root / version / "lidarseg.json").is_file()
             if version not in shared:
-                shared[version] = load_nuscenes(root, version, with_labels=True)
-            return cls(root, [entry], label_map, camera=data["camera"], nusc=shared[version],
+                if labels and not with_labels and notes is not None:
+                    notes.append(f"{root / version / 'lidarseg.json'}: no lidarseg labels (training needs "
+                                 "nuScenes-lidarseg); checked geometry, calibration and images only")
+                shared[version] = load_nuscenes(root, version, with_labels=with_labels)
+            return cls(root, [entry], label_map, camera=data["camera"], nusc=shared[version], with_labels=with_labels,
                        **{k: v for k, v in options.items() if k != "version"})
-        if data["dataset"] in builders.READERS and not options:
+        if data["dataset"] in builders.READERS and not options and labels:
             one = copy.deepcopy(cfg)
             one["data"][f"{split}_sequences"] = [entry]
             return builders.build_reader(one, split, label_map)
-        return cls(resolve_path(data["root"]), [entry], label_map, camera=data["camera"], **options)
+        return cls(resolve_path(data["root"]), [entry], label_map, camera=data["camera"],
+                   **({} if labels else {"with_labels": False}), **options)
 
     return make
 
@@ -75,8 +84,10 @@ def run(args) -> int:
             return 2
         entries = cfg["data"][key]
         splits[s] = [entries] if isinstance(entries, str) else [str(e) for e in entries]
-    report = check_dataset(make_reader_factory(cfg, label_map), splits, label_map,
+    notes: list[str] = []
+    report = check_dataset(make_reader_factory(cfg, label_map, not getattr(args, "no_labels", False), notes), splits, label_map,
                            max_scans=args.max_scans, decode_images=not args.quick)
+    report.dataset_problems += notes
     print(f"data set: {cfg['data']['dataset']} at {cfg['data']['root']} (label map {label_map.source})")
     print(format_report(report, label_map))
     return 0 if report.ok else 1

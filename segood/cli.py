@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"segood {args.command}: error: {e}", file=sys.stderr)
+        from segood.messages import user_message
+
+        print(f"segood {args.command}: error: {user_message(e)}", file=sys.stderr)
         return 2
 
 

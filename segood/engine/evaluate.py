@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from segood.config import ConfigError
 from segood.data.labels import LabelMap
+from segood.engine.allocator import bound_allocator
 from segood.engine.builders import build_label_map, build_loader
 from segood.engine.checkpoint import atomic_write, file_sha256, load_checkpoint, load_torch, save_torch, write_json
 from segood.metrics.iou import ConfusionMatrix
@@ -335,6 +336,7 @@ class EvalAccumulator:
 
     def __init__(self, names: list[str], num_classes: int, ranges: Mapping[str, tuple[float, float] | None],
                  bins: int = 65536) -> None:
+        bound_allocator()  # per-batch arrays must not fragment the heap (segood.engine.allocator)
         self.names, self.bins = list(names), int(bins)
         self.conf = {s: ConfusionMatrix(num_classes) for s in SUBSETS}
         self.binning: dict[str, Binning] = {}
