@@ -16,7 +16,7 @@ install: sysdeps $(STAMP)
 sysdeps:
 	@tools/sysdeps.sh $(PYTHON)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
