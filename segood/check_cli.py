@@ -57,8 +57,8 @@ def make_reader_factory(cfg: dict, label_map, labels: bool = True, notes: list[s
                     notes.append(f"{root / version / 'lidarseg.json'}: no lidarseg labels (training needs "
                                  "nuScenes-lidarseg); checked geometry, calibration and images only")
                 shared[version] = load_nuscenes(root, version, with_labels=with_labels)
-            return cls(root, [entry], label_map, camera=data["camera"], nusc=shared[version], with_labels=with_labels,
-                       **{k: v for k, v in options.items() if k != "version"})
+            return cls(root, [entry], label_map, camera=data["camera"], nusc=shared[version],
+                       with_labels=with_labels, **{k: v for k, v in options.items() if k != "version"})
         if data["dataset"] in builders.READERS and not options and labels:
             one = copy.deepcopy(cfg)
             one["data"][f"{split}_sequences"] = [entry]
@@ -85,8 +85,8 @@ def run(args) -> int:
         entries = cfg["data"][key]
         splits[s] = [entries] if isinstance(entries, str) else [str(e) for e in entries]
     notes: list[str] = []
-    report = check_dataset(make_reader_factory(cfg, label_map, not getattr(args, "no_labels", False), notes), splits, label_map,
-                           max_scans=args.max_scans, decode_images=not args.quick)
+    factory = make_reader_factory(cfg, label_map, labels=not getattr(args, "no_labels", False), notes=notes)
+    report = check_dataset(factory, splits, label_map, max_scans=args.max_scans, decode_images=not args.quick)
     report.dataset_problems += notes
     print(f"data set: {cfg['data']['dataset']} at {cfg['data']['root']} (label map {label_map.source})")
     print(format_report(report, label_map))

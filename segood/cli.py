@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     check_cli.add_parser(sub)
     viz_cli.add_parser(sub)
     ros_cli.add_parser(sub)
-    __import__("segood.commands.doctor", fromlist=["add_parser"]).add_parser(sub)
+    from segood.commands import doctor as doctor_command
+
+    doctor_command.add_parser(sub)
     from segood.bench import memory as bench_memory
     from segood.bench import synthesis as bench_synthesis
 

@@ -12,13 +12,11 @@ from __future__ import annotations
 import ctypes
 import importlib
 import importlib.metadata as md
-import os
 import re
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 OK, WARN, FAIL, ABSENT = "ok", "warn", "FAIL", "absent"
 COMPONENTS = ("core", "viz", "ros", "nuscenes", "gpu")
@@ -235,8 +233,7 @@ def check_gpu() -> Check:
 # --------------------------------------------------------------------------- optional parts
 
 
-def _import_check(component: str, name: str, module: str, dist: str, extra: str,
-                  more: Callable[[object], str] | None = None) -> Check:
+def _import_check(component: str, name: str, module: str, dist: str, extra: str) -> Check:
     """Import ``module``; 'absent' when ``dist`` is not installed, FAIL (with the fix) when it
     is installed but does not load."""
     version = installed(dist)
@@ -252,9 +249,9 @@ def _import_check(component: str, name: str, module: str, dist: str, extra: str,
         fix = apt_fix([DEBIAN_PACKAGES.get(lib, lib)]) if lib else f"reinstall {dist}"
         return Check(component, name, FAIL, f"{dist} {version}: cannot load {lib or ''}: {e}", fix)
     except Exception as e:  # noqa: BLE001
-        return Check(component, name, FAIL, f"{dist} {version}: import failed: {e}", f"pip install --force-reinstall {dist}")
-    return Check(component, name, OK, f"{dist} {version or getattr(mod, '__version__', '?')}"
-                 + (more(mod) if more else ""))
+        return Check(component, name, FAIL, f"{dist} {version}: import failed: {e}",
+                     f"pip install --force-reinstall {dist}")
+    return Check(component, name, OK, f"{dist} {version or getattr(mod, '__version__', '?')}")
 
 
 def check_open3d() -> list[Check]:
@@ -328,4 +325,4 @@ def environment_note() -> str:
     """Which interpreter and which segood the report is about."""
     import segood
 
-    return f"segood {getattr(segood, '__version__', '?')} from {Path(segood.__file__).parent} ({os.environ.get('VIRTUAL_ENV') or sys.prefix})"
+    return f"segood {installed('segood') or '?'} from {Path(segood.__file__).parent} (environment {sys.prefix})"
