@@ -82,3 +82,22 @@ def test_checkpoint_with_numpy_and_paths_round_trips_as_plain_values(tmp_path):
     np.random.set_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
     assert a == (np.random.rand(), random.random())
+
+
+def test_an_old_numpy_checkpoint_is_refused_then_upgraded(tmp_path):
+    import numpy as np
+
+    old = tmp_path / "old.pt"
+    state = np.random.get_state()
+    torch.save({"format": CHECKPOINT_FORMAT, "step": 3, "rng": {"numpy": state}}, old)  # pre-weights-only layout
+    with pytest.raises(ValueError, match=r"old.pt: refused.*upgrade\('.*old.pt'\)"):
+        load_checkpoint(old)
+    from segood.engine.checkpoint import upgrade
+
+    upgrade(old)
+    back = load_checkpoint(old)
+    assert back["step"] == 3
+    np.random.set_state(back["rng"]["numpy"])
+    a = np.random.rand()
+    np.random.set_state(state)
+    assert a == np.random.rand()

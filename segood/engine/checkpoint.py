@@ -57,9 +57,18 @@ def load_torch(path: str | Path, what: str = "file") -> Any:
         first = lines[0] if lines else type(e).__name__
         raise ValueError(
             f"{path}: refused to load this {what}: it holds Python objects other than {ALLOWED} "
-            f"(a segood {what} never does; nothing in it was executed). Detail: {first}") from e
+            f"(nothing in it was executed). Detail: {first}. A file written by segood before "
+            f"weights-only loading can be converted, if you trust it: python -c \"from "
+            f"segood.engine.checkpoint import upgrade; upgrade('{path}')\"") from e
     except Exception as e:  # truncated zip, garbage, ...
         raise ValueError(f"{path}: not a readable {what} (truncated or corrupt?): {e}") from e
+
+
+def upgrade(path: str | Path) -> Path:
+    """Rewrite a torch file saved by an older segood (numpy RNG states) in the weights-only form.
+    This UNPICKLES the file, so it runs any code inside: only for files you made or trust."""
+    obj = torch.load(Path(path), map_location="cpu", weights_only=False)
+    return save_torch(path, obj)
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
