@@ -7,11 +7,16 @@ EXTRAS ?= cpu,dev,nuscenes,viz,ros
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.segood-installed
 
-.PHONY: install demo test clean-demo
+.PHONY: install sysdeps demo test clean-demo
 
-install: $(STAMP)
+install: sysdeps $(STAMP)
 
-$(STAMP): pyproject.toml
+# System packages (open3d's libusb / Vulkan / EGL, a C++ compiler): installed when root or
+# password-less sudo allows, else the exact apt-get command is printed and make stops.
+sysdeps:
+	@tools/sysdeps.sh $(PYTHON)
+
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
@@ -19,10 +24,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps nuscenes-devkit==1.2.0
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: sysdeps $(STAMP)
 	$(VENV)/bin/segood demo --out runs/demo
 
-test: $(STAMP)
+test: sysdeps $(STAMP)
 	$(PY) -m pytest -q
 
 clean-demo:

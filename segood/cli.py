@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from segood.commands import bench, check_data, demo, fit_scores, make_synthetic, replay, study, train, viz
+from segood.commands import bench, check_data, demo, doctor, fit_scores, make_synthetic, replay, study, train, viz
 from segood.commands import eval as eval_cmd
 from segood.config import ConfigError
 
 # In the order `segood --help` lists them.
-COMMANDS = (make_synthetic, train, eval_cmd, fit_scores, check_data, viz, replay, bench, study, demo)
+COMMANDS = (make_synthetic, train, eval_cmd, fit_scores, check_data, viz, replay, bench, study, demo, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"segood {args.command}: error: {e}", file=sys.stderr)
+        from segood.messages import user_message
+
+        print(f"segood {args.command}: error: {user_message(e)}", file=sys.stderr)
         return 2
 
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
+from segood.resources import base_dir, resource_dir
+
+CONFIG_DIR = resource_dir("configs")
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
 
 
@@ -91,8 +92,10 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """Load an experiment config merged over ``configs/base.yaml``, then apply overrides."""
-    path = Path(path)
+    """Load an experiment config merged over ``configs/base.yaml``, then apply overrides.
+    A relative ``configs/NAME.yaml`` (or bare ``NAME.yaml``) that does not exist here is taken
+    from segood's own configs, so the README's commands work from any directory."""
+    path = find_config(path)
     base = _read_yaml(BASE_CONFIG)
     doc = _load_chain(path)
     doc.pop("_source", None)  # a run folder's resolved config.yaml records where it came from
@@ -123,7 +126,17 @@ def _base_cached() -> dict:
     return _read_yaml(BASE_CONFIG)
 
 
+def find_config(path: str | Path) -> Path:
+    """``path`` itself if it exists, else segood's shipped config of that name (if any)."""
+    path = Path(path)
+    if path.exists() or path.is_absolute() or path.parent not in (Path("."), Path("configs")):
+        return path
+    shipped = CONFIG_DIR / path.name
+    return shipped if shipped.is_file() else path
+
+
 def resolve_path(p: str | Path) -> Path:
-    """Relative data paths in configs are relative to the repository root."""
+    """Relative data paths in configs are relative to the repository root (in a checkout) or to
+    the current directory (installed package)."""
     p = Path(p).expanduser()
-    return p if p.is_absolute() else (REPO_ROOT / p)
+    return p if p.is_absolute() else (base_dir() / p)

@@ -5,11 +5,17 @@
 - ``assert_close(actual, expected, ...)``: numpy / torch comparison that says where it differs.
 - markers: ``slow`` (minutes; deselect with ``-m "not slow"``), ``cuda`` (skipped without a GPU:
   the only thing allowed to skip).
+
+Suite-wide rule: a required component that is missing fails the run. Only parts that need a GPU
+may skip, and their reason must start with ``GPU-only:``; any other skip is turned into a failure.
+The terminal summary ends with one line saying what was skipped and why.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
+
+GPU_ONLY = "GPU-only:"
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +52,30 @@ def pytest_collection_modifyitems(config, items) -> None:
 
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    skip = pytest.mark.skip(reason=f"{GPU_ONLY} needs a CUDA device")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def _reason(report) -> str:
+    longrepr = report.longrepr
+    return str(longrepr[2] if isinstance(longrepr, tuple) else longrepr).removeprefix("Skipped: ")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail") and not _reason(report).startswith(GPU_ONLY):
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid}: a required component is missing (only GPU-only parts may skip): "
+                           f"{_reason(report)}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons = sorted({_reason(r) for r in skipped})
+    line = (f"skipped {len(skipped)} GPU-only test(s): " + "; ".join(reasons)) if skipped else \
+        "skipped 0 tests: every required component is present"
+    terminalreporter.write_line(line)

@@ -93,7 +93,6 @@ def test_semantickitti_calibration_outside_image(tmp_path, capsys):
 
 
 def test_nuscenes_reports_every_problem(tmp_path):
-    pytest.importorskip("nuscenes")
     from test_nuscenes import build_mini
 
     from segood.data.readers.nuscenes import NuScenesReader, load_nuscenes
@@ -132,7 +131,6 @@ def test_nuscenes_reports_every_problem(tmp_path):
 
 
 def test_nuscenes_missing_tables_in_one_message(tmp_path):
-    pytest.importorskip("nuscenes")
     from test_nuscenes import fixture_keyframe
 
     from builders import write_nuscenes_sample

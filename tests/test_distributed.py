@@ -52,7 +52,7 @@ def run_env() -> dict:
 
 
 def state_of(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def test_torchrun_two_ranks_identical_weights_and_reduced_metrics(data_root, tmp_path):
@@ -89,7 +89,7 @@ def test_sigkill_then_resume_gives_identical_weights(data_root, tmp_path):
     assert proc.poll() is None, "training finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    step_at_kill = torch.load(killed / "checkpoint.pt", weights_only=False)["step"]
+    step_at_kill = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
     assert 3 <= step_at_kill < 6
     subprocess.run([sys.executable, *cli(data_root, killed, "train.steps=6", "train.ckpt_every=1"), "--resume"],
                    check=True, capture_output=True, timeout=600, env=run_env())

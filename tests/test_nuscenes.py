@@ -9,19 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("nuscenes")
+from nuscenes import NuScenes
+from nuscenes.utils.color_map import get_colormap
+from nuscenes.utils.data_classes import LidarPointCloud
+from nuscenes.utils.geometry_utils import transform_matrix
+from pyquaternion import Quaternion
 
-from nuscenes import NuScenes  # noqa: E402
-from nuscenes.utils.color_map import get_colormap  # noqa: E402
-from nuscenes.utils.data_classes import LidarPointCloud  # noqa: E402
-from nuscenes.utils.geometry_utils import transform_matrix  # noqa: E402
-from pyquaternion import Quaternion  # noqa: E402
-
-from segood.data.errors import DataError  # noqa: E402
-from segood.data.labels import load_label_map  # noqa: E402
-from builders import write_nuscenes_sample  # noqa: E402
-from segood.data.projection import project_points  # noqa: E402
-from segood.data.readers.nuscenes import CAMERAS, NuScenesReader  # noqa: E402
+from segood.data.errors import DataError
+from segood.data.labels import load_label_map
+from builders import write_nuscenes_sample
+from segood.data.projection import project_points
+from segood.data.readers.nuscenes import CAMERAS, NuScenesReader
 
 FIX = Path(__file__).parent / "fixtures"
 SCENE = FIX / "nuscenes_scene0061"

@@ -2,7 +2,8 @@
 """Peak memory of the streaming evaluation: fake batches (random logits, anomaly logits, fused
 features; no network) go through every requested score and the evaluation accumulators
 (:class:`segood.engine.evaluate.EvalAccumulator`) for 10^7 points; peak RSS (getrusage) is printed
-at 10^6 and 10^7 points. Flat = the accumulators do not grow with the data.
+at 10^6 and 10^7 points, and their ratio. Flat = within 10 %: the accumulators do not grow with
+the data, and the allocator does not fragment (see segood/engine/allocator.py).
 
     .venv/bin/python tools/bench_eval_memory.py [--points 10000000] [--batch 100000]
 """
@@ -57,6 +58,7 @@ def main() -> None:
     print(f"{len(args.scores)} scores, {args.bins} bins, batches of {args.batch}; after setup: peak RSS "
           f"{peak_rss_mib():.0f} MiB")
     marks = [m for m in (10**6, 10**7) if m <= args.points] or [args.points]
+    peaks: dict[int, float] = {}
     done, t0 = 0, time.time()
     with torch.no_grad():
         while done < args.points:
@@ -67,9 +69,13 @@ def main() -> None:
             acc.add_scores({k: f(out).numpy() for k, f in scorers.items()}, is_ood, visible)
             done += n
             if marks and done >= marks[0]:
-                rss = peak_rss_mib()
+                rss = peaks[done] = peak_rss_mib()
                 print(f"{done:>12,d} points: peak RSS {rss:7.0f} MiB  ({time.time() - t0:.0f} s)", flush=True)
                 marks.pop(0)
+    if len(peaks) == 2:
+        (n0, p0), (n1, p1) = sorted(peaks.items())
+        print(f"peak RSS at {n1:.0e} / at {n0:.0e} points: {p1:.0f} / {p0:.0f} MiB = {p1 / p0:.3f} "
+              f"(flat: <= 1.10; {'flat' if p1 <= 1.1 * p0 else 'GROWS'})")
     state = sum(h.counts.nbytes for per in acc.hist.values() for h in per.values())
     print(f"accumulator state: {state / 2**20:.1f} MiB of histogram counts; "
           f"a per-point float32 gather would hold {done * len(args.scores) * 4 / 2**20:.0f} MiB of scores")

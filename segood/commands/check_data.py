@@ -17,19 +17,40 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--splits", nargs="+", default=["train", "val"], help="config splits to check (default: train val)")
     p.add_argument("--max-scans", type=int, default=None, help="check at most N scans per sequence/split entry")
     p.add_argument("--quick", action="store_true", help="read image headers only (skip full decoding)")
+    p.add_argument("--no-labels", action="store_true",
+                   help="check geometry, calibration and images only (e.g. a nuScenes root without lidarseg)")
     add_overrides(p, example="data.root=/data/kitti")
     p.set_defaults(run=run)
     return p
 
 
-def make_reader_factory(cfg: dict, label_map):
+def make_reader_factory(cfg: dict, label_map, labels: bool = True, notes: list[str] | None = None):
     """``(split, entry) -> reader`` for :func:`segood.data.check.check_dataset`; readers of one root
-    share what their class loads once (e.g. nuScenes' devkit tables)."""
+    share what their class loads once (e.g. nuScenes' devkit tables). ``labels=False`` checks
+    without label files; a root whose reader says its labels are missing (``missing_labels``, e.g.
+    nuScenes without lidarseg) is checked that way too, with one problem appended to ``notes``
+    (training needs the labels)."""
+    from segood.config import resolve_path
     from segood.data.readers import open_reader, reader_class
 
-    reader_class(cfg["data"]["dataset"])  # an unknown dataset fails before any entry is tried
+    data = cfg["data"]
+    cls = reader_class(data["dataset"])  # an unknown dataset fails before any entry is tried
     cache: dict = {}
-    return lambda split, entry: open_reader(cfg["data"], [entry], label_map, with_labels=True, cache=cache)
+    told: set[str] = set()
+
+    def make(split: str, entry: str):
+        with_labels = labels
+        missing = getattr(cls, "missing_labels", None)
+        reason = missing(resolve_path(data["root"]), [entry], dict(data.get("reader_options") or {})) \
+            if (labels and missing) else None
+        if reason:
+            with_labels = False
+            if notes is not None and reason not in told:
+                told.add(reason)
+                notes.append(reason)
+        return open_reader(data, [entry], label_map, with_labels=with_labels, cache=cache)
+
+    return make
 
 
 def run(args) -> int:
@@ -47,8 +68,10 @@ def run(args) -> int:
             return 2
         entries = cfg["data"][key]
         splits[s] = [entries] if isinstance(entries, str) else [str(e) for e in entries]
-    report = check_dataset(make_reader_factory(cfg, label_map), splits, label_map,
-                           max_scans=args.max_scans, decode_images=not args.quick)
+    notes: list[str] = []
+    factory = make_reader_factory(cfg, label_map, labels=not getattr(args, "no_labels", False), notes=notes)
+    report = check_dataset(factory, splits, label_map, max_scans=args.max_scans, decode_images=not args.quick)
+    report.dataset_problems += notes
     print(f"data set: {cfg['data']['dataset']} at {cfg['data']['root']} (label map {label_map.source})")
     print(format_report(report, label_map))
     return 0 if report.ok else 1

@@ -90,14 +90,36 @@ class SplitReport:
 @dataclass
 class Report:
     splits: list[SplitReport] = field(default_factory=list)
+    dataset_problems: list[str] = field(default_factory=list)  # not tied to one split
 
     @property
     def problems(self) -> list[str]:
-        return [p for s in self.splits for p in s.problems]
+        return self.dataset_problems + [p for s in self.splits for p in s.problems]
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def warnings(self, label_map: LabelMap) -> list[str]:
+        """Splits from which no OOD metric can be computed (nothing is wrong with the files)."""
+        return [w for s in self.splits for w in ood_warnings(s, label_map)]
+
+
+def ood_warnings(sr: SplitReport, label_map: LabelMap) -> list[str]:
+    """Why split ``sr`` cannot give AUROC / AUPR / FPR95: no OOD point, or every label ignored."""
+    if sr.class_points is None or not sr.class_points.sum():
+        return []
+    total = int(sr.class_points.sum())
+    ignored = int(sr.class_points[list(label_map.ignore_learning_ids)].sum())
+    ood = int(sr.class_points[list(label_map.ood_learning_ids)].sum())
+    names = ", ".join(label_map.learning_names[i] for i in label_map.ood_learning_ids)
+    if ignored == total:
+        return [f"split {sr.name}: 100% of its {total} labelled points are ignored (learning ids "
+                f"{sorted(label_map.ignore_learning_ids)}): no OOD metric and no mIoU can be computed from it"]
+    if ood == 0:
+        return [f"split {sr.name}: 0 OOD points (expected some of: {names}) among {total - ignored} "
+                "labelled points: AUROC / AUPR / FPR95 cannot be computed from it"]
+    return []
 
 
 def check_reader(reader: Reader, label_map: LabelMap, report: SplitReport, max_scans: int | None = None,
@@ -164,7 +186,11 @@ def format_report(report: Report, label_map: LabelMap) -> str:
                               ("ignored", label_map.ignore_learning_ids)):
                 n = int(sr.class_points[list(ids)].sum())
                 lines.append(f"   {'':11s}  {'total ' + role:22s} {'':8s} {n:12d} {100 * n / total:6.2f}%")
-    problems = report.problems
-    lines.append(f"== {len(problems)} problem(s)" + (":" if problems else " - data set OK"))
+    problems, warnings = report.problems, report.warnings(label_map)
+    if warnings:
+        lines.append(f"== {len(warnings)} warning(s):")
+        lines += [f" - {w}" for w in warnings]
+    verdict = " - data set OK" + (" for training, but see the warning(s) above" if warnings else "")
+    lines.append(f"== {len(problems)} problem(s)" + (":" if problems else verdict))
     lines += [f" - {p}" for p in problems]
     return "\n".join(lines)

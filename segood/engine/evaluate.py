@@ -32,9 +32,10 @@ from tqdm import tqdm
 
 from segood.config import ConfigError
 from segood.data.labels import LabelMap
+from segood.engine.allocator import bound_allocator
 from segood.engine.builders import build_label_map, build_loader
 from segood.atomic import atomic_write, write_json
-from segood.engine.checkpoint import file_sha256, load_checkpoint
+from segood.engine.checkpoint import file_sha256, load_checkpoint, load_torch, save_torch
 from segood.engine.operating_point import choose_operating_point, threshold_at_tpr  # noqa: F401  (re-exported)
 from segood.metrics.iou import ConfusionMatrix
 from segood.metrics.ood import ScoreHistogram
@@ -181,7 +182,7 @@ def fit_scores(cfg: dict, ckpt_path: str | Path, model: torch.nn.Module | None =
         states[n] = {"params": score.params(), "state": score.state}
     blob = {"format": SCORES_FORMAT, **meta, "split": "train", "per_class": np.bincount(
         bank.labels.numpy(), minlength=label_map.num_classes).tolist(), "bank": bank.to_dict(), "states": states}
-    return atomic_write(scores_path(ckpt_path), lambda p: torch.save(blob, p))
+    return save_torch(scores_path(ckpt_path), blob)
 
 
 def load_fit(ckpt_path: str | Path, expect: Mapping[str, Any] | None = None) -> dict | None:
@@ -190,7 +191,7 @@ def load_fit(ckpt_path: str | Path, expect: Mapping[str, Any] | None = None) -> 
     path = scores_path(ckpt_path)
     if not path.is_file():
         return None
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = load_torch(path, "scores file")
     if not isinstance(blob, dict) or blob.get("format") != SCORES_FORMAT:
         raise ValueError(f"{path}: not a segood scores file (expected format '{SCORES_FORMAT}')")
     if expect and any(blob.get(k) != v for k, v in expect.items()):
@@ -320,6 +321,7 @@ class EvalAccumulator:
 
     def __init__(self, names: list[str], num_classes: int, ranges: Mapping[str, tuple[float, float] | None],
                  bins: int = 65536) -> None:
+        bound_allocator()  # per-batch arrays must not fragment the heap (segood.engine.allocator)
         self.names, self.bins = list(names), int(bins)
         self.conf = {s: ConfusionMatrix(num_classes) for s in SUBSETS}
         self.binning: dict[str, Binning] = {}
@@ -422,8 +424,11 @@ def load_operating_point(ckpt_path: str | Path) -> dict:
     path = operating_point_path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no operating point; run `segood eval CONFIG --ckpt {ckpt_path} --out DIR`")
-    op = json.loads(path.read_text())
-    if op.get("checkpoint_sha256") != checkpoint_sha(ckpt_path):
+    try:
+        op = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a JSON operating point: {e}") from e
+    if not isinstance(op, dict) or op.get("checkpoint_sha256") != checkpoint_sha(ckpt_path):
         raise ValueError(f"{path}: computed for another version of {ckpt_path}; re-run `segood eval`")
     return op
 

@@ -28,6 +28,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from segood.resources import resource_dir
+
 from .feature_mixing import _step_seed, select_anchors
 
 __all__ = ["load_extension", "philox4x32_10", "reference_feature_mixing", "feature_mixing_op", "feature_mixing_into",
@@ -38,7 +40,7 @@ _M32 = 0xFFFFFFFF
 _PHILOX_M = (0xD2511F53, 0xCD9E8D57)
 _PHILOX_W = (0x9E3779B9, 0xBB67AE85)
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_SRC_DIR = Path(__file__).resolve().parents[2] / "cuda_ext"
+_SRC_DIR = resource_dir("cuda_ext")  # top-level cuda_ext/ in a checkout, packaged in a wheel
 _ext_state: dict[str, object] = {}  # "ok": bool, "reason": str; filled by load_extension
 
 

@@ -54,5 +54,5 @@ def open_reader(data: dict[str, Any], sequences: list[str] | str, label_map: Lab
     entries = [sequences] if isinstance(sequences, str) else [str(s) for s in sequences]
     options = dict(data.get("reader_options") or {})
     if cache is not None and hasattr(cls, "shared_options"):
-        options = cls.shared_options(Path(root), entries, options, cache)
+        options = cls.shared_options(Path(root), entries, options, cache, with_labels=with_labels)
     return cls(root, entries, label_map, camera=data["camera"], with_labels=with_labels, **options)

@@ -222,6 +222,25 @@ def resolve_scenes(entries: Iterable[str], nusc) -> list[str]:
     return out
 
 
+def sample_chain(nusc, scene: dict) -> tuple[list[str], str]:
+    """The sample tokens of ``scene`` (first_sample_token, then each ``next``), and '' or what is
+    wrong with the chain (a token missing from sample.json, a count other than nbr_samples)."""
+    tokens, tok = [], scene.get("first_sample_token", "")
+    while tok:
+        try:
+            record = nusc.get("sample", tok)
+        except KeyError:
+            where = "its first_sample_token" if not tokens else f"the 'next' of sample {tokens[-1]}"
+            return tokens, (f"scene {scene['name']}: sample {tok} ({where}) is not in sample.json; expected "
+                            f"{scene.get('nbr_samples', '?')} linked samples, found {len(tokens)}")
+        tokens.append(tok)
+        tok = record.get("next", "")
+    if len(tokens) != scene.get("nbr_samples", len(tokens)):
+        return tokens, (f"scene {scene['name']}: scene.json says nbr_samples={scene['nbr_samples']} but its sample "
+                        f"chain has {len(tokens)}")
+    return tokens, ""
+
+
 # ----------------------------------------------------------------------------------- reader
 
 
@@ -262,14 +281,25 @@ class NuScenesReader:
         self.samples = self._list_samples()
 
     @classmethod
-    def shared_options(cls, root: Path, entries: list[str], options: dict, cache: dict) -> dict:
+    def shared_options(cls, root: Path, entries: list[str], options: dict, cache: dict,
+                       with_labels: bool = True) -> dict:
         """Constructor options for readers of several entries of one root: the devkit tables are
-        loaded once per version and shared through ``cache``."""
+        loaded once per (version, with labels) and shared through ``cache``."""
         options = dict(options)
         version = options.pop("version", None) or infer_version(entries, root)
-        if version not in cache:
-            cache[version] = load_nuscenes(root, version, with_labels=True)
-        return {**options, "nusc": cache[version]}
+        if (version, with_labels) not in cache:
+            cache[version, with_labels] = load_nuscenes(root, version, with_labels=with_labels)
+        return {**options, "nusc": cache[version, with_labels]}
+
+    @classmethod
+    def missing_labels(cls, root: Path, entries: list[str], options: dict) -> str | None:
+        """Why this root cannot give labels (no ``lidarseg.json``), or None when it can."""
+        version = options.get("version") or infer_version(entries, root)
+        lidarseg = Path(root) / version / "lidarseg.json"
+        if lidarseg.is_file():
+            return None
+        return (f"{lidarseg}: no lidarseg labels (training needs nuScenes-lidarseg); checked geometry, "
+                "calibration and images only")
 
     def frame_id(self, i: int) -> str:
         """The sample token of keyframe ``i``."""
@@ -289,18 +319,15 @@ class NuScenesReader:
 
     def _list_samples(self) -> list[str]:
         by_name = {s["name"]: s for s in self.nusc.scene}
-        tokens = []
+        tokens, broken = [], []
         for name in self.scenes:
-            scene = by_name[name]
-            tok = scene["first_sample_token"]
-            seen = 0
-            while tok:
-                tokens.append(tok)
-                seen += 1
-                tok = self.nusc.get("sample", tok)["next"]
-            if seen != scene.get("nbr_samples", seen):
-                raise DataError(f"{self.root}/{self.version}/scene.json: {name} says nbr_samples="
-                                f"{scene['nbr_samples']} but its sample chain has {seen}")
+            chain, problem = sample_chain(self.nusc, by_name[name])
+            tokens += chain
+            if problem:
+                broken.append(problem)
+        if broken:
+            raise DataError(f"{self.root}/{self.version}/sample.json: incomplete sample chain(s):\n  "
+                            + "\n  ".join(broken))
         return tokens
 
     def __len__(self) -> int:
