@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segood.check_cli import run as check_data
+from segood.commands.check_data import run as check_data
 from segood.data.errors import DataError
 from segood.data.labels import load_label_map
-from segood.data.nuscenes import NuScenesReader
+from segood.data.readers.nuscenes import NuScenesReader
 from test_check_data import kitti_sequence, write_config
 from test_nuscenes import build_mini
 
@@ -84,7 +84,7 @@ def test_split_without_ood_metrics_is_warned(tmp_path, capsys, raw, expect):
 
 def test_eval_on_a_broken_scan_prints_one_clear_line(tmp_path):
     from segood.config import CONFIG_DIR, load_config
-    from segood.data.synthetic import SyntheticConfig, write_dataset
+    from segood.synthetic import SyntheticConfig, write_dataset
     from segood.engine.train import train
     from test_engine import SMALL
 
