@@ -2,6 +2,7 @@
 # System packages segood needs beyond pip (run by `make install`, hence by `make demo` / `make test`):
 #   libusb-1.0-0                                  open3d-cpu links libusb-1.0.so.0
 #   libvulkan1 mesa-vulkan-drivers libegl1 libgl1 open3d's headless renderer (no display, no GPU)
+#   xvfb libxtst6                                 the viewer-window tests: a virtual X display, keys through XTest
 #   g++                                           the Feature Mixing C++ extension (built on first use)
 #   python3-venv                                  `python3 -m venv` with Debian's own python3
 # Idempotent and fast when nothing is missing (one dpkg query). Installs what is missing when it
@@ -9,7 +10,7 @@
 # Usage: tools/sysdeps.sh [PYTHON]      (PYTHON: the interpreter the venv is made from)
 set -euo pipefail
 PYTHON=${1:-python3}
-pkgs=(libusb-1.0-0 libvulkan1 mesa-vulkan-drivers libegl1 libgl1)
+pkgs=(libusb-1.0-0 libvulkan1 mesa-vulkan-drivers libegl1 libgl1 xvfb libxtst6)
 command -v c++ >/dev/null 2>&1 || pkgs+=(g++)
 "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1 || pkgs+=(python3-venv)
 
