@@ -7,7 +7,7 @@ final checkpoint is finished and skipped, an interrupted one resumes from its la
 Runs are independent, so ``jobs`` of them train side by side (one torch thread each by default:
 spconv's CPU path is single-threaded anyway, so two jobs nearly double throughput on 2 cores).
 
-The summary (:mod:`segood.engine.study_report`) chooses each configuration's headline score on
+The summary (:mod:`segood.report.study`) chooses each configuration's headline score on
 the val split and reports the test split only.
 """
 from __future__ import annotations
@@ -16,10 +16,10 @@ import json
 import multiprocessing as mp
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from tqdm import tqdm
@@ -114,32 +114,44 @@ def _worker(args: tuple[RunSpec, int]) -> dict:
 
 def run_study(specs: Sequence[RunSpec], steps: int, jobs: int = 1, threads: int | None = None,
               progress: bool = True) -> list[dict]:
-    """Run every unfinished spec, ``jobs`` at a time; returns one status dict per executed run."""
+    """Run every unfinished spec, ``jobs`` at a time; returns one status dict per executed run.
+
+    One progress bar counts the training steps of all runs together (read from each run's
+    ``history.jsonl``), so two side-by-side trainings still show how far they are."""
     todo = [s for s in specs if not run_is_finished(s, steps)]
-    skipped = len(specs) - len(todo)
+    print(f"[study] {len(specs)} runs planned, {len(specs) - len(todo)} already finished, {len(todo)} to run "
+          f"({jobs} side by side)")
     threads = threads or (1 if jobs > 1 else torch.get_num_threads())
-    bar = tqdm(total=len(specs), initial=skipped, desc="study runs", unit="run", disable=not progress,
+    bar = tqdm(total=len(todo) * steps, desc="study (training steps)", unit="step", disable=not progress,
                dynamic_ncols=True)
-    statuses = []
-    work = [(s, threads) for s in todo]
+    statuses: list[dict] = []
     # worker processes must not be daemonic (each training starts DataLoader workers of its own)
-    pool = None if jobs <= 1 else ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1)
-    results = map(_worker, work) if pool is None else as_completed_results(pool, work)
-    for status in results:
-        statuses.append(status)
-        bar.set_postfix_str(f"{status['arm']} seed {status['seed']} "
-                            f"{'%.0f s' % status['seconds'] if status['ok'] else 'FAILED'}")
-        bar.update(1)
-    if pool is not None:
-        pool.shutdown()
+    with ProcessPoolExecutor(max(1, jobs), mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as pool:
+        pending = {pool.submit(_worker, (s, threads)) for s in todo}
+        while pending:
+            done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                status = future.result()
+                statuses.append(status)
+                bar.write(f"[study] {status['arm']} seed {status['seed']}: "
+                          f"{'done in %.0f s' % status['seconds'] if status['ok'] else 'FAILED: ' + status['error']}")
+            bar.n = sum(min(steps, last_logged_step(s.dir)) for s in todo)
+            bar.set_postfix_str(f"{len(statuses)}/{len(todo)} runs")
+            bar.refresh()
     bar.close()
     return statuses
 
 
-def as_completed_results(pool: ProcessPoolExecutor, work: list) -> Iterator[dict]:
-    """Statuses of ``work`` items in the order they finish."""
-    for future in as_completed([pool.submit(_worker, w) for w in work]):
-        yield future.result()
+def last_logged_step(run_dir: Path) -> int:
+    """The last step in a run's ``history.jsonl`` (0 before the first log line)."""
+    path = run_dir / "history.jsonl"
+    if not path.is_file():
+        return 0
+    lines = path.read_bytes().rstrip().splitlines()
+    try:
+        return int(json.loads(lines[-1])["step"]) if lines else 0
+    except (ValueError, KeyError):  # a line being written
+        return int(json.loads(lines[-2])["step"]) if len(lines) > 1 else 0
 
 
 def load_results(specs: Sequence[RunSpec]) -> dict[str, dict[int, dict[str, dict]]]:
