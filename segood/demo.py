@@ -66,7 +66,8 @@ def render_heldout(cfg: dict, results: dict, png: Path) -> Path:
     ood_target = label_map.to_ood_target(scan.learning_labels)
     png.parent.mkdir(parents=True, exist_ok=True)
     render_anomaly_png(png, scan.points, values, ood_target, scan.images[0], scan.pixel_uv, scan.visible,
-                       f"test scan {scan.source}: Feature Mixing, {predictor.op.describe()}",
+                       f"test scan {Path(scan.source).name}: Feature Mixing, {predictor.op.score} "
+                       f"(operating point chosen on val, all points)",
                        threshold=predictor.op.threshold_for(values))
     return png
 

@@ -11,7 +11,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="the main job: synthetic data, late fusion vs Feature Mixing, report")
     p.add_argument("--out", default="runs/demo", help="demo folder (data, runs, report)")
     p.add_argument("--data", default=None, help="use/generate the synthetic data here (default OUT/data)")
-    p.add_argument("--steps", type=int, default=400, help="training steps per model (same budget for both)")
+    p.add_argument("--steps", type=int, default=300,
+                   help="training steps per model (same budget for both; `segood study` uses 400)")
     p.add_argument("--train-scans", type=int, default=24)
     p.add_argument("--val-scans", type=int, default=8, help="chooses each model's score and threshold")
     p.add_argument("--test-scans", type=int, default=8, help="the reported split")

@@ -86,7 +86,10 @@ def summarize_study(results: Mapping[str, Mapping[int, Mapping[str, Any]]], refe
 
 
 def _pm(s: Mapping[str, float]) -> str:
-    return "n/a" if math.isnan(s["mean"]) else f"{s['mean']:.1f} ± {s['std']:.1f}"
+    """``mean ± std`` over seeds; the mean alone for a single seed (no spread to show)."""
+    if math.isnan(s["mean"]):
+        return "n/a"
+    return f"{s['mean']:.1f}" if s["n"] == 1 else f"{s['mean']:.1f} ± {s['std']:.1f}"
 
 
 def _diff(d: Mapping[str, float]) -> str:
