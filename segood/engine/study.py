@@ -69,13 +69,18 @@ def _metrics_path(run_dir: Path, split: str) -> Path:
     return run_dir / f"eval_{split}" / "metrics.json"
 
 
+def trained_to(run_dir: Path, steps: int) -> bool:
+    """True when the run's training finished at ``steps`` or more (its ``run_summary.json``)."""
+    summary = run_dir / "run_summary.json"
+    return summary.is_file() and json.loads(summary.read_text()).get("step", -1) >= steps
+
+
 def run_is_finished(spec: RunSpec, steps: int) -> bool:
     """True when both splits' metrics exist and were computed from a checkpoint at ``steps``."""
     from segood.engine.evaluate import checkpoint_sha
 
     ckpt = spec.dir / "checkpoint.pt"
-    summary = spec.dir / "run_summary.json"
-    if not (ckpt.is_file() and summary.is_file()) or json.loads(summary.read_text()).get("step", -1) < steps:
+    if not (ckpt.is_file() and trained_to(spec.dir, steps)):
         return False
     sha = checkpoint_sha(ckpt)
     return all(_metrics_path(spec.dir, s).is_file()
@@ -92,9 +97,7 @@ def execute_run(spec: RunSpec, threads: int) -> dict:
     cfg = spec.config()
     t0 = time.time()
     ckpt = spec.dir / "checkpoint.pt"
-    summary = spec.dir / "run_summary.json"
-    done = summary.is_file() and json.loads(summary.read_text()).get("step", -1) >= int(cfg["train"]["steps"])
-    if not done:
+    if not trained_to(spec.dir, int(cfg["train"]["steps"])):
         train(cfg, spec.dir, resume=ckpt.exists(), progress=False)
     for split in SPLITS:
         evaluate(cfg, ckpt, spec.dir / f"eval_{split}", progress=False, split=split)
