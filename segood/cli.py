@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"segood {args.command}: error: {user_message(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a training step (which stops cleanly, see engine/interrupt.py)
+        print(f"segood {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
