@@ -10,7 +10,6 @@ if os.environ.get("SEGOOD_TEST_SIGNAL"):
     import time
 
     import segood.engine.train as _train
-    from segood.engine import interrupt as _interrupt
 
     _name, _step, _who = os.environ["SEGOOD_TEST_SIGNAL"].split(":")
     _original = _train.Trainer._optimizer_step
@@ -18,10 +17,13 @@ if os.environ.get("SEGOOD_TEST_SIGNAL"):
     def _optimizer_step(self, batches):
         if self.step + 1 == int(_step):
             os.kill(os.getpid() if _who == "self" else os.getppid(), getattr(signal, _name))
-            for _ in range(6000):  # the parent's stop arrives through the study's shared flag
-                if _who == "self" or _interrupt.requested() is not None:
-                    break
-                time.sleep(0.05)
+            if _who == "parent":  # the parent's stop arrives through the study's shared flag
+                from segood.engine.interrupt import requested
+
+                for _ in range(6000):
+                    if requested() is not None:
+                        break
+                    time.sleep(0.05)
         return _original(self, batches)
 
     _train.Trainer._optimizer_step = _optimizer_step
