@@ -46,7 +46,7 @@ FULL = {"points": (100_000, 1_000_000), "dims": (64,), "repeats": 5, "budget_s":
 DRY = {"points": (2000,), "dims": (16,), "repeats": 1, "budget_s": 1.0, "steps": 2,
        "train_scans": 2, "val_scans": 1, "azimuth": 128, "image": (160, 48), "replay_frames": 1,
        "replay_columns": {"35k": (32, 128), "120k": (64, 128)}}
-BENCH_METHODS = ("copy", "feature_mixing_op", "feature_mixing_into", "feature_mixing", "npmix", "npmix_cdist")
+BENCH_METHODS = ("copy", "feature_mixing_op", "feature_mixing_into", "feature_mixing", "npmix_faithful", "npmix_cdist")
 OPTIONAL = ("spconv", "open3d", "rosbags", "nuscenes", "scipy", "ninja")
 
 
@@ -79,18 +79,18 @@ def stage_build(ctx: dict) -> dict:
     """Build and load the extension; on a CUDA device the CUDA kernel must be registered."""
     import torch
 
-    from segood.ood import fm_kernel
+    from segood.ood.feature_mixing import build as fm_build
 
     t = time.perf_counter()
-    ok = fm_kernel.load_extension(verbose=False)
+    ok = fm_build.load_extension(verbose=False)
     seconds = time.perf_counter() - t
     if not ok:
-        raise RuntimeError(f"extension did not build: {fm_kernel._ext_state.get('reason')}")
+        raise RuntimeError(f"extension did not build: {fm_build.extension_reason()}")
     has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key("segood::feature_mixing", "CUDA")
     if ctx["device"] == "cuda" and not has_cuda:
         raise RuntimeError("extension built without its CUDA kernel (nvcc or CUDA_HOME not found?)")
     return {"seconds": round(seconds, 1), "cuda_kernel": bool(has_cuda), "cpu_path": torch.ops.segood.cpu_path(),
-            "build_dir": str(fm_kernel._build_dir(has_cuda))}
+            "build_dir": str(fm_build.build_dir(has_cuda))}
 
 
 def _bitexact_cases(dry_run: bool):
@@ -111,10 +111,10 @@ def stage_bitexact(ctx: dict) -> dict:
     backward, bit for bit."""
     import torch
 
-    from segood.ood import fm_kernel
+    from segood.ood.feature_mixing import build as fm_build, kernel as fm_kernel
 
-    if not fm_kernel.load_extension():
-        raise RuntimeError(f"extension unavailable: {fm_kernel._ext_state.get('reason')}")
+    if not fm_build.load_extension():
+        raise RuntimeError(f"extension unavailable: {fm_build.extension_reason()}")
     ops, cuda = torch.ops.segood, ctx["device"] == "cuda"
     checked, failures = 0, []
     for dtype, p, d_c, d_l, n, masked, seed, step in _bitexact_cases(ctx["dry_run"]):
@@ -152,7 +152,7 @@ def stage_bench(ctx: dict) -> dict:
                                  warmup=1, device=ctx["device"], out_dir=ctx["work"] / "bench",
                                  methods=BENCH_METHODS, faithful_max_points=100_000, budget_s=s["budget_s"],
                                  train_step=False)
-    keep = ("method", "points", "dim", "ms", "measured", "x_clone", "x_copy", "vs_npmix", "vs_npmix_cdist", "note")
+    keep = ("method", "points", "dim", "ms", "measured", "x_clone", "x_copy", "vs_npmix_faithful", "vs_npmix_cdist", "note")
     return {"rows": [{k: r.get(k) for k in keep} for r in result["results"]], "targets": result["targets"],
             "device": ctx["device"]}
 
@@ -208,7 +208,8 @@ def stage_train(ctx: dict, amp: str) -> dict:
 
 
 def stage_eval(ctx: dict) -> dict:
-    from segood.engine.evaluate import evaluate, headline
+    from segood.engine.evaluate import evaluate
+    from segood.metrics.headline import headline
 
     ckpt = ctx["work"] / "train_none" / "checkpoint.pt"
     if not ckpt.exists():
@@ -223,7 +224,7 @@ def stage_eval(ctx: dict) -> dict:
 def _replay_model(ctx: dict):
     """(model on the device, grid, source): the fp32 checkpoint when trained, else a fresh model."""
     from segood.engine.builders import build_grid
-    from segood.engine.evaluate import load_model
+    from segood.engine.artifacts import load_model
     from segood.models import build_model
 
     ckpt = ctx["work"] / "train_none" / "checkpoint.pt"
@@ -232,7 +233,7 @@ def _replay_model(ctx: dict):
         cfg, source = state["config"], str(ckpt)
     else:
         cfg, _ = demo_config(ctx, "none")
-        model, source = build_model(cfg).eval(), "randomly initialised (no fp32 checkpoint)"
+        model, source = build_model(cfg["model"]).eval(), "randomly initialised (no fp32 checkpoint)"
     return model.to(ctx["device"]), build_grid(cfg), source
 
 
@@ -404,7 +405,7 @@ def format_markdown(result: dict) -> str:
         for r in rows:
             ms = ("~" if not r["measured"] else "") + _cell(r.get("ms"))
             lines.append(f"| {r['method']} | {r['points']} | {ms} | {_cell(r.get('x_copy'))} | "
-                         f"{_cell(r.get('vs_npmix'))} | {_cell(r.get('vs_npmix_cdist'))} | {r.get('note') or ''} |")
+                         f"{_cell(r.get('vs_npmix_faithful'))} | {_cell(r.get('vs_npmix_cdist'))} | {r.get('note') or ''} |")
     return "\n".join(lines) + "\n"
 
 

@@ -81,11 +81,10 @@ def _build_image(cfg: dict) -> ImageBranch:
 
 
 def build_model(cfg: Mapping[str, Any]) -> FusionSegmenter:
-    """Build a FusionSegmenter from a config dict (the ``model:`` section, or a
-    whole config containing one). Missing keys take :data:`DEFAULTS` (configs/base.yaml); invalid
-    values raise ValueError."""
-    if "model" in cfg and isinstance(cfg["model"], Mapping):
-        cfg = cfg["model"]
+    """Build a FusionSegmenter from the ``model:`` section of a config (``cfg["model"]``, not the whole
+    config). Missing keys take :data:`DEFAULTS` (configs/base.yaml); invalid values raise ValueError."""
+    if "model" in cfg:
+        raise TypeError("build_model takes the model section (cfg['model']), not the whole config")
     num_classes = _positive_int(cfg.get("num_classes", DEFAULTS["num_classes"]), "num_classes")
     fusion = _section(cfg, "fusion")
     return FusionSegmenter(

@@ -44,7 +44,7 @@ from segood.data.labels import LabelMap
 from segood.data.projection import (DEVKIT_VISIBILITY, SEGOOD_VISIBILITY, assign_cameras, check_projection_matrix,
                                     project_points)
 from segood.data.scan import Scan
-from segood.data.readers.semantickitti import read_image
+from segood.data.io import read_image
 
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
 LIDAR = "LIDAR_TOP"

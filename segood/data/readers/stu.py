@@ -31,7 +31,7 @@ import yaml
 
 from segood.data.errors import DataError
 from segood.data.labels import LabelMap
-from segood.data.readers.semantickitti import read_bin, read_image, read_label, read_poses
+from segood.data.io import read_bin, read_image, read_label, read_poses
 from segood.data.scan import Scan
 
 CAMERA = "port_a_camera_0"
