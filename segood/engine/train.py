@@ -21,7 +21,7 @@ from tqdm import tqdm
 from segood.config import ConfigError
 from segood.data.batching import collate
 from segood.engine.builders import build_dataset, build_grid, build_label_map, build_loader, build_synthesizer
-from segood.atomic import write_json, write_text
+from segood.atomic import check_writable, write_json, write_text
 from segood.engine.checkpoint import load_checkpoint, save_checkpoint
 from segood.engine.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, gather_objects,
                                        init_distributed, shutdown, weights_checksum)
@@ -150,6 +150,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, progress: bool =
         raise FileExistsError(f"{out_dir / 'checkpoint.pt'}: a run already exists here; pass --resume to "
                               "continue it or choose another --out")
     if info.is_main:
+        check_writable(out_dir, "run folder")
         out_dir.mkdir(parents=True, exist_ok=True)
     barrier(info)
     handler = setup_logging(out_dir, info)
