@@ -21,6 +21,7 @@ from segood.report.markdown import write_eval_report
 from segood.commands.eval import add_eval_arguments, compare_runs, evaluate_and_report, run_eval
 from segood.engine.train import train
 from segood.metrics.ood import ood_metrics
+from test_engine import assert_auroc_matches_histograms
 
 BINS = 65536
 
@@ -207,6 +208,7 @@ def test_evaluate_fits_saves_and_reuses_scores(tiny_run, monkeypatch) -> None:
     assert m["fit"]["points"] == len(blob["bank"]["labels"])
     for f in ("metrics.json", "histograms.npz", "report.md", "roc_all.png", "score_histograms_fov.png", "iou.png"):
         assert (root / "run" / "eval" / f).is_file(), f
+    assert_auroc_matches_histograms(m, root / "run" / "eval" / "histograms.npz")
     saved = json.loads((root / "run" / "eval" / "metrics.json").read_text())
     assert saved["resolved_config"]["eval"]["scores"] == cfg["eval"]["scores"]
     # Operating point stored with the model.

@@ -195,6 +195,11 @@ def test_viz_dataset_scan_with_checkpoint(tmp_path, ckpt, capsys):
     ply = read_ply(tmp_path / "gt.ply")
     assert {"anomaly", "above", "label", "gt_label"} <= set(ply)
     assert ply["above"].mean() == pytest.approx(0.05, abs=0.01)
+    # the flagged points are the scan's highest scores, and the ground truth is the .label file's
+    above = ply["above"].astype(bool)
+    assert ply["anomaly"][above].min() >= ply["anomaly"][~above].max()
+    labels = np.fromfile(tmp_path / "data" / "sequences" / "08" / "labels" / "000000.label", np.uint32) & 0xFFFF
+    np.testing.assert_array_equal(ply["gt_label"], labels)
 
 
 def test_viz_bag_frame_with_camera(tmp_path, ckpt, capsys):
