@@ -240,6 +240,9 @@ def test_replay_scorers_refuse_a_stale_fit(tiny_run, tmp_path) -> None:
     react = fit.load_scorers(ckpt, ["react"], cfg2["eval"], model)["react"]
     out = model_output(model, cfg)
     assert torch.isfinite(react(out)).all()
+    # the new percentile is the one applied: clipping at the median changes the scores of the saved fit
+    saved = fit.load_scorers(ckpt, ["react"], cfg["eval"], model)["react"]
+    assert not torch.allclose(react(out), saved(out))
 
 
 def model_output(model, cfg) -> dict:
