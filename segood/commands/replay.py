@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
         bag=Path(args.bag), out=Path(args.out), ckpt=Path(args.ckpt), topic=args.topic,
         image_topic=args.image_topic, info_topic=args.info_topic, calib=args.calib, max_dt=args.max_dt,
         every=args.every, start=args.start, duration=args.duration, score=args.score, threshold=args.threshold,
-        label_ids=args.label_ids, intensity_scale=args.intensity_scale, intensity=args.intensity, overwrite=args.overwrite,
-        progress=not args.no_progress,
+        label_ids=args.label_ids, intensity_scale=args.intensity_scale, intensity=args.intensity,
+        overwrite=args.overwrite, progress=not args.no_progress,
     )
     try:
         s = replay(opts)

@@ -317,7 +317,7 @@ class Trainer:
             self._log(terms, history, t0)
             self._maybe_validate_and_save()
             signum = self._stop_requested(stop)
-            if signum is not None:
+            if signum is not None and self.step < self.total:  # on the last step: finish normally
                 self._interrupt(signum)
 
     def _optimizer_step(self, batches: list[dict]) -> dict[str, float]:

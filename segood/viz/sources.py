@@ -75,7 +75,6 @@ class DatasetFrames:
             except DataError as e:
                 self._no_ground_truth(0, e)
                 self.labelled = None
-        self.reader = self.labelled or self.plain
         self.names = [self.plain.frame_id(i) for i in range(len(self.plain))]
 
     def _no_ground_truth(self, i: int, error: DataError) -> None:
