@@ -217,6 +217,18 @@ def test_viz_bag_frame_with_camera(tmp_path, ckpt, capsys):
     ply = read_ply(tmp_path / "f.ply")
     np.testing.assert_array_equal(np.stack([ply[k] for k in ("x", "y", "z", "intensity")], 1), clouds[1])
     assert (tmp_path / "o.png").is_file()
+    # the overlay is the camera image, unchanged but where points are drawn (under 1 % of its pixels here)
+    from PIL import Image
+
+    from segood.ros.camera import decode_image
+
+    with open_bag(bags / "nuscenes0061_derived.mcap") as r:
+        images = [decode_image(r.deserialize(raw, c.msgtype), c.msgtype) for c, _, raw in messages(r)
+                  if c.topic == "/camera/image/compressed"]
+    overlay = np.asarray(Image.open(tmp_path / "o.png").convert("RGB"))[: images[1].shape[0]]
+    assert overlay.shape == images[1].shape
+    drawn = (overlay != images[1]).any(axis=2).mean()
+    assert 0.001 < drawn < 0.5, drawn
 
 
 def test_viz_errors(scene, tmp_path, capsys, monkeypatch):
