@@ -92,8 +92,8 @@ def requested() -> int | None:
 
 
 def ignore_signals(*_args) -> None:
-    """For helper processes (DataLoader workers): leave SIGINT / SIGTERM to the process that owns
-    them, which stops them itself after its current step (a Ctrl-C reaches the whole process
-    group, and a worker that died of it would fail the step that is being finished)."""
-    for s in SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+    """For DataLoader workers: leave SIGINT to the process that owns them, which stops them itself
+    after its current step (a Ctrl-C reaches the whole process group, and a worker that died of it
+    would fail the step that is being finished). SIGTERM keeps its default: it is how the loader
+    (and multiprocessing at exit) ends a worker, so a worker ignoring it would hang its owner."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
