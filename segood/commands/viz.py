@@ -232,10 +232,13 @@ def _frames(args, stack: contextlib.ExitStack, predictor):
     if src.suffix in (".yaml", ".yml"):
         from segood.config import load_config
         from segood.engine.builders import build_label_map
+        from segood.engine.model_config import model_config_from_checkpoint
 
         if args.sequence is None:
             raise ValueError(f"{src}: a config input needs --sequence (and optionally --frame)")
         cfg = load_config(src, args.set)
+        if predictor is not None:  # the model is the checkpoint's: a config stating another one is refused
+            model_config_from_checkpoint({"config": predictor.config}, cfg, predictor.source)
         lm = build_label_map(cfg)
         frames = DatasetFrames(cfg, args.sequence, lm)
         return frames, (frames.index_of(args.frame) if args.frame is not None else 0), lm, None

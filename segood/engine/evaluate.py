@@ -40,6 +40,7 @@ from segood.engine.operating_point import choose_operating_point, threshold_at_t
 from segood.metrics.iou import ConfusionMatrix
 from segood.metrics.ood import ScoreHistogram
 from segood.metrics.protocols import PROTOCOLS, ProtocolAccumulator, protocol_names
+from segood.engine.model_config import model_config_from_checkpoint
 from segood.models import build_model
 from segood.ood.scores import (FITTED_SCORES, check_score_names, get_score, is_fitted, score_options,
                                score_range)
@@ -102,12 +103,15 @@ def check_label_map(state: Mapping[str, Any], label_map: LabelMap, ckpt_path: st
     )
 
 
-def load_model(ckpt_path: str | Path, label_map: LabelMap | None = None) -> tuple[torch.nn.Module, dict]:
-    """Rebuild a model (eval mode) from its checkpoint; refuse one trained with another label map."""
+def load_model(ckpt_path: str | Path, label_map: LabelMap | None = None,
+               cfg: Mapping[str, Any] | None = None) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a model (eval mode) from its checkpoint's own model config (``cfg``'s stated model keys
+    must agree: :func:`~segood.engine.model_config.model_config_from_checkpoint`); refuse one trained
+    with another label map."""
     state = load_checkpoint(ckpt_path)
     if label_map is not None:
         check_label_map(state, label_map, ckpt_path)
-    model = build_model(state["config"])
+    model = build_model(model_config_from_checkpoint(state, cfg, ckpt_path))
     model.load_state_dict(state["model"])
     model.eval()
     return model, state
@@ -501,7 +505,8 @@ def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None
     label_map = build_label_map(cfg)
     names = list(cfg["eval"]["scores"])
     check_scores(names)
-    model, state = load_model(ckpt_path, None if label_map.anomaly_only else label_map)
+    model, state = load_model(ckpt_path, None if label_map.anomaly_only else label_map, cfg)
+    cfg = model_config_from_checkpoint(state, cfg, ckpt_path)  # what metrics.json records
     model_map = model_label_map(label_map, state, ckpt_path)
     scorers = load_scorers(ckpt_path, names, cfg, model, auto_fit=True, progress=progress)
     loader = build_loader(cfg, split, label_map, shuffle=False)
