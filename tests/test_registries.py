@@ -9,18 +9,21 @@ import torch
 from segood.config import CONFIG_DIR, ConfigError, load_config
 from segood.data.labels import load_label_map
 from segood.data.scan import Scan
+from segood.options import Opt
 
 
 def test_a_new_score_is_one_registry_line_and_owns_its_config_section(monkeypatch) -> None:
     from segood.engine.evaluate import load_scorers, score_params
     from segood.ood.scores import SCORES, Score
+    from segood.options import Opt
 
-    def top2_margin(out, margin: float = 0.0):
+    def top2_margin(out, margin: float):
         """Minus the gap between the two largest softmax probabilities (small gap = anomalous)."""
         p = torch.softmax(out["logits"], 1).topk(2, 1).values
         return margin - (p[:, 0] - p[:, 1])
 
-    monkeypatch.setitem(SCORES, "top2_margin", Score("top2_margin", top2_margin))
+    monkeypatch.setitem(SCORES, "top2_margin", Score("top2_margin", top2_margin,
+                                                     options={"margin": Opt(0.0, float, "added to the score")}))
     cfg = load_config(CONFIG_DIR / "synthetic_baseline.yaml",
                       ["eval.scores=[top2_margin, energy]", "eval.score_options.top2_margin.margin=0.5"])
     scorers = load_scorers("never-read.pt", cfg["eval"]["scores"], cfg)  # logit scores need no checkpoint
@@ -28,13 +31,15 @@ def test_a_new_score_is_one_registry_line_and_owns_its_config_section(monkeypatc
     s = scorers["top2_margin"]({"logits": logits})
     assert s[1] > s[0] and s[1].item() == pytest.approx(0.5)  # a tie: gap 0, score = margin
     assert score_params("top2_margin", cfg) == {"margin": 0.5}
-    with pytest.raises(ConfigError, match="did you mean 'margin'"):
+    with pytest.raises(ConfigError, match=r"top2_margin.margn: unknown option \(known: margin\)"):
         load_scorers("never-read.pt", ["top2_margin"], {**cfg, "eval": {**cfg["eval"], "score_options": {
             "top2_margin": {"margn": 1.0}}}})
 
 
 class TinyReader:
     """A reader of in-memory LiDAR-only scans, following segood.data.readers.Reader."""
+
+    OPTIONS = {"points": Opt(300, int, "points per scan", min=1)}
 
     def __init__(self, root, sequences, label_map, camera=None, with_labels=True, points: int = 300) -> None:
         self.label_map, self.with_labels, self.points = label_map, with_labels, int(points)

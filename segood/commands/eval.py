@@ -76,7 +76,8 @@ def compare_runs(runs: list[str], out_dir: str | Path, cfg: dict | None = None, 
 
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate one checkpoint, or compare several runs (``--compare``)."""
-    from segood.config import ConfigError, load_config
+    from segood.config import ConfigError
+    from segood.engine.families import load_config
     from segood.report.markdown import format_metrics
 
     overrides = list(args.set or []) + ([f"eval.protocol={json.dumps(args.protocol)}"] if args.protocol else [])

@@ -17,7 +17,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from segood.config import load_config
+    from segood.engine.families import load_config
     from segood.engine.train import train
 
     ckpt = train(load_config(args.config, args.set), args.out, resume=args.resume, progress=not args.no_progress)

@@ -230,7 +230,7 @@ def _frames(args, stack: contextlib.ExitStack, predictor):
 
     src = Path(args.input)
     if src.suffix in (".yaml", ".yml"):
-        from segood.config import load_config
+        from segood.engine.families import load_config
         from segood.engine.builders import build_label_map
         from segood.engine.model_config import model_config_from_checkpoint
 

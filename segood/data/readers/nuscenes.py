@@ -44,6 +44,7 @@ from segood.data.labels import LabelMap
 from segood.data.projection import (DEVKIT_VISIBILITY, SEGOOD_VISIBILITY, assign_cameras, check_projection_matrix,
                                     project_points)
 from segood.data.scan import Scan
+from segood.options import Opt
 from segood.data.readers.semantickitti import read_image
 
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
@@ -250,7 +251,17 @@ class NuScenesReader:
     ``camera``: ``"all"`` (the six, default), ``None`` (LiDAR only), one channel name or a list.
     ``nusc``: an already loaded devkit ``NuScenes`` (shared between readers to load tables once).
     ``visibility``: ``devkit`` (default) or ``segood`` (see the module doc; ``data.reader_options.visibility``).
+    The options of ``data.reader_options`` are declared once, in :attr:`OPTIONS`.
     """
+
+    OPTIONS = {
+        "version": Opt(None, str, "devkit version folder (v1.0-trainval, v1.0-mini, ...); null = inferred from the "
+                                  "splits", nullable=True),
+        "intensity_scale": Opt(1.0 / 255.0, float, "multiplies the raw intensity (nuScenes 0-255 -> segood 0-1)",
+                               min=0.0),
+        "visibility": Opt("devkit", str, "camera visibility rule: devkit (depth > 1 m, 1-pixel margin) or segood "
+                                         "(depth > 0.1 m, no margin)", choices=tuple(VISIBILITY)),
+    }
 
     def __init__(
         self,
@@ -259,10 +270,10 @@ class NuScenesReader:
         label_map: LabelMap,
         camera: str | list[str] | None = "all",
         with_labels: bool = True,
-        version: str | None = None,
-        intensity_scale: float = 1.0 / 255.0,
+        version: str | None = OPTIONS["version"].default,
+        intensity_scale: float = OPTIONS["intensity_scale"].default,
         nusc: Any = None,
-        visibility: str = "devkit",
+        visibility: str = OPTIONS["visibility"].default,
     ) -> None:
         if visibility not in VISIBILITY:
             raise DataError(f"data.reader_options.visibility: '{visibility}' is not one of {sorted(VISIBILITY)}")
