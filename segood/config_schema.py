@@ -136,7 +136,7 @@ SCHEMA: dict[str, Any] = {
         "operating_tpr": Opt(0.95, _NUMBER, "operating point: threshold at this OOD recall on the validation "
                                             "split", **_RATE),
         "operating_score": Opt(None, str, "null = the headline score on val: highest AUROC on all points; the "
-                                          "anomaly head only for models trained with synthesis", nullable=True),
+                                          "anomaly head only for models trained with synthesis (segood/metrics/headline.py)", nullable=True),
     },
 }
 

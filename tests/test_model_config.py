@@ -26,7 +26,7 @@ def _run_folder(tmp_path, data_root, *extra: str):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    save_checkpoint(run / "checkpoint.pt", {"model": build_model(cfg).state_dict(), "config": cfg, "step": 0,
+    save_checkpoint(run / "checkpoint.pt", {"model": build_model(cfg["model"]).state_dict(), "config": cfg, "step": 0,
                                             "label_map": load_label_map("semantickitti").checksum()})
     return run, cfg
 

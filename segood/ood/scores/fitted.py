@@ -110,6 +110,7 @@ class FittedScore:
 
     name: ClassVar[str] = ""
     needs_data: ClassVar[bool] = True
+    reads: ClassVar[tuple[str, ...]] = (FEATURE_KEY,)  # the model outputs it scores from
     fit_params: ClassVar[tuple[str, ...]] = ()
     OPTIONS: ClassVar[dict[str, Opt]] = {}
 
@@ -200,6 +201,7 @@ class ViM(FittedScore):
     """Virtual-logit matching: alpha * ||residual off the principal subspace|| - logsumexp(logits)."""
 
     name = "vim"
+    reads = (FEATURE_KEY, "logits")
     fit_params = ("dim",)
     OPTIONS = {"dim": Opt(None, int, "principal subspace dimension; null = the paper's rule (D // 2 below 768)",
                           min=1, nullable=True)}
