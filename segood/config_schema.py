@@ -118,7 +118,8 @@ SCHEMA: dict[str, Any] = {
         "amp": Opt("none", str, "mixed precision (GPU only; fp16 uses a grad scaler)", choices=("none", "bf16", "fp16")),
         "sync_bn": Opt(False, bool, "SyncBatchNorm under DDP (GPU)"),
         "log_every": Opt(10, int, "steps between log lines", min=1),
-        "ckpt_every": Opt(100, int, "also writes checkpoint_stepNNNNNNN.pt, keeping the last `keep_last`", min=1),
+        "ckpt_every": Opt(100, int, "also writes checkpoint_stepNNNNNNN.pt every N steps, keeping the last `keep_last` "
+                                    "(0 = only at the end)", min=0),
         "keep_last": Opt(2, int, "numbered checkpoints kept (0 = all)", min=0),
         "val_every": Opt(0, int, ">0: validation mIoU every N steps, best.pt keeps the best", min=0),
     },

@@ -91,7 +91,7 @@ def test_a_new_reader_is_one_registry_line_and_serves_loaders_check_data_and_viz
 
 def test_a_new_synthesizer_is_one_registry_line_and_is_picked_by_synthesis_method(monkeypatch) -> None:
     from segood.engine.builders import build_synthesizer
-    from segood.ood.synthesis import SYNTHESIZERS
+    from segood.ood.synthesis import SYNTHESIZERS, Synthesizer
     from segood.ood.feature_mixing.anchors import anchor_points
 
     def build_copy(cfg_synthesis, ctx):
@@ -101,7 +101,7 @@ def test_a_new_synthesizer_is_one_registry_line_and_is_picked_by_synthesis_metho
             return index, feat_image[index].clone(), feat_lidar[index].clone()
         return synth
 
-    monkeypatch.setitem(SYNTHESIZERS, "copy", build_copy)
+    monkeypatch.setitem(SYNTHESIZERS, "copy", Synthesizer(build_copy))
     cfg = load_config(CONFIG_DIR / "synthetic_baseline.yaml", ["synthesis.method=copy", "synthesis.max_points=3"])
     synth = build_synthesizer(cfg)
     fi, fl = torch.randn(10, 64), torch.randn(10, 64)

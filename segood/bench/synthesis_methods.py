@@ -1,6 +1,7 @@
 """What ``segood bench synthesis`` times: every synthesizer of the registry
 (:data:`segood.ood.synthesis.SYNTHESIZERS`, built through :func:`~segood.ood.synthesis.build_synthesizer`
-with base.yaml's ``synthesis`` section), option variants of registry members (:data:`VARIANTS`), and
+with the default ``synthesis`` section: each member's declared default options), option variants of
+registry members (:data:`VARIANTS`), and
 probes that are not synthesizers (:data:`PROBES`: the copy floors and the Feature Mixing op alone).
 A synthesizer added to the registry is timed without editing this module."""
 from __future__ import annotations
@@ -50,10 +51,10 @@ def describe(name: str) -> str:
         return PROBES[name]
     if name in VARIANTS:
         return VARIANTS[name][2]
-    build = SYNTHESIZERS[name]
+    build = SYNTHESIZERS[name].build
     doc = (getattr(build, "func", build).__doc__ or name).strip().splitlines()[0]
     extra = f" with {build.keywords}" if getattr(build, "keywords", None) else ""
-    return f"build_synthesizer('{name}'): {doc}{extra}; base.yaml options"
+    return f"build_synthesizer('{name}'): {doc}{extra}; its declared default options"
 
 
 def check_methods(names: list[str]) -> None:
@@ -66,7 +67,8 @@ def check_methods(names: list[str]) -> None:
 
 def base_synthesis_cfg(max_points: int | None) -> dict:
     """base.yaml's ``synthesis`` section with ``max_points`` replaced."""
-    from segood.config import CONFIG_DIR, load_config
+    from segood.config import CONFIG_DIR
+    from segood.engine.families import load_config
 
     cfg = load_config(CONFIG_DIR / "base.yaml")["synthesis"]
     return {**cfg, "max_points": max_points}
