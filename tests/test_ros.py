@@ -164,6 +164,7 @@ def test_replay_round_trip_keeps_points_order_and_original_messages(name, tmp_pa
         assert topics(b)["/points/segood"] == "sensor_msgs/msg/PointCloud2"
     summary = json.loads(summary_path(out).read_text())
     assert summary["points"]["total"] == sum(len(kitti_points()[k::8]) for k in range(3))
+    assert summary["model"]["fusion"]["hidden"] == 16 and summary["model"]["lidar"]["channels"] == [8, 16]  # the ckpt's
 
 
 def test_replay_with_camera_pairs_nearest_image_within_max_dt(tmp_path, ckpt, predictor):
