@@ -13,7 +13,12 @@ the commands pass in (:mod:`segood.engine.families`). A leaf: imports only :mod:
 """
 from __future__ import annotations
 
+import copy
+import json
+import textwrap
 from typing import Any, Iterator
+
+import yaml
 
 from segood.options import Opt
 
@@ -169,16 +174,8 @@ def defaults(schema: dict[str, Any] | None = None) -> dict[str, Any]:
     for key, node in (SCHEMA if schema is None else schema).items():
         if key == MEMBERS:
             continue
-        out[key] = defaults(node) if isinstance(node, dict) else _copy(node.default)
+        out[key] = defaults(node) if isinstance(node, dict) else copy.deepcopy(node.default)
     return out
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    return value
 
 
 BASE_HEADER = """\
@@ -193,10 +190,6 @@ BASE_HEADER = """\
 
 def yaml_value(value: Any, in_list: bool = False) -> str:
     """A value in YAML flow style on one line (``[16, 32, 48]``, ``null``, ``["00", "08"]``)."""
-    import json
-
-    import yaml
-
     if isinstance(value, str):
         plain = value and not in_list and not value[0].isdigit() and yaml.safe_load(value) == value
         return value if plain else json.dumps(value)
@@ -241,14 +234,12 @@ def _members_doc(section: dict[str, Any]) -> str:
 
 
 def _commented(text: str, comment: str, width: int = 110) -> str:
-    """``text`` with ``comment`` at column 32, wrapped onto comment lines at ``width``."""
+    """``text`` with ``comment`` from column 32, wrapped onto comment lines at ``width``; a ``text``
+    too long for that column gets the whole comment on the lines below."""
     if not comment:
         return text
-    import textwrap
-
     pad = " " * 32 + "# "
-    first = f"{text:<31} # "
     lines = textwrap.wrap(comment, width - len(pad))
-    head, rest = (lines[0], lines[1:]) if len(first) <= 34 else ("", lines)
-    out = [first + head if head else text]
-    return "\n".join(out + [pad + line for line in textwrap.wrap(" ".join(rest), width - len(pad))] if rest else out)
+    if len(text) > 31:
+        return "\n".join([text] + [pad + line for line in lines])
+    return "\n".join([f"{text:<31} # {lines[0]}"] + [pad + line for line in lines[1:]])
