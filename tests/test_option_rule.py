@@ -115,3 +115,25 @@ def test_a_score_reading_logits_image_sees_the_image_head(registered):
     logits_image = torch.tensor([[3.0, 0.0], [0.5, 0.4]])
     s = load_scorers("never-read.pt", ["image_maxlogit"], {"score_options": {}})["image_maxlogit"]
     assert torch.equal(s({"logits_image": logits_image, "logits": -logits_image}), torch.tensor([-3.0, -0.5]))
+
+
+def test_every_family_checks_its_members_options_at_load():
+    from segood.engine.families import load_config
+
+    base = CONFIG_DIR / "synthetic_baseline.yaml"
+    cases = {
+        ("data.dataset=nuscenes", "data.reader_options.visibility=pmf"):
+            "data.reader_options.visibility: 'pmf' in --set: expected one of 'devkit', 'segood'",
+        ("data.dataset=nuscenes", "data.reader_options={versoin: v1.0-mini}"):
+            "data.reader_options.versoin in --set: unknown option; did you mean 'version'? (known: intensity_scale, "
+            "version, visibility)",
+        ("eval.score_options.knn.k=0",): "eval.score_options.knn.k: 0 in --set: expected an integer >= 1",
+        ("synthesis.npmix.faithful=maybe",): "synthesis.npmix.faithful: 'maybe' in --set: expected a boolean",
+        ("synthesis.vos.select=0",): "synthesis.vos.select: 0 in --set: expected an integer >= 1 or null",
+    }
+    for sets, message in cases.items():
+        with pytest.raises(ConfigError) as e:
+            load_config(base, list(sets))
+        assert str(e.value) == message
+    cfg = load_config(base, ["data.dataset=nuscenes", "data.reader_options.visibility=segood"])
+    assert cfg["data"]["reader_options"] == {"visibility": "segood"}
