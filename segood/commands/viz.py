@@ -237,7 +237,7 @@ def _frames(args, stack: contextlib.ExitStack, predictor):
             raise ValueError(f"{src}: a config input needs --sequence (and optionally --frame)")
         cfg = load_config(src, args.set)
         lm = build_label_map(cfg)
-        frames = DatasetFrames(cfg, args.sequence, lm)
+        frames = DatasetFrames(cfg["data"], args.sequence, lm)
         return frames, (frames.index_of(args.frame) if args.frame is not None else 0), lm, None
     calib = load_calib(args.calib) if args.calib else None
     if src.suffix in POINT_SUFFIXES:
