@@ -85,7 +85,7 @@ def test_a_new_reader_is_one_registry_line_and_serves_loaders_check_data_and_viz
     assert batch["points"].shape == (400, 4) and (batch["ood_target"] == 1).sum() == 100
     report = check_dataset(make_reader_factory(cfg, lm), {"val": ["a", "b"]}, lm)
     assert report.ok and report.splits[0].scans == 4 and report.splits[0].class_points.sum() == 800
-    frames = DatasetFrames(cfg, "a", lm)
+    frames = DatasetFrames(cfg["data"], "a", lm)
     assert frames.index_of("1") == 1 and frames[1].raw_labels is not None
 
 

@@ -240,7 +240,7 @@ def _frames(args, stack: contextlib.ExitStack, predictor):
         if predictor is not None:  # the model is the checkpoint's: a config stating another one is refused
             model_config_from_checkpoint({"config": predictor.config}, cfg, predictor.source)
         lm = build_label_map(cfg)
-        frames = DatasetFrames(cfg, args.sequence, lm)
+        frames = DatasetFrames(cfg["data"], args.sequence, lm)
         return frames, (frames.index_of(args.frame) if args.frame is not None else 0), lm, None
     calib = load_calib(args.calib) if args.calib else None
     if src.suffix in POINT_SUFFIXES:

@@ -57,8 +57,8 @@ class DatasetFrames:
     """The scans of one sequence (or split / scene entry) of the config's data set, read by its
     registered reader (:data:`segood.data.readers.READERS`); ground truth when the labels exist."""
 
-    def __init__(self, cfg: dict, sequence: str, label_map: LabelMap) -> None:
-        data = cfg["data"]
+    def __init__(self, data: dict, sequence: str, label_map: LabelMap) -> None:
+        """``data``: the ``data`` section of a config."""
         seq = f"{int(sequence):02d}" if str(sequence).isdigit() else str(sequence)
         self.reader = open_reader(data, [seq], label_map, with_labels=_has_labels(data, seq, label_map))
         self.names = [self.reader.frame_id(i) for i in range(len(self.reader))]
