@@ -139,7 +139,7 @@ class Predictor:
     def __init__(self, ckpt: str | Path, score: str | None = None, threshold: float | None = None,
                  warn_share: float = WARN_SHARE) -> None:
         self.model, state = load_model(ckpt)
-        cfg = state["config"]
+        self.config = cfg = state["config"]
         self.label_map: LabelMap = build_label_map(cfg)
         if state["label_map"] != self.label_map.checksum():
             raise ValueError(f"{ckpt}: trained with label map checksum {state['label_map']}, but "
