@@ -78,10 +78,11 @@ def run(args: argparse.Namespace) -> int:
 
     from segood.engine.inference import Predictor
     from segood.engine.predict import build_manifest, predict
-    from segood.report.prediction_writers import LOOSE_FORMATS, build_writers, write_manifest
+    from segood.report.prediction_writers import build_writers, check_formats, write_manifest
 
     formats = [f.strip() for item in (args.format or ["npz"]) for f in item.split(",") if f.strip()]
     cfg, ckpt = _config_and_checkpoint(args)
+    check_formats(formats, loose=cfg is None)
     # The model (and its voxel grid) are built from the checkpoint's own config; a data root's config
     # only says where the scans are. (The config branch's checkpoint-config builder plugs in here.)
     predictor = Predictor(ckpt, args.score, args.threshold)
@@ -89,14 +90,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--flag: no threshold for score '{predictor.op.score}' ({predictor.op.source}); give "
                          "--threshold T, or run `segood eval` on the validation split to store an operating point")
     if cfg is None:
-        bad = [f for f in formats if f not in LOOSE_FORMATS]
-        if bad:
-            raise ValueError(f"--format {bad[0]}: point files take {', '.join(LOOSE_FORMATS)}; the evaluators' "
-                             "formats need a data root (give a config YAML)")
         source, entries, workers = _loose_source(args), None, 0
     else:
         source, entries = _dataset_source(cfg, args)
         workers = int(cfg["data"]["num_workers"])
+    if not args.overwrite:
+        from segood.engine.evaluate import checkpoint_sha
+        from segood.engine.predict import check_resume
+
+        check_resume(args.out, checkpoint_sha(ckpt), predictor.op.score)
     writers = build_writers(formats, args.out, predictor.label_map, predictor.op.score,
                             meta=_nuscenes_meta(predictor))
     print(f"operating point: {predictor.op.describe()}")

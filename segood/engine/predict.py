@@ -312,3 +312,23 @@ def build_manifest(ckpt: str | Path, cfg: dict | None, entries: Sequence[str] | 
                   "or learning ids (nuscenes); points with no prediction: train id -1, raw id 0, score NaN",
         "counts": summary.to_dict(),
     }
+
+
+def check_resume(out: str | Path, checkpoint_sha256: str, score: str) -> None:
+    """Refuse to add to (and skip existing files of) an output folder whose manifest says its files came
+    from another checkpoint or another score: skipped files would silently mix two models."""
+    import json
+
+    path = Path(out) / "manifest.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+        was = (old["checkpoint_sha256"], old["score"]["name"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a segood predictions manifest ({type(e).__name__}: {e}); use another --out "
+                         "or --overwrite") from None
+    if was != (checkpoint_sha256, score):
+        raise ValueError(f"{path}: the files in {Path(out)} were written by checkpoint {was[0]} with score '{was[1]}', "
+                         f"this run is checkpoint {checkpoint_sha256} with score '{score}'; use another --out, or "
+                         "--overwrite to rewrite every file")

@@ -177,12 +177,21 @@ WRITERS: dict[str, type] = {w.name: w for w in (SemanticKittiWriter, RealWriter,
 LOOSE_FORMATS = ("npz", "ply")  # formats that need no data set around the files
 
 
-def build_writers(formats: Sequence[str], out: str | Path, label_map: LabelMap, score: str,
-                  meta: dict[str, Any] | None = None) -> list[_Base]:
-    """One writer per format name; an unknown name lists the valid ones."""
+def check_formats(formats: Sequence[str], loose: bool = False) -> None:
+    """Refuse an unknown format name (listing the valid ones), or one that needs a data root for loose files."""
     unknown = [f for f in formats if f not in WRITERS]
     if unknown:
         raise ValueError(f"--format {unknown[0]}: unknown format, expected one of {', '.join(WRITERS)}")
+    bad = [f for f in formats if loose and f not in LOOSE_FORMATS]
+    if bad:
+        raise ValueError(f"--format {bad[0]}: point files take {', '.join(LOOSE_FORMATS)}; the evaluators' "
+                         "formats need a data root (give a config YAML)")
+
+
+def build_writers(formats: Sequence[str], out: str | Path, label_map: LabelMap, score: str,
+                  meta: dict[str, Any] | None = None) -> list[_Base]:
+    """One writer per format name (:func:`check_formats` first)."""
+    check_formats(formats)
     return [WRITERS[f](out, label_map, score, meta) for f in dict.fromkeys(formats)]
 
 
