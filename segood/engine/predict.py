@@ -217,7 +217,8 @@ def scan_prediction(key: ScanKey, scan: Scan, train_ids: np.ndarray, score: np.n
     finite = scan.meta.get("finite")
     points = scan.meta.get("file_points", scan.points)
     if len(train_ids) != scan.num_points or len(score) != scan.num_points:
-        raise RuntimeError(f"{scan.source}: {len(train_ids)} predictions for {scan.num_points} points")
+        raise ValueError(f"{scan.source}: {len(train_ids)} labels and {len(score)} scores for {scan.num_points} "
+                         "points (one prediction per point is required)")
     if finite is None:
         full_ids, full_score = np.asarray(train_ids, np.int64), np.asarray(score, np.float32)
     else:
