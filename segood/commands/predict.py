@@ -76,48 +76,57 @@ def run(args: argparse.Namespace) -> int:
     """Predict and write; 0 when every scan was written or skipped, 1 when some could not be read."""
     from tqdm import tqdm
 
-    from segood.engine.inference import Predictor
-    from segood.engine.predict import build_manifest, predict
+    from segood.engine.evaluate import checkpoint_sha
+    from segood.engine.predict import PredictSummary, build_manifest, check_resume, predict
     from segood.report.prediction_writers import build_writers, check_formats, write_manifest
 
     formats = [f.strip() for item in (args.format or ["npz"]) for f in item.split(",") if f.strip()]
     cfg, ckpt = _config_and_checkpoint(args)
     check_formats(formats, loose=cfg is None)
-    # The model (and its voxel grid) are built from the checkpoint's own config; a data root's config
-    # only says where the scans are. (The config branch's checkpoint-config builder plugs in here.)
-    predictor = Predictor(ckpt, args.score, args.threshold)
-    if args.flag and predictor.op.threshold is None:
-        raise ValueError(f"--flag: no threshold for score '{predictor.op.score}' ({predictor.op.source}); give "
-                         "--threshold T, or run `segood eval` on the validation split to store an operating point")
-    if cfg is None:
-        source, entries, workers = _loose_source(args), None, 0
-    else:
-        source, entries = _dataset_source(cfg, args)
-        workers = int(cfg["data"]["num_workers"])
+    predictor = _predictor(ckpt, args)
+    source, entries = _dataset_source(cfg, args) if cfg is not None else (_loose_source(args), None)
+    workers = int(cfg["data"]["num_workers"]) if cfg is not None else 0  # reading overlaps the model (README)
     if not args.overwrite:
-        from segood.engine.evaluate import checkpoint_sha
-        from segood.engine.predict import check_resume
-
         check_resume(args.out, checkpoint_sha(ckpt), predictor.op.score)
     writers = build_writers(formats, args.out, predictor.label_map, predictor.op.score,
                             meta=_nuscenes_meta(predictor))
     print(f"operating point: {predictor.op.describe()}")
-    summary = None
+    summary = PredictSummary()
+
+    def manifest() -> Path:
+        return write_manifest(args.out, build_manifest(ckpt, cfg, entries, source, predictor, formats, args.flag,
+                                                       args.intensity, summary))
+
+    manifest()  # first, so that files of an interrupted run are never taken for another checkpoint's
     try:
-        summary = predict(source, predictor, predictor.op.score, writers, args.overwrite,
-                          predictor.op.above if args.flag else None, workers, not args.no_progress,
-                          say=lambda m: tqdm.write(m, file=sys.stderr))
-    finally:
-        if summary is not None:
-            manifest = build_manifest(ckpt, cfg, entries, source, predictor, formats, args.flag, args.intensity,
-                                      summary)
-            print(f"manifest: {write_manifest(args.out, manifest)}")
+        predict(source, predictor, predictor.op.score, writers, args.overwrite,
+                predictor.op.above if args.flag else None, workers, not args.no_progress,
+                say=lambda m: tqdm.write(m, file=sys.stderr), summary=summary)
+    except KeyboardInterrupt:
+        summary.status = "interrupted"
+        print(f"segood predict: interrupted after {summary.written} scans; the same command resumes "
+              f"(manifest: {manifest()})", file=sys.stderr)
+        return 130
+    print(f"manifest: {manifest()}")
     print(f"{summary.written} scans written ({summary.points} points, "
           f"{summary.points / max(summary.seconds, 1e-9):,.0f} points/s), {summary.skipped_existing} skipped "
           f"(outputs exist), {summary.failed} failed")
     for f in summary.failures:
         print(f"failed: {f['error']}", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def _predictor(ckpt: Path, args: argparse.Namespace):
+    """The model, its label map, score and operating point. The model (and its voxel grid) are built from
+    the checkpoint's own config; a data root's config only says where the scans are. (The config branch's
+    builder of the model config from a checkpoint plugs in here.)"""
+    from segood.engine.inference import Predictor
+
+    predictor = Predictor(ckpt, args.score, args.threshold)
+    if args.flag and predictor.op.threshold is None:
+        raise ValueError(f"--flag: no threshold for score '{predictor.op.score}' ({predictor.op.source}); give "
+                         "--threshold T, or run `segood eval` on the validation split to store an operating point")
+    return predictor
 
 
 def _config_and_checkpoint(args: argparse.Namespace) -> tuple[dict | None, Path]:

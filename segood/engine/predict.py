@@ -174,13 +174,14 @@ class PredictSummary:
     failures: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     run_files: list[str] = field(default_factory=list)
+    status: str = "running"  # running | done | interrupted
 
     @property
     def failed(self) -> int:
         return len(self.failures)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scans": self.scans, "written": self.written, "skipped_existing": self.skipped_existing,
+        return {"status": self.status, "scans": self.scans, "written": self.written, "skipped_existing": self.skipped_existing,
                 "failed": self.failed, "points": self.points,
                 "points_without_prediction": self.points_without_prediction,
                 "seconds": round(self.seconds, 3),
@@ -242,14 +243,16 @@ def todo_indices(keys: Sequence[ScanKey], writers: Sequence[Writer], overwrite: 
 
 def predict(source: Source, predictor: Callable[[Scan], Any], score: str, writers: Sequence[Writer],
             overwrite: bool = False, flag: Callable[[np.ndarray], np.ndarray] | None = None,
-            num_workers: int = 0, progress: bool = True,
-            say: Callable[[str], None] = print) -> PredictSummary:
+            num_workers: int = 0, progress: bool = True, say: Callable[[str], None] = print,
+            summary: PredictSummary | None = None) -> PredictSummary:
     """Run ``predictor`` (scan -> object with ``label`` and ``scores[score]``) over ``source`` and hand
     each scan's :class:`ScanPrediction` to every writer. ``flag`` (scores -> bool) adds the binary flag.
-    Messages (unreadable scans, missing intensity, non-finite points) go through ``say`` as they happen."""
+    Messages (unreadable scans, missing intensity, non-finite points) go through ``say`` as they happen.
+    ``summary`` is filled as the run goes (so an interrupted run can still report what it did)."""
     keys = source.keys()
     todo = todo_indices(keys, writers, overwrite)
-    summary = PredictSummary(scans=len(keys), skipped_existing=len(keys) - len(todo))
+    summary = summary if summary is not None else PredictSummary()
+    summary.scans, summary.skipped_existing = len(keys), len(keys) - len(todo)
     loader = DataLoader(_Items(source, todo, keys), batch_size=None, shuffle=False, num_workers=int(num_workers),
                         collate_fn=_identity)
     start = time.perf_counter()
@@ -276,6 +279,7 @@ def predict(source: Source, predictor: Callable[[Scan], Any], score: str, writer
     summary.seconds = time.perf_counter() - start
     for writer in writers:
         summary.run_files += [str(p) for p in writer.finish(keys)]
+    summary.status = "done"
     return summary
 
 
