@@ -276,3 +276,19 @@ def test_loose_reader_formats_and_errors(kitti_points, tmp_path):
     np.testing.assert_array_equal(c.intensity, [0.5, 0.25, 0])
     with pytest.raises(DataError, match="unknown point file type"):
         read_loose(tmp_path / "x.las")
+
+
+def test_data_root_scan_that_cannot_be_read_is_named_and_the_rest_written(synthetic_root, ckpt, tmp_path, capsys):
+    root = tmp_path / "kitti"
+    shutil.copytree(synthetic_root, root)
+    broken = root / "sequences" / "08" / "velodyne" / "000000.bin"
+    broken.write_bytes(broken.read_bytes()[:-5])
+    out = tmp_path / "pred"
+    assert run_cli(["predict", SYN, "--ckpt", ckpt, "--format", "semantickitti", "--out", out, "--no-progress",
+                    "--set", f"data.root={root}", "--set", "data.num_workers=1"]) == 1
+    assert "000000.bin: file size" in capsys.readouterr().err
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["counts"]["written"], m["counts"]["failed"], m["counts"]["status"]) == (1, 1, "done")
+    written = out / "sequences" / "08" / "predictions" / "000001.label"
+    assert len(np.fromfile(written, np.uint32)) * 16 == (root / "sequences" / "08" / "velodyne" / "000001.bin").stat().st_size
+    assert not (out / "sequences" / "08" / "predictions" / "000000.label").exists()
