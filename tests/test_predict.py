@@ -292,3 +292,25 @@ def test_data_root_scan_that_cannot_be_read_is_named_and_the_rest_written(synthe
     written = out / "sequences" / "08" / "predictions" / "000001.label"
     assert len(np.fromfile(written, np.uint32)) * 16 == (root / "sequences" / "08" / "velodyne" / "000001.bin").stat().st_size
     assert not (out / "sequences" / "08" / "predictions" / "000000.label").exists()
+
+
+def test_point_file_with_a_camera_uses_it(ckpt, kitti_points, tmp_path):
+    fix = Path(__file__).parent / "fixtures" / "kitti_000008"
+    calib = json.loads((fix / "calib_000008.json").read_text())
+    p2l = np.array(calib["P2_cam2img_4x4"]) @ np.array(calib["lidar2cam_4x4 (=R0_rect @ Tr_velo_to_cam)"])
+    (tmp_path / "calib.yaml").write_text(yaml.safe_dump({"lidar_to_image": p2l[:3].tolist()}))
+    kitti_points.tofile(tmp_path / "000008.bin")
+    base = ["predict", tmp_path / "000008.bin", "--ckpt", ckpt, "--score", "energy", "--no-progress"]
+    assert run_cli(base + ["--out", tmp_path / "cam", "--image", fix / "000008.png", "--calib",
+                           tmp_path / "calib.yaml"]) == 0
+    assert run_cli(base + ["--out", tmp_path / "lidar"]) == 0
+    with_cam, lidar_only = np.load(tmp_path / "cam" / "000008.npz"), np.load(tmp_path / "lidar" / "000008.npz")
+    from segood.data.readers.semantickitti import read_image
+    from segood.ros.camera import load_calib, projection_matrix
+
+    scan = cloud_to_scan(read_loose(tmp_path / "000008.bin"), image=read_image(fix / "000008.png"),
+                         lidar_to_image=projection_matrix(load_calib(tmp_path / "calib.yaml"), None, "calib"))
+    assert scan.visible.sum() > 1000
+    np.testing.assert_array_equal(with_cam["anomaly"], Predictor(ckpt, "energy")(scan).scores["energy"])
+    visible = scan.visible
+    assert not np.array_equal(with_cam["anomaly"][visible], lidar_only["anomaly"][visible])
