@@ -134,8 +134,7 @@ def fill_intensity(cloud: LooseCloud, policy: str = "error", warn: Callable[[str
         raise DataError(f"{cloud.path}: no intensity column (found {found}); the model reads x, y, z, intensity: "
                         "give --intensity zero to run it with intensity 0")
     if warn is not None:
-        warn(f"{cloud.path}: no intensity column (found {found}); intensity set to 0 for all "
-             f"{cloud.num_points} points (--intensity zero)")
+        warn(f"{cloud.path}: no intensity column (found {found}); intensity set to 0 for all {cloud.num_points} points")
     return out
 
 
