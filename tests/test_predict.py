@@ -220,7 +220,9 @@ def test_missing_intensity_is_said_or_refused(ckpt, kitti_points, tmp_path, caps
 def test_unreadable_scans_are_named_counted_and_the_run_resumes(ckpt, kitti_points, tmp_path, capsys):
     src = tmp_path / "scans"
     (src / "sub").mkdir(parents=True)
-    kitti_points[:3000].tofile(src / "a.bin")
+    far = kitti_points[:3000].copy()
+    far[5, :3] = (900.0, -700.0, 40.0)  # far outside data.point_range: clamped into a border voxel, never dropped
+    far.tofile(src / "a.bin")
     np.save(src / "sub" / "b.npy", kitti_points[3000:6000, :4])
     (src / "broken.bin").write_bytes(b"\0" * 18)  # not a multiple of 16 bytes
     out = tmp_path / "out"
@@ -234,6 +236,8 @@ def test_unreadable_scans_are_named_counted_and_the_run_resumes(ckpt, kitti_poin
     assert m["counts"]["failures"][0]["source"].endswith("broken.bin") and m["threshold"]["value"] == 0.0
     z = np.load(out / "sub" / "b.npz")
     np.testing.assert_array_equal(z["flag"], (z["anomaly"] >= 0).astype(np.uint8))
+    a = np.load(out / "a.npz")
+    assert len(a["label"]) == 3000 and (a["label"] >= 0).all() and np.isfinite(a["anomaly"]).all()
     stamp = (out / "a.npz").stat().st_mtime_ns
     assert run_cli(base) == 1  # resumed: the two written scans are skipped, the broken one fails again
     m = json.loads((out / "manifest.json").read_text())

@@ -296,7 +296,7 @@ def build_manifest(ckpt: str | Path, cfg: dict | None, entries: Sequence[str] | 
     op = predictor.op
     if cfg is not None:
         data = {"config": cfg.get("_source", ""), "dataset": cfg["data"]["dataset"], "root": str(cfg["data"]["root"]),
-                "label_map": cfg["data"]["label_map"], "sequences": list(entries or [])}
+                "label_map": cfg["data"]["label_map"], "sequences": list(entries or []), "resolved": cfg["data"]}
     else:
         data = {"files": [k.source for k in source.keys()], "intensity": intensity}
     return {
