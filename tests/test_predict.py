@@ -134,8 +134,9 @@ def test_nuscenes_submission_passes_the_devkit_and_its_miou_equals_eval(nuscenes
 
     cfg_path = CONFIG_DIR / "nuscenes_baseline.yaml"
     model_cfg = load_config(cfg_path, NUS_SMALL)
-    ckpt = save_checkpoint(tmp_path / "nus.pt", {"model": build_model(model_cfg).state_dict(), "config": model_cfg,
-                                                 "label_map": load_label_map("nuscenes").checksum(), "step": 0})
+    ckpt = save_checkpoint(tmp_path / "nus.pt", {"model": build_model(model_cfg["model"]).state_dict(),
+                                                 "config": model_cfg, "label_map": load_label_map("nuscenes").checksum(),
+                                                 "step": 0})
     args = [f"data.root={nuscenes_root}", "data.val_sequences=[mini_val]", "data.num_workers=0",
             "eval.scores=[maxlogit]", "eval.batch_size=1", *NUS_SMALL]
     assert run_cli(["eval", cfg_path, "--ckpt", ckpt, "--out", tmp_path / "e", "--protocol", "nuscenes_devkit",
@@ -309,7 +310,7 @@ def test_point_file_with_a_camera_uses_it(ckpt, kitti_points, tmp_path):
                            tmp_path / "calib.yaml"]) == 0
     assert run_cli(base + ["--out", tmp_path / "lidar"]) == 0
     with_cam, lidar_only = np.load(tmp_path / "cam" / "000008.npz"), np.load(tmp_path / "lidar" / "000008.npz")
-    from segood.data.readers.semantickitti import read_image
+    from segood.data.io import read_image
     from segood.ros.camera import load_calib, projection_matrix
 
     scan = cloud_to_scan(read_loose(tmp_path / "000008.bin"), image=read_image(fix / "000008.png"),

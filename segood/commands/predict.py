@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     """Predict and write; 0 when every scan was written or skipped, 1 when some could not be read."""
     from tqdm import tqdm
 
-    from segood.engine.evaluate import checkpoint_sha
+    from segood.engine.artifacts import checkpoint_sha
     from segood.engine.predict import PredictSummary, build_manifest, check_resume, predict
     from segood.report.prediction_writers import build_writers, check_formats, write_manifest
 
@@ -170,7 +170,7 @@ def _dataset_source(cfg: dict, args: argparse.Namespace):
 
 
 def _loose_source(args: argparse.Namespace):
-    from segood.data.readers.semantickitti import read_image
+    from segood.data.io import read_image
     from segood.engine.predict import LooseSource
 
     image = matrix = None

@@ -291,7 +291,7 @@ def build_manifest(ckpt: str | Path, cfg: dict | None, entries: Sequence[str] | 
                    summary: PredictSummary) -> dict[str, Any]:
     """manifest.json: which checkpoint, data, score and threshold produced the files, and what the run did."""
     from segood import __version__
-    from segood.engine.evaluate import checkpoint_sha
+    from segood.engine.artifacts import checkpoint_sha
 
     op = predictor.op
     if cfg is not None:

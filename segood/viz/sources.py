@@ -13,7 +13,7 @@ from segood.data.labels import LabelMap
 from segood.data.scan import Scan
 from segood.data.readers import open_reader
 from segood.data.readers.loose import LOOSE_SUFFIXES, cloud_to_scan, read_loose
-from segood.data.readers.semantickitti import read_image
+from segood.data.io import read_image
 
 POINT_SUFFIXES = LOOSE_SUFFIXES
 
