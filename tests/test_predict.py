@@ -257,6 +257,8 @@ def test_dataset_formats_need_a_data_root(ckpt, kitti_points, tmp_path, capsys):
     assert "need a data root" in capsys.readouterr().err
     assert run_cli(["predict", tmp_path / "a.bin", "--ckpt", ckpt, "--format", "csv", "--out", tmp_path / "o"]) == 2
     assert "unknown format" in capsys.readouterr().err
+    assert run_cli(["predict", SYN, "--ckpt", ckpt, "--set", "model.fusion.hidden=8", "--out", tmp_path / "o"]) == 2
+    assert "model is built from the checkpoint's own config" in capsys.readouterr().err
 
 
 def test_loose_reader_formats_and_errors(kitti_points, tmp_path):
