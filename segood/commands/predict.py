@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.overwrite:
         check_resume(args.out, checkpoint_sha(ckpt), predictor.op.score)
     writers = build_writers(formats, args.out, predictor.label_map, predictor.op.score,
-                            meta=_nuscenes_meta(predictor))
+                            meta=_nuscenes_meta(predictor, cfg))
     print(f"operating point: {predictor.op.describe()}")
     summary = PredictSummary()
 
@@ -188,9 +188,10 @@ def _loose_source(args: argparse.Namespace):
     return LooseSource(args.inputs, args.intensity, image, matrix)
 
 
-def _nuscenes_meta(predictor) -> dict[str, bool]:
-    """The submission's meta block: LiDAR always; camera when the model was trained with one; external
-    data when its image branch started from pretrained weights."""
-    cfg = predictor.config
-    return {"use_camera": cfg["data"]["camera"] is not None, "use_lidar": True, "use_radar": False,
-            "use_map": False, "use_external": cfg["model"]["image"].get("pretrained") is not None}
+def _nuscenes_meta(predictor, cfg: dict | None) -> dict[str, bool]:
+    """The submission's meta block: LiDAR always; camera when the data root feeds images to the model;
+    external data when the model's image branch started from pretrained weights."""
+    trained = predictor.config
+    camera = (cfg or trained)["data"]["camera"]
+    return {"use_camera": camera is not None, "use_lidar": True, "use_radar": False, "use_map": False,
+            "use_external": trained["model"]["image"].get("pretrained") is not None}
