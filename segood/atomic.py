@@ -68,3 +68,26 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
+
+
+class OutputError(ValueError):
+    """An output location that cannot be written (said before any work starts)."""
+
+
+def check_writable(folder: str | Path, what: str = "output folder") -> Path:
+    """Raise :class:`OutputError` naming ``folder`` unless files can be created in it (or, when it
+    does not exist yet, in the nearest existing folder above it, where it would be made): checked
+    before hours of work, not after. Probes with a temporary file, so read-only mounts and
+    permissions are found whoever runs it."""
+    folder = Path(folder)
+    base = folder
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise OutputError(f"{folder}: cannot write this {what}: {base} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot write this {what}: {e.strerror or e} in {base}") from e
+    return folder

@@ -10,6 +10,7 @@ from segood.commands import (bench, check_data, demo, doctor, fit_scores, make_s
 from segood.commands import config as config_cmd
 from segood.commands import eval as eval_cmd
 from segood.config import ConfigError
+from segood.engine.interrupt import Interrupted
 
 # In the order `segood --help` lists them.
 COMMANDS = (make_synthetic, train, eval_cmd, fit_scores, predict, check_data, viz, replay, bench, study, demo, config_cmd,
@@ -36,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"segood {args.command}: error: {user_message(e)}", file=sys.stderr)
         return 2
+    except Interrupted as stop:  # a training inside another command (demo, bench) stopped cleanly
+        print(f"segood {args.command}: {stop.signal_name}: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside a training step (which stops cleanly, see engine/interrupt.py)
+        print(f"segood {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

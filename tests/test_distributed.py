@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -74,19 +73,13 @@ def test_sigkill_then_resume_gives_identical_weights(data_root, tmp_path):
     subprocess.run([sys.executable, *cli(data_root, straight, "train.steps=6")], check=True,
                    capture_output=True, timeout=600, env=run_env())
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, *cli(data_root, killed, "train.steps=6", "train.ckpt_every=1")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=run_env())
-    third = killed / "checkpoint_step0000003.pt"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if third.exists():
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    step_at_kill = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
-    assert 3 <= step_at_kill < 6
+    # the trainer kills itself at the start of step 4 (tests/signal_at_step): no race with a poll
+    hook = {"SEGOOD_TEST_SIGNAL": "SIGKILL:4:self",
+            "PYTHONPATH": os.pathsep.join([str(Path(__file__).with_name("signal_at_step")), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, *cli(data_root, killed, "train.steps=6", "train.ckpt_every=1")],
+                          capture_output=True, timeout=600, env={**run_env(), **hook})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["step"] == 3
     subprocess.run([sys.executable, *cli(data_root, killed, "train.steps=6", "train.ckpt_every=1"), "--resume"],
                    check=True, capture_output=True, timeout=600, env=run_env())
     a, b = state_of(straight / "checkpoint.pt"), state_of(killed / "checkpoint.pt")

@@ -39,10 +39,22 @@ def test_dry_run_runs_every_stage_and_writes_one_json_and_one_table(tmp_path):
 
 
 def test_time_limit_stops_the_running_stage_and_skips_the_rest(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpu_check, "_child_cmd", lambda name, ctx: [sys.executable, "-c", "import time; time.sleep(60)"])
-    result = gpu_check.run_check(tmp_path, device="cpu", dry_run=True, time_limit_s=22.0, stages=("env", "build"))
+    """The run's clock is the test's: the env stage gets its 1 s budget (22 s limit, 5 s reserve), is
+    killed at it, and 'uses' 10 s of the run's time, so 7 s are left: below a stage's 15 s floor."""
+    now = [0.0]
+
+    def sleeping_child(name, ctx):
+        now[0] += 10.0
+        return [sys.executable, "-c", "import time; time.sleep(600)"]
+
+    monkeypatch.setattr(gpu_check, "_child_cmd", sleeping_child)
+    monkeypatch.setitem(gpu_check.BUDGET_S, "env", 1)
+    result = gpu_check.run_check(tmp_path, device="cpu", dry_run=True, time_limit_s=22.0, stages=("env", "build"),
+                                 clock=lambda: now[0])
     env, build = result["stages"]["env"], result["stages"]["build"]
-    assert env["status"] == "failed" and env["error"].startswith("stopped after 17 s")
+    assert env == {"status": "failed", "seconds": 1.0,
+                   "error": "stopped after 1 s (stage budget or the run's time limit)"}
     assert build == {"status": "skipped", "reason": "time limit reached"}
+    assert result["meta"]["seconds"] == 10.0
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
     assert saved["stages"] == result["stages"] and "| build | skipped |" in (tmp_path / "gpu_check.md").read_text()

@@ -6,6 +6,7 @@ extension from the packaged sources) and one tiny train + eval run from a tempor
 Slow (~2 min: the extension is compiled from the wheel's sources)."""
 from __future__ import annotations
 
+import json
 import os
 import site
 import subprocess
@@ -15,6 +16,9 @@ from pathlib import Path
 
 import pytest
 from builders import SMALL, set_args
+
+from segood.engine.checkpoint import load_checkpoint
+from test_engine import assert_auroc_matches_histograms
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = [*SMALL, "train.steps=2", "data.root=data"]
@@ -72,3 +76,6 @@ def test_installed_wheel_runs_from_any_directory(installed):
     run([segood, "eval", "configs/synthetic_feature_mixing.yaml", "--ckpt", "run/checkpoint.pt", "--out", "ev",
          "--no-progress", *sets], work, env)
     assert (work / "run" / "checkpoint.pt").is_file() and (work / "ev" / "metrics.json").is_file()
+    # the installed package trained the 2 steps asked for and wrote metrics its own histograms agree with
+    assert load_checkpoint(work / "run" / "checkpoint.pt")["step"] == 2
+    assert_auroc_matches_histograms(json.loads((work / "ev" / "metrics.json").read_text()), work / "ev" / "histograms.npz")

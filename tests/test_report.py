@@ -20,6 +20,7 @@ from segood.engine.checkpoint import save_checkpoint
 from segood.report.markdown import write_eval_report
 from segood.commands.eval import add_eval_arguments, compare_runs, evaluate_and_report, run_eval
 from segood.metrics.ood import ood_metrics
+from test_engine import assert_auroc_matches_histograms
 
 BINS = 65536
 
@@ -198,6 +199,7 @@ def test_evaluate_fits_saves_and_reuses_scores(report_run, monkeypatch) -> None:
     assert m["fit"]["points"] == len(blob["bank"]["labels"])
     for f in ("metrics.json", "histograms.npz", "report.md", "roc_all.png", "score_histograms_fov.png", "iou.png"):
         assert (root / "run" / "eval" / f).is_file(), f
+    assert_auroc_matches_histograms(m, root / "run" / "eval" / "histograms.npz")
     saved = json.loads((root / "run" / "eval" / "metrics.json").read_text())
     assert saved["resolved_config"]["eval"]["scores"] == cfg["eval"]["scores"]
     # Operating point stored with the model.
@@ -229,6 +231,9 @@ def test_replay_scorers_refuse_a_stale_fit(report_run, tmp_path) -> None:
     react = fit.load_scorers(ckpt, ["react"], cfg2["eval"], model)["react"]
     out = model_output(model, cfg)
     assert torch.isfinite(react(out)).all()
+    # the new percentile is the one applied: clipping at the median changes the scores of the saved fit
+    saved = fit.load_scorers(ckpt, ["react"], cfg["eval"], model)["react"]
+    assert not torch.allclose(react(out), saved(out))
 
 
 def model_output(model, cfg) -> dict:

@@ -204,6 +204,13 @@ def test_window_every_and_checkpoint_operating_point(tmp_path, ckpt):
     assert s["operating_point"]["source"] == "checkpoint operating_point"
     assert s["points"]["fraction_above"] == 1.0  # sigmoid scores are all > 0
     assert (tmp_path / "o" / "metadata.yaml").is_file()  # ROS 2 folder output
+    # the replayed scores and labels are the model's on those clouds (frames 2 and 4), point for point
+    direct = Predictor(ckpt)
+    for k, cloud in zip((2, 4), segood_clouds(tmp_path / "o")):
+        pts = np.stack([frames[k].records[n] for n in ("x", "y", "z", "intensity")], axis=1).astype(np.float32)
+        want = direct(scan_from_points(pts, None, None, f"frame {k}", {}))
+        np.testing.assert_allclose(cloud["anomaly"], want.scores["anomaly_head"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(cloud["label"], direct.label_map.train_to_raw(want.label))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -191,6 +191,11 @@ def test_viz_dataset_scan_with_checkpoint(tmp_path, ckpt, capsys):
     ply = read_ply(tmp_path / "gt.ply")
     assert {"anomaly", "above", "label", "gt_label"} <= set(ply)
     assert ply["above"].mean() == pytest.approx(0.05, abs=0.01)
+    # the flagged points are the scan's highest scores, and the ground truth is the .label file's
+    above = ply["above"].astype(bool)
+    assert ply["anomaly"][above].min() >= ply["anomaly"][~above].max()
+    labels = np.fromfile(tmp_path / "data" / "sequences" / "08" / "labels" / "000000.label", np.uint32) & 0xFFFF
+    np.testing.assert_array_equal(ply["gt_label"], labels)
 
 
 def test_viz_bag_frame_with_camera(tmp_path, ckpt, capsys):
@@ -208,6 +213,18 @@ def test_viz_bag_frame_with_camera(tmp_path, ckpt, capsys):
     ply = read_ply(tmp_path / "f.ply")
     np.testing.assert_array_equal(np.stack([ply[k] for k in ("x", "y", "z", "intensity")], 1), clouds[1])
     assert (tmp_path / "o.png").is_file()
+    # the overlay is the camera image, unchanged but where points are drawn (under 1 % of its pixels here)
+    from PIL import Image
+
+    from segood.ros.camera import decode_image
+
+    with open_bag(bags / "nuscenes0061_derived.mcap") as r:
+        images = [decode_image(r.deserialize(raw, c.msgtype), c.msgtype) for c, _, raw in messages(r)
+                  if c.topic == "/camera/image/compressed"]
+    overlay = np.asarray(Image.open(tmp_path / "o.png").convert("RGB"))[: images[1].shape[0]]
+    assert overlay.shape == images[1].shape
+    drawn = (overlay != images[1]).any(axis=2).mean()
+    assert 0.001 < drawn < 0.5, drawn
 
 
 def test_viz_errors(scene, tmp_path, capsys, monkeypatch):

@@ -108,6 +108,31 @@ class XTest:
         return buf.reshape(h, img.bytes_per_line)[:, : 4 * w].reshape(h, w, 4)[:, :, 2::-1]
 
 
+def legend_shown(x: XTest, timeout: float = WAIT_S) -> dict[tuple, bool]:
+    """Whether the legend panel under the scan window shows each end of the heat ramp, polled
+    until both appear (the window draws when it is ready, however slow the machine)."""
+    ramp = to_uint8(heat_ramp(8))
+    end = time.monotonic() + timeout
+    while True:
+        panel = x.screenshot(W.LEFT, W.TOP + W.WINDOW_H + 30, W.WINDOW_W, 120).astype(int)
+        shown = {tuple(rgb): int((np.abs(panel - rgb).max(axis=2) <= 12).sum()) > 20 for rgb in (ramp[0], ramp[-1])}
+        if all(shown.values()) or time.monotonic() > end:
+            return shown
+        time.sleep(0.2)
+
+
+def windows_drawn(x: XTest, timeout: float = WAIT_S) -> int:
+    """The number of colours in the legend panel's area, polled until the panel is drawn (more
+    than the empty screen's one colour): keys sent before the windows exist would be lost."""
+    end = time.monotonic() + timeout
+    while True:
+        panel = x.screenshot(W.LEFT, W.TOP + W.WINDOW_H + 30, W.WINDOW_W, 120)
+        colours = len(np.unique(panel.reshape(-1, 3), axis=0))
+        if colours > 2 or time.monotonic() > end:
+            return colours
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def xvfb():
     """A private Xvfb display (required: `apt-get install xvfb`)."""
@@ -186,13 +211,10 @@ def test_window_keys_corrupt_cloud_legend_and_ctrl_c(xvfb, bag_and_ckpt):
     v = Viewer(xvfb, [str(bag), "--ckpt", str(ckpt), "--index", "0"])
     try:
         assert v.expect("[1/3]").startswith("[1/3] in.bag:/points#0 [1/3]")
-        time.sleep(1.0)
         x.move(W.LEFT + 300, W.TOP + 300)  # no window manager: the window under the pointer has the focus
-        # the legend panel under the scan window shows the heat ramp
-        panel = x.screenshot(W.LEFT, W.TOP + W.WINDOW_H + 30, W.WINDOW_W, 120)
-        ramp = to_uint8(heat_ramp(8))
-        for rgb in (ramp[0], ramp[-1]):
-            assert (np.abs(panel.astype(int) - rgb).max(axis=2) <= 12).sum() > 20, f"no {rgb} in the legend panel"
+        # the legend panel under the scan window shows the heat ramp (and the windows are drawn)
+        shown = legend_shown(x)
+        assert all(shown.values()), f"heat ramp ends in the legend panel: {shown}"
         x.key("n")
         v.expect("skipped frame 1 (unreadable)")
         v.expect("[3/3] in.bag:/points#2")
@@ -220,8 +242,8 @@ def test_window_starts_at_index_and_q_quits(xvfb, bag_and_ckpt):
     try:
         first = v.expect("] in.bag:/points#")
         assert first.startswith("[3/3] in.bag:/points#2") and "view: hot" in first
-        time.sleep(1.0)
         x.move(W.LEFT + 300, W.TOP + 300)
+        assert windows_drawn(x) > 2  # keys reach the windows once they are drawn
         x.key("q")
         assert v.finish() == 0
     finally:

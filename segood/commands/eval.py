@@ -76,10 +76,12 @@ def compare_runs(runs: list[str], out_dir: str | Path, cfg: dict | None = None, 
 
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate one checkpoint, or compare several runs (``--compare``)."""
+    from segood.atomic import check_writable
     from segood.config import ConfigError
     from segood.engine.families import load_config
     from segood.report.markdown import format_metrics
 
+    check_writable(args.out, "--out folder")
     overrides = list(args.set or []) + ([f"eval.protocol={json.dumps(args.protocol)}"] if args.protocol else [])
     cfg = load_config(args.config, overrides) if args.config else None
     if args.compare:

@@ -52,6 +52,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="ids written to the 'label' field: raw dataset ids (default) or train ids")
     p.add_argument("--intensity-scale", type=float, default=1.0,
                    help="multiply intensity by this (e.g. 1/255 for drivers publishing 0..255)")
+    p.add_argument("--intensity", choices=("error", "zero"), default="error",
+                   help="clouds without an 'intensity' field: stop with an error (default: segood models are "
+                        "trained with intensity), or use 0 for every point (said once per bag)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -69,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
         bag=Path(args.bag), out=Path(args.out), ckpt=Path(args.ckpt), topic=args.topic,
         image_topic=args.image_topic, info_topic=args.info_topic, calib=args.calib, max_dt=args.max_dt,
         every=args.every, start=args.start, duration=args.duration, score=args.score, threshold=args.threshold,
-        label_ids=args.label_ids, intensity_scale=args.intensity_scale, overwrite=args.overwrite,
-        progress=not args.no_progress,
+        label_ids=args.label_ids, intensity_scale=args.intensity_scale, intensity=args.intensity,
+        overwrite=args.overwrite, progress=not args.no_progress,
     )
     try:
         s = replay(opts)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -64,6 +66,7 @@ def ensure_benchmark(args) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from segood.engine.interrupt import Interrupted
     from segood.engine.study import check_configs, load_results, plan_runs, run_study
     from segood.report.study import summarize_study, write_study_report
 
@@ -78,9 +81,14 @@ def run(args: argparse.Namespace) -> int:
     overrides = [f"data.root={data.resolve()}", *given]
     specs = plan_runs(arms, args.seeds, Path(args.out), overrides)
     steps = int(specs[0].config()["train"]["steps"])
-    statuses = [] if args.report_only else run_study(specs, steps, jobs=args.jobs, progress=not args.no_progress)
+    try:
+        statuses = [] if args.report_only else run_study(specs, steps, jobs=args.jobs, progress=not args.no_progress)
+    except Interrupted as stop:
+        print(f"segood study: {stop.signal_name}: {stop}\nresume with the same command (finished runs are "
+              f"skipped, interrupted ones resume): {shlex.join(['segood', *sys.argv[1:]])}", file=sys.stderr)
+        return stop.exit_code
     for s in statuses:
-        if not s["ok"]:
+        if not s["ok"] and not s.get("interrupted"):
             print(f"[study] {s['arm']} seed {s['seed']} FAILED: {s['error']}\n{s['traceback']}")
     results = load_results(specs)
     if not results:

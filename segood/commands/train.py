@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
 from segood.commands.common import add_common
 
@@ -16,10 +18,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this run."""
+    words = ["segood", "train", args.config, "--out", args.out, "--resume"]
+    words += [w for kv in args.set for w in ("--set", kv)] + (["--no-progress"] if args.no_progress else [])
+    return shlex.join(str(w) for w in words)
+
+
 def run(args: argparse.Namespace) -> int:
     from segood.engine.families import load_config
+    from segood.engine.interrupt import Interrupted
     from segood.engine.train import train
 
-    ckpt = train(load_config(args.config, args.set), args.out, resume=args.resume, progress=not args.no_progress)
+    try:
+        ckpt = train(load_config(args.config, args.set), args.out, resume=args.resume, progress=not args.no_progress)
+    except Interrupted as stop:
+        print(f"segood train: {stop.signal_name}: {stop}\nresume with: {resume_command(args)}", file=sys.stderr)
+        return stop.exit_code
     print(f"checkpoint: {ckpt}")
     return 0

@@ -117,11 +117,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
+    from segood.atomic import check_writable
     from segood.data.labels import load_label_map
     from segood.engine.inference import Predictor, resolve_operating_point
     from segood.viz.frame import VizFrame
     from segood.viz.sources import run_folder_input
 
+    for option in ("png", "ply", "overlay"):
+        if getattr(args, option, None):
+            check_writable(Path(getattr(args, option)).resolve().parent, f"folder of --{option}")
     run_input = run_folder_input(args.input)
     if run_input is not None:
         args.input = str(run_input[0])

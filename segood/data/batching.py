@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from segood.data.batch import Batch
+from segood.data.errors import DataError
 from segood.data.labels import LabelMap
 from segood.data.scan import Scan
 
@@ -136,6 +137,10 @@ def collate(samples: list[dict], grid: VoxelGrid, max_voxels: int | None = None,
 
     With ``max_voxels`` (training only), a batch with more voxels is cropped around one random
     point per scan, shrinking every scan by the same factor, so memory stays bounded."""
+    for s in samples:
+        if len(s["points"]) == 0:  # spconv would fail later with "tensor must not empty", naming nothing
+            raise DataError(f"{s.get('source') or 'a scan'}: no points reach the network (the scan is empty, "
+                            f"or nothing was left of it); a scan needs at least one point")
     batch = _collate(samples, grid)
     v = len(batch["voxel_coords"])
     if max_voxels is None or v <= max_voxels:

@@ -17,10 +17,10 @@ def read_bin(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: point file is missing")
     size = path.stat().st_size
-    if size % 16:
+    if size == 0 or size % 16:
         raise DataError(
-            f"{path}: file size {size} bytes is not a multiple of 16 "
-            "(expected float32 records x, y, z, intensity)"
+            f"{path}: file size {size} bytes is not a positive multiple of 16 "
+            "(expected float32 records x, y, z, intensity; an empty scan cannot be segmented)"
         )
     pts = np.fromfile(path, dtype=np.float32).reshape(-1, 4)
     bad = ~np.isfinite(pts).all(axis=1)

@@ -50,6 +50,7 @@ def load_torch(path: str | Path, what: str = "file") -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; a file holding anything but tensors and
     plain values is refused before any of its code can run."""
     path = Path(path)
+    check_torch_file(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -62,6 +63,23 @@ def load_torch(path: str | Path, what: str = "file") -> Any:
             f"segood.engine.checkpoint import upgrade; upgrade('{path}')\"") from e
     except Exception as e:  # truncated zip, garbage, ...
         raise ValueError(f"{path}: not a readable {what} (truncated or corrupt?): {e}") from e
+
+
+TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip (torch >= 1.6), the legacy pickle's protocol opcode
+
+
+def check_torch_file(path: Path, what: str = "file") -> None:
+    """Refuse a file that is no torch file at all (a text file named checkpoint.pt, an image...)
+    before unpickling it, with what it starts with: pickle would read text as opcodes and call it
+    a file of foreign Python objects."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head.startswith(TORCH_MAGIC):
+        shown = f"it starts with {head.decode('utf-8', 'replace').splitlines()[0]!r}" if head.strip() else "it is empty"
+        raise ValueError(f"{path}: not a {what}: not a file written by torch.save ({shown}; expected a zip "
+                         "archive); a segood checkpoint is written by `segood train`")
 
 
 def upgrade(path: str | Path) -> Path:

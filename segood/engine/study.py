@@ -6,6 +6,10 @@
 final checkpoint is finished and skipped, an interrupted one resumes from its last checkpoint.
 Runs are independent, so ``jobs`` of them train side by side (one torch thread each by default:
 spconv's CPU path is single-threaded anyway, so two jobs nearly double throughput on 2 cores).
+SIGINT / SIGTERM to the study reach every running training (through a shared flag each worker
+watches, so a ``kill`` of the main process is enough): each finishes its step and writes a
+checkpoint, no new run starts, and ``run_study`` raises
+:class:`~segood.engine.interrupt.Interrupted`; the same command then resumes.
 
 The summary (:mod:`segood.report.study`) chooses each configuration's headline score on
 the val split and reports the test split only.
@@ -14,9 +18,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +32,7 @@ from tqdm import tqdm
 
 from segood.config import ConfigError
 from segood.engine.families import load_config
+from segood.engine.interrupt import Interrupted, StopRequest, request_stop, requested
 
 __all__ = ["Arm", "RunSpec", "plan_runs", "run_study", "load_results", "run_is_finished"]
 
@@ -105,11 +112,30 @@ def execute_run(spec: RunSpec, threads: int) -> dict:
     cfg = spec.config()
     t0 = time.time()
     ckpt = spec.dir / "checkpoint.pt"
+    if requested() is not None:
+        raise Interrupted(requested(), f"{spec.dir}: not started (the study was stopped)")
     if not trained_to(spec.dir, int(cfg["train"]["steps"])):
         train(cfg, spec.dir, resume=ckpt.exists(), progress=False)
     for split in SPLITS:
+        if requested() is not None:
+            raise Interrupted(requested(), f"{spec.dir}: stopped before evaluating {split}")
         evaluate(cfg, ckpt, spec.dir / f"eval_{split}", progress=False, split=split)
     return {"arm": spec.arm.name, "seed": spec.seed, "seconds": round(time.time() - t0, 1)}
+
+
+_STUDY_STOP = None  # in a worker: the study's shared stop flag (0, or the signal it received)
+
+
+def _init_worker(flag) -> None:
+    global _STUDY_STOP
+    _STUDY_STOP = flag
+
+
+def _watch(flag) -> None:
+    """Worker thread: when the study was signalled, stop this run as if the signal came here."""
+    while flag.value == 0:
+        time.sleep(0.2)
+    request_stop(flag.value)
 
 
 def _worker(args: tuple[RunSpec, int]) -> dict:
@@ -117,7 +143,15 @@ def _worker(args: tuple[RunSpec, int]) -> dict:
     if mp.current_process().name != "MainProcess":
         mp.set_start_method("fork", force=True)  # a spawned worker would spawn its DataLoader workers too
     try:
-        return {"ok": True, **execute_run(spec, threads)}
+        with StopRequest():
+            if _STUDY_STOP is not None:
+                if _STUDY_STOP.value:
+                    request_stop(_STUDY_STOP.value)
+                threading.Thread(target=_watch, args=(_STUDY_STOP,), daemon=True).start()
+            return {"ok": True, **execute_run(spec, threads)}
+    except Interrupted as stop:
+        return {"ok": False, "arm": spec.arm.name, "seed": spec.seed, "interrupted": stop.signum,
+                "error": f"{stop.signal_name}: {stop}", "traceback": ""}
     except Exception as exc:  # reported in the summary; the other runs go on
         return {"ok": False, "arm": spec.arm.name, "seed": spec.seed, "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc()}
@@ -137,20 +171,43 @@ def run_study(specs: Sequence[RunSpec], steps: int, jobs: int = 1, threads: int 
                dynamic_ncols=True)
     statuses: list[dict] = []
     # worker processes must not be daemonic (each training starts DataLoader workers of its own)
-    with ProcessPoolExecutor(max(1, jobs), mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as pool:
+    ctx = mp.get_context("spawn")
+    flag = ctx.RawValue("i", 0)  # the signal the study received, read by every worker's watcher
+    with ProcessPoolExecutor(max(1, jobs), mp_context=ctx, max_tasks_per_child=1, initializer=_init_worker,
+                             initargs=(flag,)) as pool, \
+            StopRequest("stopping every run after its current step (checkpoints are written)",
+                        on_signal=lambda signum: setattr(flag, "value", flag.value or signum)) as stop:
         pending = {pool.submit(_worker, (s, threads)) for s in todo}
         while pending:
             done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
+            if stop.signum is not None:
+                pending = {f for f in pending if not f.cancel()}  # runs not started yet stay unstarted
             for future in done:
-                status = future.result()
+                status = _result(future, stop.signum)
                 statuses.append(status)
-                bar.write(f"[study] {status['arm']} seed {status['seed']}: "
-                          f"{'done in %.0f s' % status['seconds'] if status['ok'] else 'FAILED: ' + status['error']}")
+                outcome = ("done in %.0f s" % status["seconds"] if status["ok"] else
+                           ("stopped: " if status.get("interrupted") else "FAILED: ") + status["error"])
+                bar.write(f"[study] {status['arm']} seed {status['seed']}: {outcome}")
             bar.n = sum(min(steps, last_logged_step(s.dir)) for s in todo)
             bar.set_postfix_str(f"{len(statuses)}/{len(todo)} runs")
             bar.refresh()
     bar.close()
+    if stop.signum is not None:
+        finished = sum(s["ok"] for s in statuses)
+        raise Interrupted(stop.signum, f"study stopped: {finished} of {len(todo)} runs finished in this call; "
+                                       f"the interrupted ones wrote checkpoints")
     return statuses
+
+
+def _result(future, signum: int | None) -> dict:
+    """A worker's status; a worker killed by a signal before it could take it is reported too."""
+    try:
+        return future.result()
+    except BrokenProcessPool as exc:
+        if signum is None:
+            raise
+        return {"ok": False, "arm": "?", "seed": "?", "interrupted": signum, "error": f"worker stopped: {exc}",
+                "traceback": ""}
 
 
 def last_logged_step(run_dir: Path) -> int:

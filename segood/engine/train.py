@@ -1,5 +1,7 @@
 """Training: one forward per step, the weighted objective, DDP under torchrun, gradient
-accumulation, mixed precision on GPU, atomic checkpoints (last K + best) and exact resume."""
+accumulation, mixed precision on GPU, atomic checkpoints (last K + best), exact resume, and a
+clean stop on SIGINT / SIGTERM (the current step is finished and checkpointed, see
+:mod:`segood.engine.interrupt`)."""
 from __future__ import annotations
 
 import json
@@ -19,11 +21,12 @@ from tqdm import tqdm
 from segood.config import ConfigError
 from segood.data.batching import collate
 from segood.engine.builders import build_dataset, build_grid, build_label_map, build_loader, build_synthesizer
-from segood.atomic import write_json
+from segood.atomic import check_writable, write_json, write_text
 from segood.engine.checkpoint import load_checkpoint, save_checkpoint
 from segood.engine.model_config import check_resume_model
 from segood.engine.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, gather_objects,
                                        init_distributed, shutdown, weights_checksum)
+from segood.engine.interrupt import SIGNALS, Interrupted, StopRequest, ignore_signals
 from segood.engine.step import train_step
 from segood.metrics.iou import ConfusionMatrix
 from segood.models import build_model
@@ -148,6 +151,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, progress: bool =
         raise FileExistsError(f"{out_dir / 'checkpoint.pt'}: a run already exists here; pass --resume to "
                               "continue it or choose another --out")
     if info.is_main:
+        check_writable(out_dir, "run folder")
         out_dir.mkdir(parents=True, exist_ok=True)
     barrier(info)
     handler = setup_logging(out_dir, info)
@@ -182,6 +186,7 @@ class Trainer:
         self.synth_start = int(float(cfg["synthesis"]["start_fraction"]) * self.total)
         self.loader, self.sampler = self._train_loader()
         self.step, self.best_miou = 0, -1.0
+        self._saved_step = -1
 
     def _train_loader(self) -> tuple[DataLoader, ResumableSampler]:
         dataset = build_dataset(self.cfg, "train", self.label_map, training=True)
@@ -196,7 +201,7 @@ class Trainer:
 
         workers = int(self.cfg["data"]["num_workers"])
         loader = DataLoader(dataset, batch_size=bs, sampler=sampler, drop_last=True, num_workers=workers,
-                            collate_fn=collate_fn, persistent_workers=False)
+                            collate_fn=collate_fn, persistent_workers=False, worker_init_fn=ignore_signals)
         if len(loader) == 0:
             raise ConfigError(f"train.batch_size={bs} is larger than the {len(sampler)} training scans per rank")
         return loader, sampler
@@ -226,8 +231,7 @@ class Trainer:
         LOG.info("resumed from %s at step %d", path, self.step)
 
     def fit(self, resume: bool, progress: bool) -> Path:
-        if resume and self.run.latest.exists():
-            self.load(self.run.latest)
+        self._start(resume)
         if self.info.is_main:
             (self.run.dir / "config.yaml").write_text(yaml.safe_dump(self.cfg, sort_keys=False))
         LOG.info("training %d steps on %d scans x %d rank(s), synthesis=%s", self.total, len(self.loader.dataset),
@@ -237,16 +241,53 @@ class Trainer:
         history = open(self.run.dir / "history.jsonl", "a") if self.info.is_main else None
         t0 = time.time()
         self.model.train()
-        while self.step < self.total:
-            self._epoch(bar, history, t0)
-        bar.close()
-        if history is not None:
-            history.close()
+        note = "finishing this step, writing a checkpoint, then stopping (SIGKILL stops at once)"
+        try:
+            with StopRequest(note if self.info.is_main else "") as stop:
+                while self.step < self.total:
+                    self._epoch(bar, history, t0, stop)
+        finally:
+            bar.close()
+            if history is not None:
+                history.close()
         broadcast_buffers(self.model, self.info)
         self.run.save(self.state(), self.step)
         self._write_summary(time.time() - t0)
         LOG.info("done: %s (%.1f s)", self.run.latest, time.time() - t0)
         return self.run.latest
+
+    def _say(self, text: str) -> None:
+        """One line for the person running this (rank 0 only), also in train.log."""
+        if self.info.is_main:
+            print(f"[train] {text}", flush=True)
+        LOG.info("%s", text)
+
+    def _start(self, resume: bool) -> None:
+        """Load the last checkpoint when resuming (saying from which step, or that there is none),
+        then cut ``history.jsonl`` back to that step so that no step is logged twice."""
+        if resume and self.run.latest.exists():
+            self.load(self.run.latest)
+            self._say(f"resuming {self.run.dir} from step {self.step} of {self.total} ({self.run.latest})")
+        elif resume:
+            self._say(f"--resume: nothing to resume in {self.run.dir} (no checkpoint.pt): training from step 0")
+        if self.info.is_main:
+            trim_history(self.run.dir / "history.jsonl", self.step)
+
+    def _stop_requested(self, stop: StopRequest) -> int | None:
+        """The signal that asks every rank to stop after this step (None: go on). Ranks agree."""
+        if not self.info.enabled:
+            return stop.signum
+        asked = all_reduce_sum(np.array([stop.signum == s for s in SIGNALS], dtype=np.int64), self.info)
+        return next((int(s) for s, n in zip(SIGNALS, asked) if n), None)
+
+    def _interrupt(self, signum: int) -> None:
+        """Checkpoint the finished step (unless that was just done) and raise :class:`Interrupted`."""
+        if self._saved_step != self.step:
+            broadcast_buffers(self.model, self.info)
+            self.run.save(self.state(), self.step)
+        barrier(self.info)
+        raise Interrupted(signum, f"{self.run.dir}: stopped after step {self.step} of {self.total}; "
+                                  f"checkpoint written: {self.run.latest}", step=self.step)
 
     def _write_summary(self, seconds: float) -> None:
         """run_summary.json: final step, time and every rank's weight checksum (they must agree
@@ -261,7 +302,7 @@ class Trainer:
             })
         barrier(self.info)
 
-    def _epoch(self, bar, history, t0: float) -> None:
+    def _epoch(self, bar, history, t0: float, stop: StopRequest) -> None:
         per_epoch = len(self.loader) // self.accumulate
         epoch, offset = divmod(self.step, per_epoch)
         self.sampler.set_epoch(epoch)
@@ -277,6 +318,9 @@ class Trainer:
             bar.set_postfix(loss=terms["total"])
             self._log(terms, history, t0)
             self._maybe_validate_and_save()
+            signum = self._stop_requested(stop)
+            if signum is not None and self.step < self.total:  # on the last step: finish normally
+                self._interrupt(signum)
 
     def _optimizer_step(self, batches: list[dict]) -> dict[str, float]:
         synth = self.synthesizer if (self.synthesizer is not None and self.step >= self.synth_start) else None
@@ -306,12 +350,31 @@ class Trainer:
             LOG.info("step %d: validation mIoU (FOV) %.4f%s", self.step, miou, "  (best)" if best else "")
         if best or (ckpt_every and self.step % ckpt_every == 0):
             self.run.save(self.state(), self.step, best=best)
+            self._saved_step = self.step
 
     @torch.no_grad()
     def validate(self) -> float:
         """FOV mIoU on the validation split; each rank takes a shard, confusion matrices are summed."""
         broadcast_buffers(self.model, self.info)
         return validate_miou(self.model, self.cfg, self.label_map, self.info)
+
+
+def trim_history(path: Path, step: int) -> None:
+    """Keep only the records of ``history.jsonl`` up to ``step`` (and drop a half-written last
+    line): a resumed run logs the steps after its checkpoint again."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            rec_step = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if rec_step <= step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    if keep != lines:
+        write_text(path, "".join(keep))
 
 
 @torch.no_grad()

@@ -6,9 +6,10 @@ Non-finite points (organised clouds mark missing returns with NaN) are left out 
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -19,6 +20,23 @@ from segood.ros.camera import CameraStream, stamp_ns
 from segood.ros.pointcloud2 import ADDED_FIELDS, CloudError, decode_xyzi, point_records
 
 OUTPUT_SUFFIX = "/segood"  # replay writes the scored clouds of <topic> to <topic>/segood
+INTENSITY_MODES = ("error", "zero")  # a cloud without an 'intensity' field: refuse it, or use 0
+
+
+def missing_intensity(bag: Any, topic: str, fields: list[str]) -> str:
+    """The one line that says a topic's clouds have no intensity."""
+    return (f"{bag}: PointCloud2 topic '{topic}' has no 'intensity' field (its fields: {', '.join(fields)}); "
+            "segood models are trained with intensity")
+
+
+def first_cloud_fields(reader: Any, topic: str) -> list[str] | None:
+    """The field names of the topic's first cloud (None: no cloud, or it does not deserialise)."""
+    for conn, _, raw in messages(reader, connections_of(reader, topic)):
+        try:
+            return [f.name for f in reader.deserialize(raw, conn.msgtype).fields]
+        except Exception:  # noqa: BLE001 - a broken first message is reported when it is replayed
+            return None
+    return None
 
 
 def scored_fields(msg: Any) -> dict[str, np.ndarray]:
@@ -59,10 +77,16 @@ class DecodedCloud:
 class CloudDecoder:
     """Deserialise a PointCloud2 message and build its Scan (with the nearest image, if a camera is set)."""
 
-    def __init__(self, reader: Any, camera: CameraStream | None = None, intensity_scale: float = 1.0) -> None:
+    def __init__(self, reader: Any, camera: CameraStream | None = None, intensity_scale: float = 1.0,
+                 intensity: str = "zero", note: Callable[[str], None] | None = None) -> None:
+        if intensity not in INTENSITY_MODES:
+            raise ValueError(f"--intensity: '{intensity}', expected one of {', '.join(INTENSITY_MODES)}")
         self.reader = reader
         self.camera = camera
         self.intensity_scale = float(intensity_scale)
+        self.intensity = intensity  # what to do with a cloud that has no intensity field
+        self.note = note or (lambda text: print(text, file=sys.stderr))
+        self.without_intensity = 0  # clouds decoded with intensity 0 (said once)
 
     def __call__(self, conn: Any, raw: bytes, index: int) -> DecodedCloud:
         """Raises CloudError (with the reason) for a message that cannot be used."""
@@ -71,6 +95,14 @@ class CloudDecoder:
             msg = self.reader.deserialize(raw, conn.msgtype)
         except Exception as e:  # rosbags: truncated or corrupt serialisation
             raise CloudError(f"message does not deserialise ({type(e).__name__}: {e})") from e
+        fields = [f.name for f in msg.fields]
+        if "intensity" not in fields:
+            if self.intensity == "error":
+                raise CloudError(f"no 'intensity' field (fields: {', '.join(fields)}; --intensity zero uses 0)")
+            if not self.without_intensity:
+                self.note(f"warning: {missing_intensity(self.reader.paths[0], conn.topic, fields)}: "
+                          "intensity 0 used for every point (--intensity zero); said once per bag")
+            self.without_intensity += 1
         points = decode_xyzi(msg)
         valid = np.isfinite(points).all(axis=1)
         scored = scored_fields(msg)

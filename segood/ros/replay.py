@@ -13,6 +13,7 @@ share of points above the operating point.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from segood.atomic import write_json
+from segood.atomic import check_writable, write_json
 from segood.ros.bagio import (
     POINTCLOUD2,
     BagWriter,
@@ -32,7 +33,8 @@ from segood.ros.bagio import (
     resolve_topic,
 )
 from segood.ros.camera import CameraStream, load_calib
-from segood.ros.frames import OUTPUT_SUFFIX, CloudDecoder
+from segood.data.errors import DataError
+from segood.ros.frames import OUTPUT_SUFFIX, CloudDecoder, first_cloud_fields, missing_intensity
 from segood.ros.pointcloud2 import CloudError, with_scores
 from segood.engine.inference import OperatingPoint, Predictor
 
@@ -57,6 +59,7 @@ class ReplayOptions:
     threshold: float | None = None
     label_ids: str = "raw"  # raw | train
     intensity_scale: float = 1.0
+    intensity: str = "error"  # a cloud without an intensity field: error | zero (see ros.frames)
     overwrite: bool = False
     progress: bool = True
 
@@ -83,6 +86,7 @@ def replay(opts: ReplayOptions, predictor: Predictor | None = None) -> dict:
     bag, out = Path(opts.bag), Path(opts.out)
     if out.resolve() == bag.resolve():
         raise ValueError(f"{out}: the output must differ from the input bag")
+    check_writable(out.parent, f"folder of the output bag {out.name}")
     if opts.every < 1:
         raise ValueError(f"--every must be >= 1, got {opts.every}")
     if opts.label_ids not in ("raw", "train"):
@@ -102,7 +106,12 @@ def replay(opts: ReplayOptions, predictor: Predictor | None = None) -> dict:
         camera = None
         if opts.image_topic:
             camera = CameraStream(reader, opts.image_topic, opts.info_topic, calib, opts.max_dt, lo, hi)
-        decode = CloudDecoder(reader, camera, opts.intensity_scale)
+        fields = first_cloud_fields(reader, topic)
+        if opts.intensity == "error" and fields is not None and "intensity" not in fields:
+            raise DataError(f"{missing_intensity(bag, topic, fields)}: pass --intensity zero to replay with "
+                            "intensity 0 (some points may change flag), or record the field")
+        decode = CloudDecoder(reader, camera, opts.intensity_scale, opts.intensity,
+                              note=lambda text: tqdm.write(text, file=sys.stderr))
         n_clouds = sum(c.msgcount for c in connections_of(reader, topic))
         stats = _Stats()
         t_start = time.perf_counter()
@@ -158,6 +167,7 @@ def replay(opts: ReplayOptions, predictor: Predictor | None = None) -> dict:
                             "chosen_by": op.chosen_by, "description": op.describe(),
                             "warning": op.warning(summary["points"]["fraction_above"] or 0.0)},
         "window": {"start_s": opts.start, "duration_s": opts.duration, "every": opts.every},
+        "intensity": {"mode": opts.intensity, "clouds_without_field": decode.without_intensity},
         "times": "time_s = receive time in seconds from the bag's first message (the clock of --start / --duration)",
         "clouds_in_topic": n_clouds, **summary,
     }

@@ -3,6 +3,7 @@
 Bag frames come from :class:`segood.ros.frames.BagFrames`."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -34,19 +35,42 @@ def file_scan(path: str | Path, image: str | Path | None = None, lidar_to_image:
 
 class DatasetFrames:
     """The scans of one sequence (or split / scene entry) of the config's data set, read by its
-    registered reader (:data:`segood.data.readers.READERS`); ground truth when the labels exist."""
+    registered reader (:data:`segood.data.readers.READERS`); ground truth when the labels exist.
+    Ground truth that cannot be read (a short label file, unknown ids) is never dropped silently:
+    ``warn`` gets one line naming the file, and the scan is shown without it."""
 
-    def __init__(self, data: dict, sequence: str, label_map: LabelMap) -> None:
-        """``data``: the ``data`` section of a config."""
+    def __init__(self, data: dict, sequence: str, label_map: LabelMap,
+                 warn: Callable[[str], None] | None = None) -> None:
+        """``data``: the ``data`` section of a config; ``warn`` gets the ground-truth warnings."""
         seq = f"{int(sequence):02d}" if str(sequence).isdigit() else str(sequence)
-        self.reader = open_reader(data, [seq], label_map, with_labels=_has_labels(data, seq, label_map))
-        self.names = [self.reader.frame_id(i) for i in range(len(self.reader))]
+        self.warn = warn or (lambda text: print(text, file=sys.stderr))
+        self.plain = open_reader(data, [seq], label_map, with_labels=False)
+        self.labelled = None
+        if len(self.plain):
+            self.labelled = open_reader(data, [seq], label_map, with_labels=True)
+            try:
+                self.labelled[0]
+            except DataError as e:
+                self._no_ground_truth(0, e)
+                self.labelled = None
+        self.names = [self.plain.frame_id(i) for i in range(len(self.plain))]
+
+    def _no_ground_truth(self, i: int, error: DataError) -> None:
+        """Say why scan ``i`` has no ground truth, unless its points are the problem (then the
+        error comes when the scan itself is read)."""
+        self.plain[i]
+        self.warn(f"warning: ground truth not shown for {self.plain.frame_id(i)}: {error}")
 
     def __len__(self) -> int:
-        return len(self.reader)
+        return len(self.plain)
 
     def __getitem__(self, i: int) -> Scan:
-        return self.reader[i]
+        if self.labelled is not None:
+            try:
+                return self.labelled[i]
+            except DataError as e:
+                self._no_ground_truth(i, e)
+        return self.plain[i]
 
     def index_of(self, frame: str) -> int:
         names = {n: i for i, n in enumerate(self.names)}
@@ -55,15 +79,6 @@ class DatasetFrames:
             raise DataError(f"frame '{frame}' not in sequence ({len(self.names)} scans: "
                             f"{self.names[0]}..{self.names[-1]})")
         return names[key]
-
-
-def _has_labels(data: dict, sequence: str, label_map: LabelMap) -> bool:
-    """Whether the first scan's labels can be read (unlabelled sequences are shown without ground truth)."""
-    reader = open_reader(data, [sequence], label_map, with_labels=True)
-    try:
-        return len(reader) > 0 and reader[0].raw_labels is not None
-    except DataError:
-        return False
 
 
 RUN_CONFIG, RUN_CHECKPOINT = "config.yaml", "checkpoint.pt"
