@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from segood.commands import bench, check_data, demo, doctor, fit_scores, make_synthetic, replay, study, train, viz
+from segood.commands import (bench, check_data, demo, doctor, fit_scores, make_synthetic, predict, replay, study, train,
+                             viz)
+from segood.commands import config as config_cmd
 from segood.commands import eval as eval_cmd
 from segood.config import ConfigError
 from segood.engine.interrupt import Interrupted
 
 # In the order `segood --help` lists them.
-COMMANDS = (make_synthetic, train, eval_cmd, fit_scores, check_data, viz, replay, bench, study, demo, doctor)
+COMMANDS = (make_synthetic, train, eval_cmd, fit_scores, predict, check_data, viz, replay, bench, study, demo, config_cmd,
+            doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from pathlib import Path
 from segood.config import CONFIG_DIR
 from segood.engine.builders import build_label_map, build_reader
 from segood.engine.inference import Predictor
-from segood.engine.study import Arm, load_results, plan_runs, run_study
+from segood.engine.study import Arm, check_configs, load_results, plan_runs, run_study
 from segood.report.study import summarize_study, write_study_report
 from segood.synthetic import SyntheticConfig, ensure_dataset
 from segood.viz.anomaly_png import render_anomaly_png
@@ -31,12 +31,13 @@ def run_demo(args) -> dict:
     t0 = time.time()
     data_dir = Path(args.data) if args.data else out / "data"
     syn = demo_data_config(args)
+    overrides = [f"data.root={data_dir.resolve()}", f"train.steps={args.steps}", *(args.set or [])]
+    specs = plan_runs(ARMS, [args.seed], out, overrides)
+    check_configs(specs)  # before any data is made
     t = time.time()
     made = ensure_dataset(data_dir, syn)
     print(f"[demo] {'generated' if made else 'reusing'} {syn.num_train}+{syn.num_val}+{syn.num_test} synthetic scans "
           f"({time.time() - t:.0f} s) in {data_dir}")
-    overrides = [f"data.root={data_dir.resolve()}", f"train.steps={args.steps}", *(args.set or [])]
-    specs = plan_runs(ARMS, [args.seed], out, overrides)
     print(f"[demo] training {len(ARMS)} models ({args.steps} steps each, {args.jobs} side by side) -> {out / 'runs'}")
     statuses = run_study(specs, args.steps, jobs=args.jobs)
     failed = [s for s in statuses if not s["ok"]]

@@ -26,13 +26,14 @@ class OptionError(ValueError):
 class Opt:
     """One option: ``default`` and what a value must be.
 
-    kind: ``bool | int | float | str | list | dict`` (an int is accepted where a float is
-    expected); ``choices``: the allowed values; ``min`` / ``max``: inclusive bounds for numbers;
+    kind: ``bool | int | float | str | list | dict``, or a tuple of them for a value that may take
+    several forms (``(str, list)``: a name or a list of names); an int is accepted where a float is
+    expected; ``choices``: the allowed values; ``min`` / ``max``: inclusive bounds for numbers;
     ``nullable``: ``None`` (YAML ``null``) is allowed; ``doc``: one line for ``--show`` listings.
     """
 
     default: Any
-    kind: type
+    kind: type | tuple[type, ...]
     doc: str = ""
     choices: Sequence[Any] | None = None
     min: float | None = None
@@ -44,7 +45,8 @@ class Opt:
         if self.choices is not None:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         else:
-            text = _KIND_WORDS.get(self.kind, self.kind.__name__)
+            kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+            text = " or ".join(_KIND_WORDS.get(k, k.__name__) for k in kinds)
             if self.min is not None and self.max is not None:
                 text += f" in [{self.min}, {self.max}]"
             elif self.min is not None:
@@ -54,7 +56,9 @@ class Opt:
         return text + (" or null" if self.nullable else "")
 
 
-def _kind_ok(value: Any, kind: type) -> bool:
+def _kind_ok(value: Any, kind: type | tuple[type, ...]) -> bool:
+    if isinstance(kind, tuple):
+        return any(_kind_ok(value, k) for k in kind)
     if kind is bool:
         return isinstance(value, bool)
     if kind is int:

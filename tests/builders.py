@@ -1,6 +1,8 @@
-"""Writers of miniature data sets in real layouts, for tests: nuScenes in the devkit's schema and
-CARLA-OOD in its default layout (the SemanticKITTI layout comes from ``segood.synthetic``). Test
-support, not production code: the readers they feed are in :mod:`segood.data.readers`."""
+"""Test support, not production code: the one small-model override list (:data:`SMALL`), configs and
+checkpoint variants built on it, and writers of miniature data sets in real layouts (nuScenes in the
+devkit's schema, CARLA-OOD and STU in their default layouts; the SemanticKITTI layout comes from
+``segood.synthetic``). The readers they feed are in :mod:`segood.data.readers`; the session's tiny
+trained run is the ``tiny_run`` fixture of ``tests/conftest.py``."""
 from __future__ import annotations
 
 import json
@@ -11,6 +13,49 @@ import numpy as np
 import yaml
 
 from segood.data.readers.nuscenes_files import CAMERAS, LIDAR, TABLES
+
+# --------------------------------------------------------------------------- small models
+
+# The one small-model override list of the suite (a few seconds per training step on 2 cores).
+SMALL = [
+    "model.lidar.channels=[8, 16, 16]", "model.lidar.out_channels=16", "model.image.out_channels=16",
+    "model.image.width_scale=0.25", "model.fusion.hidden=32", "train.batch_size=1", "train.warmup_steps=1",
+    "train.log_every=1", "data.num_workers=0", "synthesis.max_points=256", "synthesis.n_swap=4",
+]
+
+
+def small_config(name: str, *extra: str) -> dict:
+    """``configs/<name>`` with :data:`SMALL` and ``extra`` overrides applied."""
+    from segood.config import CONFIG_DIR, load_config
+
+    return load_config(CONFIG_DIR / name, [*SMALL, *extra])
+
+
+def set_args(overrides: list[str]) -> list[str]:
+    """``--set KEY=VALUE`` arguments for a command line."""
+    return [a for kv in overrides for a in ("--set", kv)]
+
+
+def checkpoint_variant(src: str | Path, dest: str | Path, operating_point: dict | None = None,
+                       synthesis: str | None = None) -> Path:
+    """A copy of checkpoint ``src`` at ``dest``, with an operating point stored in it and / or its
+    config's ``synthesis.method`` replaced (what a model trained without synthesis would carry)."""
+    from segood.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(src)
+    state.pop("format", None)
+    if operating_point is not None:
+        state["operating_point"] = operating_point
+    if synthesis is not None:
+        state["config"] = {**state["config"], "synthesis": {**state["config"]["synthesis"], "method": synthesis}}
+    return save_checkpoint(dest, state)
+
+
+def copy_run(run: str | Path, dest: str | Path) -> Path:
+    """A private copy of a run folder (config.yaml, checkpoints, history), for tests that write into it."""
+    import shutil
+
+    return Path(shutil.copytree(run, dest))
 
 # --------------------------------------------------------------------------- nuScenes
 

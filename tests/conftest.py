@@ -2,6 +2,12 @@
 
 - ``synthetic_root``: a small synthetic SemanticKITTI-layout data set (2 train + 2 val scans),
   written once per test session.
+- ``tiny_run``: THE tiny trained checkpoint and run folder of the session (Feature Mixing config,
+  :data:`builders.SMALL` model, 2 steps on ``synthetic_root``), for every test that needs a
+  checkpoint. Read-only: a test that evaluates or writes beside it works on
+  ``builders.copy_run(tiny_run.dir, tmp_path / "run")`` (checked at the end of the session);
+  variants (a stored operating point, another synthesis method) come from
+  ``builders.checkpoint_variant``.
 - ``assert_close(actual, expected, ...)``: numpy / torch comparison that says where it differs.
 - markers: ``slow`` (minutes; deselect with ``-m "not slow"``), ``cuda`` (skipped without a GPU:
   the only thing allowed to skip).
@@ -11,6 +17,9 @@ may skip, and their reason must start with ``GPU-only:``; any other skip is turn
 The terminal summary ends with one line saying what was skipped and why.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +36,33 @@ def synthetic_root(tmp_path_factory):
     write_dataset(root, SyntheticConfig(num_train=2, num_val=2, azimuth_columns=128, image_width=160,
                                         image_height=48, seed=3), progress=False)
     return root
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    """The session's trained run: its resolved config, ``dir/checkpoint.pt`` and the folder."""
+
+    cfg: dict
+    ckpt: Path
+    dir: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_root, tmp_path_factory):
+    """Train the session's tiny run once (2 steps; see the module docstring); fail at the end of the
+    session if a test wrote into its folder (tests copy it first)."""
+    from builders import small_config
+
+    from segood.engine.train import train
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    cfg = small_config("synthetic_feature_mixing.yaml", f"data.root={synthetic_root}", "train.steps=2")
+    ckpt = train(cfg, run, progress=False)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    yield TinyRun(cfg, ckpt, run)
+    after = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    assert after == before, (f"a test wrote into the shared tiny run {run} (copy it with builders.copy_run): "
+                             f"{sorted(str(p) for p in set(after) ^ set(before) | {p for p in after if after[p] != before.get(p)})}")
 
 
 def assert_close(actual, expected, rtol: float = 1e-6, atol: float = 1e-6, what: str = "") -> None:

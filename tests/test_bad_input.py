@@ -82,17 +82,19 @@ def test_split_without_ood_metrics_is_warned(tmp_path, capsys, raw, expect):
     assert "data set OK for training, but see the warning(s) above" in out
 
 
-def test_eval_on_a_broken_scan_prints_one_clear_line(tmp_path):
-    from segood.config import CONFIG_DIR, load_config
+def test_eval_on_a_broken_scan_prints_one_clear_line(tmp_path, tiny_run):
+    import shutil
+
+    from builders import SMALL
+
+    from segood.config import CONFIG_DIR
     from segood.synthetic import SyntheticConfig, write_dataset
-    from segood.engine.train import train
-    from test_engine import SMALL
 
     root = tmp_path / "data"
     write_dataset(root, SyntheticConfig(num_train=1, num_val=1, azimuth_columns=128, image_width=160,
                                         image_height=48, seed=3), progress=False)
-    sets = SMALL + [f"data.root={root}", "train.steps=1"]
-    ckpt = train(load_config(CONFIG_DIR / "synthetic_baseline.yaml", sets), tmp_path / "run", progress=False)
+    sets = SMALL + [f"data.root={root}"]
+    ckpt = Path(shutil.copy(tiny_run.ckpt, tmp_path / "checkpoint.pt"))  # eval fits scores beside it
     scan = next((root / "sequences" / "08" / "velodyne").glob("*.bin"))
     scan.write_bytes(scan.read_bytes()[:-6])
     argv = ["eval", str(CONFIG_DIR / "synthetic_baseline.yaml"), "--ckpt", str(ckpt), "--out", str(tmp_path / "ev"),

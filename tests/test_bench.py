@@ -91,3 +91,12 @@ def test_every_benchmark_is_a_segood_bench_subcommand():
         required = {"probe-head": ["ckpt.pt"], "gpu-check": ["out"]}.get(name, [])
         args = parser.parse_args(["bench", name, *required])
         assert callable(args.func), name
+
+
+def test_probe_head_runs_on_the_tiny_run(tiny_run, capsys):
+    from segood.bench.probe_head import probe
+
+    aurocs = probe(str(tiny_run.ckpt), None, "val", 2, 4)
+    out = capsys.readouterr().out
+    assert "image features: exact zeros" in out and "lidar -> image" in out
+    assert set(aurocs) == {"mixed ID", "real OOD"} and all(0.0 <= v <= 1.0 for v in aurocs.values())

@@ -7,17 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from builders import small_config
+
 from segood.cli import main
-from segood.config import CONFIG_DIR, load_config
+from segood.config import CONFIG_DIR
 from segood.engine.checkpoint import load_checkpoint
 from segood.engine.evaluate import evaluate
 from segood.engine.train import train
-
-SMALL = [
-    "model.lidar.channels=[8, 16, 16]", "model.lidar.out_channels=16", "model.image.out_channels=16",
-    "model.image.width_scale=0.25", "model.fusion.hidden=32", "train.batch_size=1", "train.warmup_steps=2",
-    "train.log_every=1", "data.num_workers=0", "synthesis.max_points=256", "synthesis.n_swap=4",
-]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +22,7 @@ def data_root(synthetic_root):
 
 
 def small_cfg(data_root, name: str, *extra: str) -> dict:
-    return load_config(CONFIG_DIR / name, SMALL + [f"data.root={data_root}", *extra])
+    return small_config(name, f"data.root={data_root}", *extra)
 
 
 def history(run) -> list[dict]:

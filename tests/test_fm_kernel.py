@@ -425,28 +425,32 @@ def test_errors_scalars_and_devices(ext):
 # The trainer-facing class
 
 
-def test_kernel_feature_mixing_class(ext):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_kernel_feature_mixing_class(ext, device):
+    """The trainer's synthesizer on each device: the reference's anchors, the op's mix (bit-exact with
+    the CPU reference), gradients only on the mixed rows, reproducible per step."""
     p = 500
     c, l, _ = _inputs(p, 16, 8, seed=9)
     g = torch.Generator().manual_seed(10)
     batch = {"visible": torch.rand(p, generator=g) < 0.7,
              "target": torch.randint(-1, 5, (p,), generator=g)}
+    on_device = {k: v.to(device) for k, v in batch.items()}
     synth = KernelFeatureMixing(n_swap=3, seed=5, max_points=200)
-    c.requires_grad_(True)
-    index, mixed_c, mixed_l = synth(c, l, batch, step=4)
+    cd, ld = c.to(device).requires_grad_(True), l.to(device)
+    index, mixed_c, mixed_l = synth(cd, ld, on_device, step=4)
     ref_index = FeatureMixing(3, seed=5, max_points=200).select(batch, FeatureMixing(3, 5).generator(4))
-    assert torch.equal(index, ref_index) and len(index) == 200
-    assert ((batch["visible"] & (batch["target"] >= 0))[index]).all()
+    assert index.device.type == device and torch.equal(index.cpu(), ref_index) and len(index) == 200
+    assert ((batch["visible"] & (batch["target"] >= 0))[ref_index]).all()
     mask = torch.zeros(p, dtype=torch.bool)
-    mask[index] = True
-    want_c, want_l = reference_feature_mixing(c.detach(), l, mask, 3, 5, 4)
-    assert torch.equal(mixed_c, want_c[index]) and torch.equal(mixed_l, want_l[index])
+    mask[ref_index] = True
+    want_c, want_l = reference_feature_mixing(c, l, mask, 3, 5, 4)
+    assert torch.equal(mixed_c.detach().cpu(), want_c[ref_index]) and torch.equal(mixed_l.cpu(), want_l[ref_index])
     mixed_c.sum().backward()
-    assert c.grad[index].sum() == 200 * (16 - 3) and c.grad.sum() == c.grad[index].sum()
-    again = synth(c.detach(), l, batch, step=4)
-    assert torch.equal(again[1], mixed_c) and not torch.equal(synth(c.detach(), l, batch, 5)[1], mixed_c)
+    assert cd.grad[index].sum() == 200 * (16 - 3) and cd.grad.sum() == cd.grad[index].sum()
+    again = synth(cd.detach(), ld, on_device, step=4)
+    assert torch.equal(again[1], mixed_c) and not torch.equal(synth(cd.detach(), ld, on_device, 5)[1], mixed_c)
     with pytest.raises(ValueError, match="one row per point"):
-        synth(c[:10], l[:10], batch, 0)
+        synth(cd[:10], ld[:10], on_device, 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,9 +472,8 @@ def test_cuda_compile_check():
     assert "feature_mixing_cuda.cu sm_90 ok" in run.stdout
 
 
+@pytest.mark.cuda
 def test_cuda_kernel_matches_the_reference(ext):
-    if not torch.cuda.is_available():
-        pytest.skip("GPU-only: no CUDA device (torch.cuda.is_available() is False)")
     assert fm_build.has_kernel(torch.device("cuda")), "extension built without its CUDA kernel"
     c, l, mask = _inputs(3000, 96, 64)
     want = reference_feature_mixing(c, l, mask, 8, 7, 3)

@@ -172,7 +172,7 @@ def _lidar_grads(model: LidarBranch, batch: dict) -> tuple[torch.Tensor, list[to
 def test_lidar_gradients_two_threads_equal_single_thread(backend):
     batch = make_batch(2000)
     torch.manual_seed(0)
-    model = LidarBranch(7, [8, 16, 24], 16, point_hidden=8, backend=backend)
+    model = LidarBranch(7, [8, 16, 24], 16, point_hidden=8, skip="add", backend=backend)
     assert model.backend == backend
     with num_threads(2):
         out2, grads2 = _lidar_grads(model, batch)

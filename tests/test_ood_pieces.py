@@ -10,10 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from segood.ood.feature_mixing import FeatureMixing, feature_mixing
-from segood.ood.losses import (anomaly_bce, cross_entropy, entropy_maximization, focal_loss,
-                               lovasz_softmax)
-from segood.ood.scores import SCORES, get_score
-from segood.ood.scores.logit import energy, entropy, maxlogit, msp
+from segood.ood.losses import anomaly_bce, cross_entropy, entropy_maximization, focal_loss, lovasz_softmax
 
 
 def _features(rows: int = 50, d_c: int = 16, d_l: int = 12, seed: int = 0,
@@ -197,40 +194,3 @@ def test_anomaly_bce() -> None:
     id_logit, out_logit = torch.tensor([-1.0] * 100), torch.tensor([0.5])
     expected = (F.softplus(torch.tensor(-1.0)) + F.softplus(torch.tensor(-0.5))) / 2
     torch.testing.assert_close(anomaly_bce(id_logit, out_logit), expected)
-
-
-# ------------------------------------------------------------------ scores
-
-
-_LOGITS = torch.tensor([[0.0, 0.0, 0.0], [0.0, math.log(2.0), math.log(5.0)]], dtype=torch.float64)
-
-
-def test_scores_by_hand() -> None:
-    out = {"logits": _LOGITS}
-    # Row 0: uniform over 3 classes. Row 1: exp(logits) = 1, 2, 5 -> softmax 1/8, 2/8, 5/8.
-    torch.testing.assert_close(msp(out), torch.tensor([-1 / 3, -5 / 8], dtype=torch.float64))
-    torch.testing.assert_close(maxlogit(out), torch.tensor([0.0, -math.log(5.0)], dtype=torch.float64))
-    torch.testing.assert_close(energy(out), torch.tensor([-math.log(3.0), -math.log(8.0)], dtype=torch.float64))
-    h1 = (1 / 8) * math.log(8) + (2 / 8) * math.log(4) + (5 / 8) * math.log(8 / 5)
-    torch.testing.assert_close(entropy(out), torch.tensor([math.log(3.0), h1], dtype=torch.float64))
-    t2 = -2.0 * math.log(1 + math.sqrt(2) + math.sqrt(5))
-    assert energy(out, temperature=2.0)[1].item() == pytest.approx(t2)
-    assert get_score("energy", temperature=2.0)(out)[1].item() == pytest.approx(t2)
-    head = get_score("anomaly_head")({"anomaly_logit": torch.tensor([[0.0], [math.log(3.0)]])})
-    torch.testing.assert_close(head, torch.tensor([0.5, 0.75]))
-
-
-def test_scores_match_reference_definitions() -> None:
-    logits = torch.randn(30, 5, generator=torch.Generator().manual_seed(0))
-    out = {"logits": logits}
-    torch.testing.assert_close(energy(out), -torch.logsumexp(logits, 1))
-    torch.testing.assert_close(msp(out), -F.softmax(logits, 1).max(1).values)
-    for name in ("msp", "maxlogit", "energy", "entropy"):
-        assert SCORES[name](out).shape == (30,)
-
-
-def test_unknown_score_lists_valid_names() -> None:
-    with pytest.raises(KeyError) as err:
-        get_score("mahalanobis_typo")
-    for name in SCORES:
-        assert name in str(err.value)

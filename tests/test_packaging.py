@@ -15,14 +15,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from builders import SMALL, set_args
 
 from segood.engine.checkpoint import load_checkpoint
 from test_engine import assert_auroc_matches_histograms
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["model.lidar.channels=[8, 16, 16]", "model.lidar.out_channels=16", "model.image.out_channels=16",
-         "model.image.width_scale=0.25", "model.fusion.hidden=32", "train.batch_size=1", "train.warmup_steps=1",
-         "data.num_workers=0", "train.steps=2", "data.root=data"]
+RUN = [*SMALL, "train.steps=2", "data.root=data"]
 
 
 def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 600) -> str:
@@ -72,7 +71,7 @@ def test_installed_wheel_runs_from_any_directory(installed):
     assert "ok     feature-mixing" in doctor and str(work.parent / "ext") in doctor, doctor
     run([segood, "make-synthetic", "--out", "data", "--train-scans", "1", "--val-scans", "1",
          "--azimuth-columns", "128"], work, env)
-    sets = [a for s in SMALL for a in ("--set", s)]
+    sets = set_args(RUN)
     run([segood, "train", "configs/synthetic_feature_mixing.yaml", "--out", "run", "--no-progress", *sets], work, env)
     run([segood, "eval", "configs/synthetic_feature_mixing.yaml", "--ckpt", "run/checkpoint.pt", "--out", "ev",
          "--no-progress", *sets], work, env)

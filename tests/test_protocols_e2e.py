@@ -11,26 +11,22 @@ import pytest
 import torch
 import yaml
 
-from builders import write_stu_root
+from builders import copy_run, write_stu_root
 from segood.cli import main
 from segood.config import CONFIG_DIR, load_config
 from segood.data.labels import LABEL_DIR, load_label_map
 from segood.engine.builders import build_loader
 from segood.engine.artifacts import load_model
-from segood.engine.train import train
 from segood.ood.scores import get_score
 from test_protocols import iou_eval_reference, real_reference, stu_reference
 
-SMALL = ["model.lidar.channels=[8, 16, 16]", "model.lidar.out_channels=16", "model.image.out_channels=16",
-         "model.image.width_scale=0.25", "model.fusion.hidden=32", "train.batch_size=1", "train.warmup_steps=1",
-         "data.num_workers=0", "train.steps=2", "train.log_every=1"]
 EVAL = ["eval.scores=[energy]", "eval.operating_score=energy", "eval.hist_bins=1048576", "eval.batch_size=1", "data.num_workers=0"]
 
 
 @pytest.fixture(scope="module")
-def ckpt(synthetic_root, tmp_path_factory):
-    cfg = load_config(CONFIG_DIR / "synthetic_baseline.yaml", SMALL + [f"data.root={synthetic_root}"])
-    return train(cfg, tmp_path_factory.mktemp("run") / "run", progress=False)
+def ckpt(tiny_run, tmp_path_factory):
+    """The session's tiny run, copied: evaluation writes its operating point beside the checkpoint."""
+    return copy_run(tiny_run.dir, tmp_path_factory.mktemp("run") / "run") / tiny_run.ckpt.name
 
 
 @torch.no_grad()

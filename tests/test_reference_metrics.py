@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from segood.data.labels import load_label_map
-from segood.data.readers.semantickitti import write_predictions
 from segood.metrics.iou import ConfusionMatrix
 from segood.metrics.reference import NuScenesIoU, SemanticKittiIoU, reference_miou_from_train_confusion
 
@@ -114,13 +113,21 @@ def test_train_confusion_gives_the_reference_numbers():
 
 
 def test_semantickitti_submission_layout(tmp_path):
+    from segood.data.scan import Scan
+    from segood.engine.predict import ScanKey, scan_prediction
+    from segood.report.prediction_writers import SemanticKittiWriter
+
     lm = load_label_map("semantickitti")
     pred = np.arange(lm.num_classes).repeat(3)
-    path = write_predictions(tmp_path, "11", "42", pred, lm, num_points=len(pred))
+    scan = Scan(points=np.zeros((len(pred), 4), np.float32))
+    writer = SemanticKittiWriter(tmp_path, lm, "energy")
+    key = ScanKey("11", "42", "x.bin")
+    writer.write(scan_prediction(key, scan, pred, np.zeros(len(pred), np.float32), None))
+    path, = writer.paths(key)
     assert path == tmp_path / "sequences" / "11" / "predictions" / "000042.label"
     raw = np.fromfile(path, dtype=np.uint32)
     assert raw.tolist() == [lm.learning_map_inv[lm.train_learning_ids[t]] for t in pred]
     np.testing.assert_array_equal(lm.to_train(lm.to_learning(raw)), pred)  # round trip
     assert 20 not in raw  # never the OOD class's raw id
-    with pytest.raises(ValueError, match="one label per original point"):
-        write_predictions(tmp_path, "11", "43", pred, lm, num_points=len(pred) + 1)
+    with pytest.raises(ValueError, match="one prediction per point"):
+        scan_prediction(key, scan, pred[1:], np.zeros(len(pred) - 1, np.float32), None)

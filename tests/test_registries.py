@@ -9,18 +9,21 @@ import torch
 from segood.config import CONFIG_DIR, ConfigError, load_config
 from segood.data.labels import load_label_map
 from segood.data.scan import Scan
+from segood.options import Opt
 
 
 def test_a_new_score_is_one_registry_line_and_owns_its_config_section(monkeypatch) -> None:
     from segood.engine.fit import load_scorers, score_params
     from segood.ood.scores import SCORES, Score
+    from segood.options import Opt
 
-    def top2_margin(out, margin: float = 0.0):
+    def top2_margin(out, margin: float):
         """Minus the gap between the two largest softmax probabilities (small gap = anomalous)."""
         p = torch.softmax(out["logits"], 1).topk(2, 1).values
         return margin - (p[:, 0] - p[:, 1])
 
-    monkeypatch.setitem(SCORES, "top2_margin", Score("top2_margin", top2_margin))
+    monkeypatch.setitem(SCORES, "top2_margin", Score("top2_margin", top2_margin,
+                                                     options={"margin": Opt(0.0, float, "added to the score")}))
     cfg = load_config(CONFIG_DIR / "synthetic_baseline.yaml",
                       ["eval.scores=[top2_margin, energy]", "eval.score_options.top2_margin.margin=0.5"])
     scorers = load_scorers("never-read.pt", cfg["eval"]["scores"], cfg["eval"])  # logit scores need no checkpoint
@@ -28,13 +31,15 @@ def test_a_new_score_is_one_registry_line_and_owns_its_config_section(monkeypatc
     s = scorers["top2_margin"]({"logits": logits})
     assert s[1] > s[0] and s[1].item() == pytest.approx(0.5)  # a tie: gap 0, score = margin
     assert score_params("top2_margin", cfg["eval"]) == {"margin": 0.5}
-    with pytest.raises(ConfigError, match="did you mean 'margin'"):
+    with pytest.raises(ConfigError, match=r"top2_margin.margn: unknown option \(known: margin\)"):
         load_scorers("never-read.pt", ["top2_margin"], {**cfg["eval"], "score_options": {
             "top2_margin": {"margn": 1.0}}})
 
 
 class TinyReader:
     """A reader of in-memory LiDAR-only scans, following segood.data.readers.Reader."""
+
+    OPTIONS = {"points": Opt(300, int, "points per scan", min=1)}
 
     def __init__(self, root, sequences, label_map, camera=None, with_labels=True, points: int = 300) -> None:
         self.label_map, self.with_labels, self.points = label_map, with_labels, int(points)
@@ -80,13 +85,13 @@ def test_a_new_reader_is_one_registry_line_and_serves_loaders_check_data_and_viz
     assert batch["points"].shape == (400, 4) and (batch["ood_target"] == 1).sum() == 100
     report = check_dataset(make_reader_factory(cfg, lm), {"val": ["a", "b"]}, lm)
     assert report.ok and report.splits[0].scans == 4 and report.splits[0].class_points.sum() == 800
-    frames = DatasetFrames(cfg, "a", lm)
+    frames = DatasetFrames(cfg["data"], "a", lm)
     assert frames.index_of("1") == 1 and frames[1].raw_labels is not None
 
 
 def test_a_new_synthesizer_is_one_registry_line_and_is_picked_by_synthesis_method(monkeypatch) -> None:
     from segood.engine.builders import build_synthesizer
-    from segood.ood.synthesis import SYNTHESIZERS
+    from segood.ood.synthesis import SYNTHESIZERS, Synthesizer
     from segood.ood.feature_mixing.anchors import anchor_points
 
     def build_copy(cfg_synthesis, ctx):
@@ -96,7 +101,7 @@ def test_a_new_synthesizer_is_one_registry_line_and_is_picked_by_synthesis_metho
             return index, feat_image[index].clone(), feat_lidar[index].clone()
         return synth
 
-    monkeypatch.setitem(SYNTHESIZERS, "copy", build_copy)
+    monkeypatch.setitem(SYNTHESIZERS, "copy", Synthesizer(build_copy))
     cfg = load_config(CONFIG_DIR / "synthetic_baseline.yaml", ["synthesis.method=copy", "synthesis.max_points=3"])
     synth = build_synthesizer(cfg)
     fi, fl = torch.randn(10, 64), torch.randn(10, 64)

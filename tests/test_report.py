@@ -8,18 +8,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from builders import copy_run, small_config
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from segood.config import CONFIG_DIR, ConfigError, load_config
+from segood.config import CONFIG_DIR, load_config
 from segood.data.labels import load_label_map
-from segood.synthetic import SyntheticConfig, write_dataset
 from segood.engine import artifacts, evaluate, fit
 from segood.engine.operating_point import threshold_at_tpr
 from segood.metrics.accumulator import EvalAccumulator
 from segood.engine.checkpoint import save_checkpoint
 from segood.report.markdown import write_eval_report
 from segood.commands.eval import add_eval_arguments, compare_runs, evaluate_and_report, run_eval
-from segood.engine.train import train
 from segood.metrics.ood import ood_metrics
 from test_engine import assert_auroc_matches_histograms
 
@@ -172,31 +171,23 @@ def test_unknown_score_refused_before_any_work(tmp_path) -> None:
 
 # ------------------------------------------------------------------ end to end on a tiny model
 
-SMALL = [
-    "model.lidar.channels=[8, 16, 16]", "model.lidar.out_channels=16", "model.image.out_channels=16",
-    "model.image.width_scale=0.25", "model.fusion.hidden=32", "train.batch_size=1", "train.warmup_steps=1",
-    "data.num_workers=0", "synthesis.max_points=256", "synthesis.n_swap=4", "train.steps=2",
-    "eval.scores=[anomaly_head, maxlogit, energy, msp, entropy, gen, mahalanobis, knn, vim, react, ash]",
-    "eval.fit_points=360", "eval.hist_bins=4096",
-]
+EVAL = ["eval.scores=[anomaly_head, maxlogit, energy, msp, entropy, gen, mahalanobis, knn, vim, react, ash]",
+        "eval.fit_points=360", "eval.hist_bins=4096"]
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def report_run(tiny_run, tmp_path_factory):
+    """The session's tiny run, copied (evaluation writes the fit and the operating point beside the
+    checkpoint), with every score evaluated: (config, checkpoint, folder above the run)."""
     root = tmp_path_factory.mktemp("tiny")
-    write_dataset(root / "data", SyntheticConfig(num_train=2, num_val=2, azimuth_columns=128, image_width=160,
-                                                 image_height=48, seed=5), progress=False)
-    try:
-        cfg = load_config(CONFIG_DIR / "synthetic_feature_mixing.yaml", SMALL + [f"data.root={root / 'data'}"])
-    except ConfigError:  # base.yaml may not list the eval.* keys yet: they have code defaults
-        cfg = load_config(CONFIG_DIR / "synthetic_feature_mixing.yaml", SMALL[:-2] + [f"data.root={root / 'data'}"])
-        cfg["eval"].update(fit_points=360, hist_bins=4096)
-    ckpt = train(cfg, root / "run", progress=False)
-    return cfg, ckpt, root
+    run = copy_run(tiny_run.dir, root / "run")
+    cfg = small_config("synthetic_feature_mixing.yaml", f"data.root={tiny_run.cfg['data']['root']}", "train.steps=2",
+                       *EVAL)
+    return cfg, run / tiny_run.ckpt.name, root
 
 
-def test_evaluate_fits_saves_and_reuses_scores(tiny_run, monkeypatch) -> None:
-    cfg, ckpt, root = tiny_run
+def test_evaluate_fits_saves_and_reuses_scores(report_run, monkeypatch) -> None:
+    cfg, ckpt, root = report_run
     m = evaluate_and_report(cfg, ckpt, root / "run" / "eval", progress=False)
     assert set(m["ood"]) == set(cfg["eval"]["scores"])
     for name, per in m["ood"].items():
@@ -222,8 +213,8 @@ def test_evaluate_fits_saves_and_reuses_scores(tiny_run, monkeypatch) -> None:
     assert evaluate.evaluate(cfg, ckpt, None, progress=False)["ood"] == m["ood"]
 
 
-def test_replay_scorers_refuse_a_stale_fit(tiny_run, tmp_path) -> None:
-    cfg, ckpt, _ = tiny_run
+def test_replay_scorers_refuse_a_stale_fit(report_run, tmp_path) -> None:
+    cfg, ckpt, _ = report_run
     model, state = artifacts.load_model(ckpt)
     other = tmp_path / "checkpoint.pt"
     save_checkpoint(other, {**state, "step": state["step"] + 1})

@@ -10,12 +10,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from builders import checkpoint_variant
 
-from segood.config import CONFIG_DIR, load_config
 from segood.data.labels import load_label_map
 from segood.data.io import read_bin, read_image
-from segood.engine.checkpoint import save_checkpoint
-from segood.models import build_model
 from segood.commands import replay as ros_cli
 from segood.ros.bagio import BagError, BagWriter, messages, open_bag, topics, typestore_for
 from segood.ros.export import SensorFrame, make_header, write_sensor_bag
@@ -26,24 +24,13 @@ from segood.engine.inference import Predictor
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KITTI = FIXTURES / "kitti_000008"
-SMALL = ["model.lidar.channels=[8, 16]", "model.image.width_scale=0.25", "model.image.out_channels=16",
-         "model.lidar.out_channels=16", "model.fusion.hidden=16"]
 TS1, TS2 = typestore_for("ros1"), typestore_for("sqlite3")
 
 
-def make_tiny_checkpoint(path: Path, operating_point: dict | None = None) -> Path:
-    """A randomly initialised small model saved as a real segood checkpoint."""
-    cfg = load_config(CONFIG_DIR / "synthetic_baseline.yaml", SMALL)
-    state = {"model": build_model(cfg["model"]).state_dict(), "config": cfg,
-             "label_map": load_label_map("semantickitti").checksum(), "step": 0}
-    if operating_point:
-        state["operating_point"] = operating_point
-    return save_checkpoint(path, state)
-
-
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+def ckpt(tiny_run, tmp_path_factory) -> Path:
+    """The session's tiny checkpoint as a model trained without synthesis carries it."""
+    return checkpoint_variant(tiny_run.ckpt, tmp_path_factory.mktemp("ckpt") / "tiny.pt", synthesis="none")
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +151,7 @@ def test_replay_round_trip_keeps_points_order_and_original_messages(name, tmp_pa
         assert topics(b)["/points/segood"] == "sensor_msgs/msg/PointCloud2"
     summary = json.loads(summary_path(out).read_text())
     assert summary["points"]["total"] == sum(len(kitti_points()[k::8]) for k in range(3))
+    assert summary["model"]["fusion"]["hidden"] == 16 and summary["model"]["lidar"]["channels"] == [8, 16]  # the ckpt's
 
 
 def test_replay_with_camera_pairs_nearest_image_within_max_dt(tmp_path, ckpt, predictor):
@@ -205,8 +193,8 @@ def test_truncated_and_nan_clouds(tmp_path, ckpt, predictor):
     assert s["points"]["finite"] == 2 * len(pts) - holes_mask.sum()
 
 
-def test_window_every_and_checkpoint_operating_point(tmp_path):
-    ckpt = make_tiny_checkpoint(tmp_path / "op.pt", {"score": "anomaly_head", "threshold": 0.0})
+def test_window_every_and_checkpoint_operating_point(tmp_path, ckpt):
+    ckpt = checkpoint_variant(ckpt, tmp_path / "op.pt", {"score": "anomaly_head", "threshold": 0.0})
     frames, _ = kitti_frames(n=6, stride=40)
     bag = write_sensor_bag(tmp_path / "w.db3", frames)
     s = replay(ReplayOptions(bag, tmp_path / "o", ckpt, start=0.15, duration=0.3, every=2, progress=False))
@@ -335,8 +323,8 @@ def test_counts_lidar_only_frames_lists_drops_and_uses_bag_relative_times(tmp_pa
     assert "from the bag's first message" in s["times"]
 
 
-def test_operating_point_warning_when_most_points_are_flagged(tmp_path, capsys):
-    ckpt = make_tiny_checkpoint(tmp_path / "op.pt", {"score": "anomaly_head", "threshold": 0.0, "fpr": 0.05})
+def test_operating_point_warning_when_most_points_are_flagged(tmp_path, ckpt, capsys):
+    ckpt = checkpoint_variant(ckpt, tmp_path / "op.pt", {"score": "anomaly_head", "threshold": 0.0, "fpr": 0.05})
     bag = write_sensor_bag(tmp_path / "in.bag", kitti_frames(n=1, stride=40)[0])
     assert _cli(["replay", str(bag), "--ckpt", str(ckpt), "--out", str(tmp_path / "o.bag"), "--no-progress"]) == 0
     cap = capsys.readouterr()

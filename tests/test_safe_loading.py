@@ -1,5 +1,5 @@
 """Files from strangers never run code: a pickle whose ``__reduce__`` would write a marker file is
-refused by every ``--ckpt`` path (eval, viz, replay) and by the fitted-scores loader, and the
+refused by every ``--ckpt`` path (eval, viz, replay, predict) and by the fitted-scores loader, and the
 marker stays absent. The payload is real: loading it the unsafe way does write the marker."""
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def test_the_payload_is_real_when_loaded_unsafely(evil):
     ["eval", "configs/synthetic_baseline.yaml", "--ckpt", "{ckpt}", "--out", "{tmp}/eval"],
     ["viz", str(FIX / "kitti_000008" / "000008.bin"), "--ckpt", "{ckpt}", "--ply", "{tmp}/v.ply"],
     ["replay", str(FIX / "bags" / "kitti000008_derived.bag"), "--ckpt", "{ckpt}", "--out", "{tmp}/o.bag"],
-], ids=["eval", "viz", "replay"])
+    ["predict", str(FIX / "kitti_000008" / "000008.bin"), "--ckpt", "{ckpt}", "--out", "{tmp}/p"],
+], ids=["eval", "viz", "replay", "predict"])
 def test_every_ckpt_path_refuses_a_code_carrying_checkpoint(argv, evil, tmp_path, capsys, monkeypatch):
     path, marker = evil
     monkeypatch.chdir(Path(__file__).parent.parent)

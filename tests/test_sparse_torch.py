@@ -141,8 +141,8 @@ def _lidar_run(model: LidarBranch, batch: dict) -> tuple[torch.Tensor, list[torc
 def test_lidar_branch_torch_equals_spconv():
     batch = make_batch(2000)
     torch.manual_seed(0)
-    ref_model = LidarBranch(7, [8, 16, 24], 16, point_hidden=8, backend="spconv")
-    model = LidarBranch(7, [8, 16, 24], 16, point_hidden=8, backend="torch")
+    ref_model = LidarBranch(7, [8, 16, 24], 16, point_hidden=8, skip="add", backend="spconv")
+    model = LidarBranch(7, [8, 16, 24], 16, point_hidden=8, skip="add", backend="torch")
     assert ref_model.backend == "spconv" and model.backend == "torch"
     ref_state = ref_model.state_dict()
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in ref_state.items()}
@@ -157,7 +157,7 @@ def test_lidar_branch_torch_equals_spconv():
 def test_torch_backend_is_deterministic_with_two_threads():
     batch = make_batch(2000)
     torch.manual_seed(0)
-    model = LidarBranch(7, [8, 16, 24], 16, point_hidden=8, backend="torch")
+    model = LidarBranch(7, [8, 16, 24], 16, point_hidden=8, skip="add", backend="torch")
     with num_threads(2):
         first = _lidar_run(model, batch)
         second = _lidar_run(model, batch)
@@ -177,7 +177,7 @@ def test_kernel_maps_are_built_once_per_level(monkeypatch):
 
     monkeypatch.setattr(sparse_torch, "submanifold_map", count("subm", subm))
     monkeypatch.setattr(sparse_torch, "strided_map", count("strided", strided))
-    model = LidarBranch(7, [8, 16, 24], 16, point_hidden=8, backend="torch")
+    model = LidarBranch(7, [8, 16, 24], 16, point_hidden=8, skip="add", backend="torch")
     model(make_batch(500))
     assert calls == {"subm": 3, "strided": 2}  # 5 SubM convs over 3 levels, 2 down convs
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from builders import SMALL, set_args
 
 from segood.cli import main
 from segood.config import CONFIG_DIR, load_config
@@ -16,12 +17,7 @@ from segood.engine import train as train_mod
 from segood.report.study import choose_scores, summarize_study
 from segood.metrics.stats import paired_difference, summarize
 
-SMALL = [
-    "model.lidar.channels=[8, 16, 16]", "model.lidar.out_channels=16", "model.image.out_channels=16",
-    "model.image.width_scale=0.25", "model.fusion.hidden=32", "train.batch_size=1", "train.warmup_steps=1",
-    "data.num_workers=0", "synthesis.max_points=256", "synthesis.n_swap=4", "eval.fit_points=400",
-    "synthesis.feature_mixing_block={n_min: 2, n_max: 6}",
-]
+STUDY = [*SMALL, "eval.fit_points=400", "synthesis.feature_mixing_block={n_min: 2, n_max: 6}"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +48,7 @@ def test_every_epoch_draws_new_augmentation(data_root, tmp_path, monkeypatch, wo
 
     monkeypatch.setattr(train_mod.Trainer, "_optimizer_step", record)
     cfg = load_config(CONFIG_DIR / "synthetic_baseline.yaml",
-                      SMALL + [f"data.root={data_root}", "train.steps=4", f"data.num_workers={workers}",
+                      STUDY + [f"data.root={data_root}", "train.steps=4", f"data.num_workers={workers}",
                                "train.ckpt_every=0"])
     train_mod.train(cfg, tmp_path / "run", progress=False)
     epoch0 = {s for step, s in seen if step < 2}
@@ -72,7 +68,7 @@ def test_resume_mid_run_sees_the_same_epoch_augmentation(data_root, tmp_path, mo
 
         monkeypatch.setattr(train_mod.Trainer, "_optimizer_step", record)
         cfg = load_config(CONFIG_DIR / "synthetic_baseline.yaml",
-                          SMALL + [f"data.root={data_root}", f"train.steps={steps}", "train.ckpt_every=1"])
+                          STUDY + [f"data.root={data_root}", f"train.steps={steps}", "train.ckpt_every=1"])
         train_mod.train(cfg, out, resume=resume, progress=False)
         return seen
 
@@ -153,14 +149,14 @@ def test_modality_norm_normalises_each_branch_before_fusion():
     from segood.models import build_model
 
     cfg = load_config(CONFIG_DIR / "synthetic_feature_mixing.yaml",
-                      SMALL + ["model.fusion.modality_norm=layernorm"])
+                      STUDY + ["model.fusion.modality_norm=layernorm"])
     model = build_model(cfg["model"])
     x = torch.randn(7, 16) * 5 + 3
     y = model.norm_lidar(x)
     assert torch.allclose(y.mean(1), torch.zeros(7), atol=1e-5)
     assert torch.allclose(y.var(1, unbiased=False), torch.ones(7), atol=1e-3)
     std = build_model(load_config(CONFIG_DIR / "synthetic_feature_mixing.yaml",
-                                  SMALL + ["model.fusion.modality_norm=standardize"])["model"])
+                                  STUDY + ["model.fusion.modality_norm=standardize"])["model"])
     for block in (std.lidar.out, std.image.decoder.smooth):
         assert not block[1].affine and isinstance(block[2], torch.nn.Identity)  # signed, per-dim standardized
     std.train()
@@ -175,7 +171,7 @@ def test_study_command_trains_skips_and_reports(data_root, tmp_path, capsys):
     out = tmp_path / "study"
     args = ["study", "ref=synthetic_baseline.yaml", "fm=synthetic_feature_mixing.yaml", "--seeds", "0", "1",
             "--out", str(out), "--data", str(data_root), "--steps", "2", "--jobs", "1", "--no-progress"]
-    args += [x for s in SMALL for x in ("--set", s)]
+    args += set_args(STUDY)
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["rows"]) == {"ref", "fm"}

@@ -13,7 +13,8 @@ from segood.ood.synthesis import (SYNTHESIZERS, VOS, ClassBank, Mixup, NPMix, Sh
                                   build_synthesizer, nearest_classes)
 
 D_C, D_L, C = 6, 5, 4
-CFG = {"n_swap": 3, "max_points": 40, "npmix": {"bank_size": 8}, "vos": {"sample_from": 500, "select": 2},
+CFG = {"n_swap": 3, "max_points": 40, "npmix": {"bank_size": 8}, "npmix_cdist": {"bank_size": 8},
+       "vos": {"sample_from": 500, "select": 2},
        "mixup": {"alpha": 1.0}}
 METHODS = ["feature_mixing_shared", "npmix", "npmix_cdist", "vos", "mixup"]
 

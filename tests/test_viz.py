@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import checkpoint_variant
 
-from segood.config import CONFIG_DIR, load_config
+from segood.config import CONFIG_DIR
 from segood.data.labels import load_label_map
 from segood.data.scan import Scan
-from segood.synthetic import OOD_RAW_ID, SyntheticConfig, generate_scene, lidar_to_image, render_scan, write_dataset
-from segood.engine.checkpoint import save_checkpoint
-from segood.models import build_model
+from segood.synthetic import (OOD_RAW_ID, SyntheticConfig, generate_scene, lidar_to_image, render_scan,
+                              write_dataset)
 from segood.commands import viz as viz_cli
 from segood.viz.colors import ANOMALY_RGB, gt_colors, raw_id_colors
 from segood.viz.frame import VizFrame
@@ -24,8 +24,6 @@ from segood.viz.window import ViewerState
 from segood.viz.ply import read_ply, write_ply
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SMALL = ["model.lidar.channels=[8, 16]", "model.image.width_scale=0.25", "model.image.out_channels=16",
-         "model.lidar.out_channels=16", "model.fusion.hidden=16"]
 SYN = SyntheticConfig(azimuth_columns=512, image_width=320, image_height=96)
 
 
@@ -42,11 +40,9 @@ def scene():
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    cfg = load_config(CONFIG_DIR / "synthetic_baseline.yaml", SMALL)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", {
-        "model": build_model(cfg["model"]).state_dict(), "config": cfg,
-        "label_map": load_label_map("semantickitti").checksum(), "step": 0})
+def ckpt(tiny_run, tmp_path_factory) -> Path:
+    """The session's tiny checkpoint as a model trained without synthesis carries it (MaxLogit by default)."""
+    return checkpoint_variant(tiny_run.ckpt, tmp_path_factory.mktemp("ckpt") / "tiny.pt", synthesis="none")
 
 
 def nearest_point_per_pixel(cam: RenderCamera, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -291,19 +287,12 @@ def test_warning_when_a_scan_is_mostly_flagged(scene, tmp_path, capsys):
     assert "warning: 100.0% of the points are flagged, more than 30%" in capsys.readouterr().err
 
 
-def test_run_folder_input_uses_its_config_and_checkpoint(tmp_path, capsys):
+def test_run_folder_input_uses_its_config_and_checkpoint(tmp_path, tiny_run, capsys):
     """What `segood train --out RUN` leaves (config.yaml with its _source key, checkpoint.pt) is an input."""
     import yaml
 
-    write_dataset(tmp_path / "data", SyntheticConfig(num_train=1, num_val=1, azimuth_columns=128, image_width=160,
-                                                     image_height=48, seed=1), progress=False)
-    cfg = load_config(CONFIG_DIR / "synthetic_feature_mixing.yaml", SMALL + [f"data.root={tmp_path / 'data'}"])
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    assert "_source" in cfg
-    save_checkpoint(run / "checkpoint.pt", {"model": build_model(cfg["model"]).state_dict(), "config": cfg,
-                                            "label_map": load_label_map("semantickitti").checksum(), "step": 0})
+    run = tiny_run.dir
+    assert "_source" in yaml.safe_load((run / "config.yaml").read_text())
     for given in (run, run / "config.yaml"):
         assert _cli(["viz", str(given), "--sequence", "08", "--ply", str(tmp_path / "r.ply")]) == 0, \
             capsys.readouterr().err

@@ -19,10 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segood.config import CONFIG_DIR, load_config
-from segood.data.labels import load_label_map
-from segood.engine.checkpoint import save_checkpoint
-from segood.models import build_model
 from segood.ros.bagio import BagWriter, typestore_for
 from segood.ros.export import make_header
 from segood.ros.pointcloud2 import from_records, xyzi_records
@@ -30,8 +26,6 @@ from segood.viz import window as W
 from segood.viz.colors import heat_ramp, to_uint8
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = ["model.lidar.channels=[8, 16]", "model.image.width_scale=0.25", "model.image.out_channels=16",
-         "model.lidar.out_channels=16", "model.fusion.hidden=16"]
 WAIT_S = 240  # generous: window start-up on a loaded 2-core machine
 
 
@@ -159,12 +153,10 @@ def xvfb():
 
 
 @pytest.fixture(scope="module")
-def bag_and_ckpt(tmp_path_factory):
-    """A ROS 1 bag of three clouds, the middle one truncated, and a small random checkpoint."""
+def bag_and_ckpt(tiny_run, tmp_path_factory):
+    """A ROS 1 bag of three clouds, the middle one truncated, and the session's tiny checkpoint."""
     tmp = tmp_path_factory.mktemp("win")
-    cfg = load_config(CONFIG_DIR / "synthetic_feature_mixing.yaml", SMALL)
-    ckpt = save_checkpoint(tmp / "ckpt.pt", {"model": build_model(cfg["model"]).state_dict(), "config": cfg,
-                                             "label_map": load_label_map("semantickitti").checksum(), "step": 0})
+    ckpt = tiny_run.ckpt
     ts = typestore_for("ros1")
     rng = np.random.default_rng(0)
     pts = np.c_[rng.uniform(-20, 20, (3000, 2)), rng.uniform(-1.5, 2, (3000, 1)), rng.random((3000, 1))]

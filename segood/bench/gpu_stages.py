@@ -143,7 +143,8 @@ def _ensure_data(ctx: dict) -> Path:
 
 def demo_config(ctx: dict, amp: str) -> tuple[dict, str]:
     """The demo model's config for this check, and the sparse backend it uses."""
-    from segood.config import CONFIG_DIR, load_config
+    from segood.config import CONFIG_DIR
+    from segood.engine.families import load_config
 
     path = CONFIG_DIR / "synthetic_feature_mixing.yaml"
     steps = _sizes(ctx)["steps"]

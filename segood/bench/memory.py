@@ -22,7 +22,7 @@ def measure_step(points: int, config: str, overrides: list[str], repeats: int) -
     import numpy as np
     import torch
 
-    from segood.config import load_config
+    from segood.engine.families import load_config
     from segood.data.batching import collate, crop_nearest, scan_to_sample
     from segood.data.labels import load_label_map
     from segood.data.projection import assign_cameras

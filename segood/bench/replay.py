@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from segood.atomic import write_json
-    from segood.config import load_config
+    from segood.engine.families import load_config
     from segood.data.labels import load_label_map
     from segood.engine.checkpoint import save_checkpoint
     from segood.engine.inference import Predictor

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from segood.atomic import write_json
-    from segood.config import load_config
+    from segood.engine.families import load_config
     from segood.models import build_model
 
     cfg = load_config(args.config, ([f"data.root={args.data}"] if args.data else []) + args.set)

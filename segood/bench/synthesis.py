@@ -7,7 +7,7 @@ camera FOV, so every point is visible before camera dropout; this is also the la
 count), ``target`` uniform over ``classes`` (19), no ignored points. Every synthesizer runs with
 ``max_points=None``: every eligible point becomes an outlier (Feature Mixing's natural setting),
 except VOS, which keeps ``select`` (1) outlier per present class by design. The methods are every
-synthesizer of :data:`segood.ood.synthesis.SYNTHESIZERS` with base.yaml's options, the option
+synthesizer of :data:`segood.ood.synthesis.SYNTHESIZERS` with its declared default options, the option
 variants and the probes of :mod:`segood.bench.synthesis_methods` (``--methods`` picks some). Features do not
 require grad (forward only). A method's time is the median over ``repeats`` calls after
 ``warmup`` calls (``torch.cuda.synchronize`` around each call on CUDA); a call stops the repeats

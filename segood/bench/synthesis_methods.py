@@ -1,6 +1,7 @@
 """What ``segood bench synthesis`` times: every synthesizer of the registry
 (:data:`segood.ood.synthesis.SYNTHESIZERS`, built through :func:`~segood.ood.synthesis.build_synthesizer`
-with base.yaml's ``synthesis`` section), option variants of registry members (:data:`VARIANTS`), and
+with the default ``synthesis`` section: each member's declared default options), option variants of
+registry members (:data:`VARIANTS`), and
 probes that are not synthesizers (:data:`PROBES`: the copy floors and the Feature Mixing op alone).
 A synthesizer added to the registry is timed without editing this module."""
 from __future__ import annotations
@@ -50,10 +51,10 @@ def describe(name: str) -> str:
         return PROBES[name]
     if name in VARIANTS:
         return VARIANTS[name][2]
-    build = SYNTHESIZERS[name]
+    build = SYNTHESIZERS[name].build
     doc = (getattr(build, "func", build).__doc__ or name).strip().splitlines()[0]
     extra = f" with {build.keywords}" if getattr(build, "keywords", None) else ""
-    return f"build_synthesizer('{name}'): {doc}{extra}; base.yaml options"
+    return f"build_synthesizer('{name}'): {doc}{extra}; its declared default options"
 
 
 def check_methods(names: list[str]) -> None:
@@ -66,21 +67,22 @@ def check_methods(names: list[str]) -> None:
 
 def base_synthesis_cfg(max_points: int | None) -> dict:
     """base.yaml's ``synthesis`` section with ``max_points`` replaced."""
-    from segood.config import CONFIG_DIR, load_config
+    from segood.config import CONFIG_DIR
+    from segood.engine.families import load_config
 
     cfg = load_config(CONFIG_DIR / "base.yaml")["synthesis"]
     return {**cfg, "max_points": max_points}
 
 
-def make_synthesizer(name: str, cfg: dict, classes: int, d_c: int, d_l: int, seed: int):
+def make_synthesizer(name: str, cfg_synthesis: dict, classes: int, d_c: int, d_l: int, seed: int):
     """The ``synth(fi, fl, batch, step)`` of a registry member or variant, through ``build_synthesizer``
-    with the ``synthesis`` section ``cfg`` (a variant's overrides merged into its sub-sections)."""
+    with the ``synthesis`` section ``cfg_synthesis`` (a variant's overrides merged into its sub-sections)."""
     from segood.ood.synthesis import build_synthesizer
 
     if name in VARIANTS:
         name, overrides, _ = VARIANTS[name]
-        cfg = {**cfg, **{k: {**(cfg.get(k) or {}), **v} for k, v in overrides.items()}}
-    return build_synthesizer(name, cfg, classes, d_c, d_l, seed)
+        cfg_synthesis = {**cfg_synthesis, **{k: {**(cfg_synthesis.get(k) or {}), **v} for k, v in overrides.items()}}
+    return build_synthesizer(name, cfg_synthesis, classes, d_c, d_l, seed)
 
 
 def make_inputs(points: int, dim: int, dtype: str, classes: int, visible_fraction: float, device: str,
@@ -124,14 +126,15 @@ def _probe_call(name: str, fi, fl, batch: dict, n_swap: int, seed: int, info: di
     return lambda: op(fi, fl, mask, n_swap, seed, next(counter))
 
 
-def method_call(name: str, fi, fl, batch: dict, cfg: dict, classes: int, seed: int, info: dict) -> Callable[[], None]:
+def method_call(name: str, fi, fl, batch: dict, cfg_synthesis: dict, classes: int, seed: int,
+                info: dict) -> Callable[[], None]:
     """A no-argument closure doing one call of ``name`` (a new ``step`` each call); the number of
     outliers of the last call goes to ``info['outliers']``."""
     counter = iter(range(1 << 31))
-    n_swap = min(int(cfg["n_swap"]), fi.shape[1], fl.shape[1])
+    n_swap = min(int(cfg_synthesis["n_swap"]), fi.shape[1], fl.shape[1])
     if name in PROBES:
         return _probe_call(name, fi, fl, batch, n_swap, seed, info, counter)
-    synth = make_synthesizer(name, {**cfg, "n_swap": n_swap}, classes, fi.shape[1], fl.shape[1], seed)
+    synth = make_synthesizer(name, {**cfg_synthesis, "n_swap": n_swap}, classes, fi.shape[1], fl.shape[1], seed)
 
     def call() -> None:
         info["outliers"] = int(synth(fi, fl, batch, next(counter))[0].numel())

@@ -31,7 +31,8 @@ def train_step_share(methods: Sequence[str] | None = None, repeats: int = 3, war
     import numpy as np
     import torch
 
-    from segood.config import CONFIG_DIR, load_config
+    from segood.config import CONFIG_DIR
+    from segood.engine.families import load_config
     from segood.data.batching import collate
     from segood.synthetic import SyntheticConfig, write_dataset
     from segood.engine.builders import build_dataset, build_grid, build_label_map

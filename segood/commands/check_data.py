@@ -54,7 +54,7 @@ def make_reader_factory(cfg: dict, label_map, labels: bool = True, notes: list[s
 
 
 def run(args) -> int:
-    from segood.config import load_config
+    from segood.engine.families import load_config
     from segood.data.check import check_dataset, format_report
     from segood.data.labels import load_label_map
 

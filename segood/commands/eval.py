@@ -77,7 +77,8 @@ def compare_runs(runs: list[str], out_dir: str | Path, cfg: dict | None = None, 
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate one checkpoint, or compare several runs (``--compare``)."""
     from segood.atomic import check_writable
-    from segood.config import ConfigError, load_config
+    from segood.config import ConfigError
+    from segood.engine.families import load_config
     from segood.report.markdown import format_metrics
 
     check_writable(args.out, "--out folder")

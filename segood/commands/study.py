@@ -67,7 +67,7 @@ def ensure_benchmark(args) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from segood.engine.interrupt import Interrupted
-    from segood.engine.study import load_results, plan_runs, run_study
+    from segood.engine.study import check_configs, load_results, plan_runs, run_study
     from segood.report.study import summarize_study, write_study_report
 
     arms = [parse_arm(s) for s in args.configs]
@@ -75,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
     if reference not in {a.name for a in arms}:
         raise ConfigError(f"study: --reference '{reference}' is not one of {[a.name for a in arms]}")
     t0 = time.time()
+    given = [*args.set] + ([f"train.steps={args.steps}"] if args.steps else [])
+    check_configs(plan_runs(arms, args.seeds, Path(args.out), given))  # before the benchmark data is made
     data = ensure_benchmark(args)
-    overrides = [f"data.root={data.resolve()}", *args.set] + ([f"train.steps={args.steps}"] if args.steps else [])
+    overrides = [f"data.root={data.resolve()}", *given]
     specs = plan_runs(arms, args.seeds, Path(args.out), overrides)
     steps = int(specs[0].config()["train"]["steps"])
     try:

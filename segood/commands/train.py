@@ -26,7 +26,7 @@ def resume_command(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from segood.config import load_config
+    from segood.engine.families import load_config
     from segood.engine.interrupt import Interrupted
     from segood.engine.train import train
 

@@ -18,7 +18,8 @@ EPILOG = """\
 INPUT is one of
   a config YAML          a data-set scan: --sequence SS [--frame NNNNNN] (ground truth shown when labelled)
   a run folder           its config.yaml and checkpoint.pt (what `segood train --out RUN` wrote): --sequence SS
-  a .bin / .pcd / .ply   a point file; --image IMG --calib FILE add a camera (for --overlay and the model);
+  a .bin / .pcd / .ply / .npy   a point file (a PLY written by `segood predict` shows its 'anomaly' field);
+                         --image IMG --calib FILE add a camera (for --overlay and the model);
                          FILE: KITTI calib.txt (P2 and Tr, or P2, R0_rect, Tr_velo_to_cam), or YAML/JSON
   a bag (.bag/.db3/.mcap or ROS 2 folder)   --index K picks the K-th cloud of --topic; a bag written by
                          `segood replay` shows its 'anomaly' field without a model
@@ -52,13 +53,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Show a scan's ground truth, prediction and anomaly scores: open3d window, or headless "
                     "PNG / camera overlay / PLY.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", help="config YAML, run folder, point file (.bin/.pcd/.ply) or bag")
+    p.add_argument("input", help="config YAML, run folder, point file (.bin/.pcd/.ply/.npy) or bag")
     src = p.add_argument_group("data-set scans")
     src.add_argument("--sequence", default=None, help="sequence of the config's data set, e.g. 08")
     src.add_argument("--frame", default=None, help="frame in the sequence, e.g. 000003 or 3 (default: the first)")
     add_overrides(src, example="data.camera=image_3")
     cam = p.add_argument_group("camera (point files and bags)")
     cam.add_argument("--image", default=None, help="camera image for a point file")
+    cam.add_argument("--intensity", choices=("error", "zero"), default="error",
+                     help="a point file without an intensity column, run through --ckpt: error (default) or zero "
+                          "(filled with 0, said); without a model it is shown with 0 and said")
     cam.add_argument("--calib", type=Path, default=None,
                      help="KITTI calib.txt, or YAML/JSON with lidar_to_image (3x4), or lidar_to_camera (4x4) "
                           "with --info-topic")
@@ -149,8 +153,9 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
             return VizFrame(scan, label_map, p.label, p.scores[op.score], op, title)
         if "anomaly" in scan.meta:  # a cloud scored by `segood replay`
             return VizFrame(scan, label_map, None, scan.meta["anomaly"].astype(np.float32), op, title)
-        label = pred.get("label") if pred else None
-        return VizFrame(scan, label_map, label, pred["anomaly"] if pred else None, op, title)
+        shown = _finite_rows(pred, scan) if pred else None
+        return VizFrame(scan, label_map, shown.get("label") if shown else None, shown["anomaly"] if shown else None,
+                        op, title)
 
     frame = load(start)
     if not frame.views:
@@ -213,11 +218,11 @@ def write_frame_ply(path: str | Path, frame, colors: np.ndarray) -> Path:
             cols["above"] = frame.above().astype(np.uint8)
     if frame.pred_label is not None:
         ok = frame.pred_label >= 0
-        raw = np.zeros(len(pts), dtype=np.uint16)
+        raw = np.zeros(len(pts), dtype=np.int32)
         raw[ok] = frame.label_map.train_to_raw(frame.pred_label[ok])
         cols["label"] = raw
     if frame.scan.raw_labels is not None:
-        cols["gt_label"] = frame.scan.raw_labels.astype(np.uint16)
+        cols["gt_label"] = frame.scan.raw_labels.astype(np.int32)
     rgb = to_uint8(colors)
     cols.update(red=rgb[:, 0], green=rgb[:, 1], blue=rgb[:, 2])
     return write_ply(path, cols)
@@ -234,19 +239,30 @@ def _frames(args, stack: contextlib.ExitStack, predictor):
 
     src = Path(args.input)
     if src.suffix in (".yaml", ".yml"):
-        from segood.config import load_config
+        from segood.engine.families import load_config
         from segood.engine.builders import build_label_map
+        from segood.engine.model_config import model_config_from_checkpoint
 
         if args.sequence is None:
             raise ValueError(f"{src}: a config input needs --sequence (and optionally --frame)")
         cfg = load_config(src, args.set)
+        if predictor is not None:  # the model is the checkpoint's: a config stating another one is refused
+            model_config_from_checkpoint({"config": predictor.config}, cfg, predictor.source)
         lm = build_label_map(cfg)
-        frames = DatasetFrames(cfg, args.sequence, lm)
+        frames = DatasetFrames(cfg["data"], args.sequence, lm)
         return frames, (frames.index_of(args.frame) if args.frame is not None else 0), lm, None
     calib = load_calib(args.calib) if args.calib else None
-    if src.suffix in POINT_SUFFIXES:
+    if src.suffix.lower() in POINT_SUFFIXES:
         matrix = projection_matrix(calib, None, str(args.calib)) if calib else None
-        return [file_scan(src, args.image, matrix)], 0, None, None
+        # the model reads intensity (--intensity decides when the file has none); a view alone fills 0 and says so
+        policy = args.intensity if predictor is not None else "zero"
+        scan = file_scan(src, args.image, matrix, policy, lambda m: print(f"warning: {m}", file=sys.stderr))
+        scored_op = None
+        if "anomaly" in scan.meta and predictor is None and args.pred is None:  # a PLY written by `segood predict`
+            from segood.engine.inference import resolve_operating_point
+
+            scored_op = resolve_operating_point(None, "anomaly", args.threshold, warn_share=args.warn_share)
+        return [scan], 0, None, scored_op
     reader = stack.enter_context(open_bag(src))
     camera = CameraStream(reader, args.image_topic, args.info_topic, calib, args.max_dt) if args.image_topic else None
     unscored = predictor is None and args.pred is None
@@ -274,6 +290,15 @@ def _load_pred(path: str) -> dict[str, np.ndarray]:
         if "label" in z:
             out["label"] = np.asarray(z["label"], dtype=np.int64).reshape(-1)
     return out
+
+
+def _finite_rows(pred: dict[str, np.ndarray], scan) -> dict[str, np.ndarray]:
+    """``pred`` restricted to the rows the viewer shows: a point file's finite points, when ``pred`` has one
+    entry per row of the file (as `segood predict` writes it) and the file has non-finite rows."""
+    finite = scan.meta.get("finite")
+    if finite is None or len(pred["anomaly"]) != len(finite) or len(finite) == scan.num_points:
+        return pred
+    return {k: v[finite] for k, v in pred.items()}
 
 
 def _title(scan, i: int, n: int) -> str:

@@ -14,6 +14,7 @@ import torch
 from segood.data.labels import LabelMap
 from segood.engine.builders import build_label_map
 from segood.engine.checkpoint import file_sha256, load_checkpoint, load_torch
+from segood.engine.model_config import model_config_from_checkpoint
 from segood.models import build_model
 
 SCORES_FORMAT = "segood-scores-v1"
@@ -45,12 +46,15 @@ def check_label_map(state: Mapping[str, Any], label_map: LabelMap, ckpt_path: st
     )
 
 
-def load_model(ckpt_path: str | Path, label_map: LabelMap | None = None) -> tuple[torch.nn.Module, dict]:
-    """Rebuild a model (eval mode) from its checkpoint; refuse one trained with another label map."""
+def load_model(ckpt_path: str | Path, label_map: LabelMap | None = None,
+               cfg: Mapping[str, Any] | None = None) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a model (eval mode) from its checkpoint's own model config (``cfg``'s stated model keys
+    must agree: :func:`~segood.engine.model_config.model_config_from_checkpoint`); refuse one trained
+    with another label map."""
     state = load_checkpoint(ckpt_path)
     if label_map is not None:
         check_label_map(state, label_map, ckpt_path)
-    model = build_model(state["config"]["model"])
+    model = build_model(model_config_from_checkpoint(state, cfg, ckpt_path)["model"])
     model.load_state_dict(state["model"])
     model.eval()
     return model, state

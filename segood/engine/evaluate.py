@@ -24,6 +24,7 @@ from segood.data.labels import LabelMap
 from segood.engine.allocator import bound_allocator
 from segood.engine.artifacts import checkpoint_sha, load_fit, load_model, model_label_map, operating_point_path, scores_path
 from segood.engine.builders import build_label_map, build_loader
+from segood.engine.model_config import model_config_from_checkpoint
 from segood.engine.fit import check_scores, eval_option, load_scorers, score_params
 from segood.engine.operating_point import operating_point
 from segood.metrics.accumulator import SUBSETS, EvalAccumulator
@@ -116,7 +117,8 @@ def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None
     label_map = build_label_map(cfg)
     names = list(eval_cfg["scores"])
     check_scores(names)
-    model, state = load_model(ckpt_path, None if label_map.anomaly_only else label_map)
+    model, state = load_model(ckpt_path, None if label_map.anomaly_only else label_map, cfg)
+    cfg = model_config_from_checkpoint(state, cfg, ckpt_path)  # what metrics.json records
     model_map = model_label_map(label_map, state, ckpt_path)
     scorers = load_scorers(ckpt_path, names, eval_cfg, model, fit_cfg=cfg, progress=progress)
     loader = build_loader(cfg, split, label_map, shuffle=False)

@@ -34,6 +34,7 @@ from segood.data.scan import Scan
 from segood.engine.builders import build_grid, build_label_map
 from segood.engine.artifacts import load_model, load_operating_point, operating_point_path
 from segood.engine.fit import load_scorers
+from segood.engine.model_config import model_config_from_checkpoint
 from segood.metrics.headline import default_score
 
 TOP_FRACTION = 0.05
@@ -140,7 +141,7 @@ class Predictor:
     def __init__(self, ckpt: str | Path, score: str | None = None, threshold: float | None = None,
                  warn_share: float = WARN_SHARE) -> None:
         self.model, state = load_model(ckpt)
-        cfg = state["config"]
+        self.config = cfg = model_config_from_checkpoint(state, None, ckpt)  # the checkpoint's, as built
         self.label_map: LabelMap = build_label_map(cfg)
         if state["label_map"] != self.label_map.checksum():
             raise ValueError(f"{ckpt}: trained with label map checksum {state['label_map']}, but "

@@ -30,7 +30,8 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from segood.config import ConfigError, load_config
+from segood.config import ConfigError
+from segood.engine.families import load_config
 from segood.engine.interrupt import Interrupted, StopRequest, request_stop, requested
 
 __all__ = ["Arm", "RunSpec", "plan_runs", "run_study", "load_results", "run_is_finished"]
@@ -70,6 +71,13 @@ def plan_runs(arms: Sequence[Arm], seeds: Sequence[int], out: Path, overrides: S
     if len(set(names)) != len(names):
         raise ConfigError(f"study: configuration names must be unique, got {names}")
     return [RunSpec(a, int(s), Path(out), tuple(overrides)) for s in seeds for a in arms]
+
+
+def check_configs(specs: Sequence[RunSpec]) -> None:
+    """Load, and so check, every run's config before any work: a bad value stops the study at once,
+    not after the runs before it have trained."""
+    for spec in specs:
+        spec.config()
 
 
 def _metrics_path(run_dir: Path, split: str) -> Path:

@@ -23,6 +23,7 @@ from segood.data.batching import collate
 from segood.engine.builders import build_dataset, build_grid, build_label_map, build_loader, build_synthesizer
 from segood.atomic import check_writable, write_json, write_text
 from segood.engine.checkpoint import load_checkpoint, save_checkpoint
+from segood.engine.model_config import check_resume_model
 from segood.engine.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, gather_objects,
                                        init_distributed, shutdown, weights_checksum)
 from segood.engine.interrupt import SIGNALS, Interrupted, StopRequest, ignore_signals
@@ -216,6 +217,7 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         state = load_checkpoint(path)
+        check_resume_model(self.cfg, state, path)
         if state["label_map"] != self.label_map.checksum():
             raise ValueError(f"{path}: trained with another label map than '{self.label_map.source}'")
         self.model.load_state_dict(state["model"])

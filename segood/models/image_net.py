@@ -203,7 +203,7 @@ class ImageBranch(nn.Module):
 
     stride = 4
 
-    def __init__(self, depth: int = 18, out_channels: int = 64, width_scale: float = 1.0) -> None:
+    def __init__(self, depth: int, out_channels: int, width_scale: float) -> None:
         super().__init__()
         self.encoder = ResNetEncoder(depth, width_scale)
         self.decoder = FPNDecoder(self.encoder.widths, out_channels)

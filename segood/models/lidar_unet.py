@@ -127,13 +127,13 @@ class LidarBranch(nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 7,
-        channels: Sequence[int] = (16, 32, 48),
-        out_channels: int = 64,
+        in_channels: int,
+        channels: Sequence[int],
+        out_channels: int,
+        point_hidden: int,
+        skip: str,
+        backend: str,
         point_channels: int = 4,
-        point_hidden: int = 16,
-        skip: str = "add",
-        backend: str = "auto",
     ) -> None:
         super().__init__()
         self.backend = resolve_backend(backend)

@@ -55,7 +55,7 @@ class FusionSegmenter(nn.Module):
     """
 
     def __init__(self, lidar: LidarBranch, image: ImageBranch, num_classes: int, hidden: int,
-                 modality_norm: str = "none") -> None:
+                 modality_norm: str) -> None:
         super().__init__()
         self.lidar = lidar
         self.image = image

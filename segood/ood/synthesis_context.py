@@ -1,11 +1,14 @@
-"""What a synthesizer's builder receives besides its config section (:class:`SynthesisContext`) and
-how it reads its own options sub-dict (:func:`section_options`). A leaf, so that every synthesizer
-package (``segood.ood.feature_mixing``, ``segood.ood.synthesis``) can import it without importing
-the registry in ``segood.ood.synthesis``."""
+"""A synthesizer's registry entry (:class:`Synthesizer`: its builder and its options, declared once)
+and what the builder receives besides the ``synthesis`` config section (:class:`SynthesisContext`,
+with the member's own options checked and filled). A leaf, so that every synthesizer package
+(``segood.ood.feature_mixing``, ``segood.ood.synthesis``) can import it without importing the
+registry in ``segood.ood.synthesis``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from segood.options import Opt
 
 
 @dataclass(frozen=True)
@@ -17,12 +20,17 @@ class SynthesisContext:
     d_lidar: int
     seed: int
     max_points: int | None  # outliers per step (null = all anchors)
+    options: Mapping[str, Any] = field(default_factory=dict)  # synthesis.<name>, checked, defaults filled
 
 
-def section_options(cfg_synthesis: Mapping, section: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    """The ``synthesis.<section>`` sub-dict, rejecting keys the method does not take."""
-    opts = dict(cfg_synthesis.get(section) or {})
-    unknown = sorted(set(opts) - set(keys))
-    if unknown:
-        raise ValueError(f"synthesis.{section}: unknown keys {unknown}, valid: {list(keys)}")
-    return opts
+Builder = Callable[[Mapping, SynthesisContext], Callable]
+
+
+@dataclass(frozen=True)
+class Synthesizer:
+    """One registry entry of :data:`segood.ood.synthesis.SYNTHESIZERS`: ``build(cfg_synthesis, ctx)
+    -> synth`` and ``options``, the member's own section ``synthesis.<name>`` declared once
+    (``{option: Opt}``; the builder reads the checked values, defaults filled, from ``ctx.options``)."""
+
+    build: Builder
+    options: Mapping[str, Opt] = field(default_factory=dict)

@@ -157,7 +157,7 @@ def replay(opts: ReplayOptions, predictor: Predictor | None = None) -> dict:
         summary = stats.summary(wall=time.perf_counter() - t_start)
     summary = {
         "input": str(bag), "input_format": in_fmt, "output": str(out), "output_format": out_fmt,
-        "checkpoint": predictor.source, "topic": topic, "output_topic": topic + OUTPUT_SUFFIX,
+        "checkpoint": predictor.source, "model": predictor.config["model"], "topic": topic, "output_topic": topic + OUTPUT_SUFFIX,
         "image_topic": camera.topic if camera else None,
         "fields": {"anomaly": f"float32, score '{op.score}' (higher = more anomalous); NaN for non-finite input points",
                    "label": ("uint16 raw dataset ids (" + lm.name + " label map, train_to_raw); 0 for non-finite points"

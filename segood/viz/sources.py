@@ -1,5 +1,5 @@
 """Where the viewer's scans come from: a data-set sequence (with ground truth) or a point file
-(``.bin`` KITTI layout, ``.pcd``, ``.ply``), with an optional camera image and projection.
+(``.bin`` KITTI layout, ``.pcd``, ``.ply``, ``.npy``; :mod:`segood.data.readers.loose`), with an optional camera image and projection.
 Bag frames come from :class:`segood.ros.frames.BagFrames`."""
 from __future__ import annotations
 
@@ -11,47 +11,25 @@ import numpy as np
 
 from segood.data.errors import DataError
 from segood.data.labels import LabelMap
-from segood.data.projection import assign_cameras, check_projection_matrix
 from segood.data.scan import Scan
 from segood.data.readers import open_reader
-from segood.data.io import read_bin, read_image
+from segood.data.readers.loose import LOOSE_SUFFIXES, cloud_to_scan, read_loose
+from segood.data.io import read_image
 
-POINT_SUFFIXES = (".bin", ".pcd", ".ply")
-
-
-def load_points(path: str | Path) -> np.ndarray:
-    """(N, 4) float32 x, y, z, intensity from ``.bin`` (float32 x4) or ``.pcd`` / ``.ply`` (intensity
-    from an ``intensity`` attribute, else 0). Points with non-finite coordinates are dropped."""
-    p = Path(path)
-    if p.suffix == ".bin":
-        return read_bin(p)
-    if p.suffix not in POINT_SUFFIXES:
-        raise DataError(f"{p}: unknown point file type '{p.suffix}' (expected {', '.join(POINT_SUFFIXES)})")
-    if not p.is_file():
-        raise DataError(f"{p}: point file is missing")
-    import open3d as o3d
-
-    pcd = o3d.t.io.read_point_cloud(str(p))
-    if "positions" not in pcd.point or len(pcd.point["positions"]) == 0:
-        raise DataError(f"{p}: no points could be read")
-    xyz = pcd.point["positions"].numpy().astype(np.float32)
-    out = np.zeros((len(xyz), 4), dtype=np.float32)
-    out[:, :3] = xyz
-    if "intensity" in pcd.point:
-        out[:, 3] = pcd.point["intensity"].numpy().reshape(len(xyz), -1)[:, 0]
-    return out[np.isfinite(xyz).all(axis=1)]
+POINT_SUFFIXES = LOOSE_SUFFIXES
 
 
-def file_scan(path: str | Path, image: str | Path | None = None, lidar_to_image: np.ndarray | None = None) -> Scan:
-    """A Scan from a point file, with one camera when both ``image`` and ``lidar_to_image`` are given."""
-    scan = Scan(points=load_points(path), source=str(path))
-    if (image is None) != (lidar_to_image is None):
-        raise DataError(f"{path}: a camera needs both an image (--image) and a projection (--calib)")
-    if image is not None:
-        img = read_image(Path(image))
-        m = check_projection_matrix(lidar_to_image, f"{image} projection")
-        scan.images, scan.lidar_to_image = [img], [m]
-        scan.pixel_uv, scan.camera_id = assign_cameras(scan.points[:, :3], [m], [(img.shape[1], img.shape[0])])
+def file_scan(path: str | Path, image: str | Path | None = None, lidar_to_image: np.ndarray | None = None,
+              intensity: str = "error", warn: Callable[[str], None] | None = None) -> Scan:
+    """A Scan of a point file's finite points (:mod:`segood.data.readers.loose`; a missing intensity
+    column follows ``intensity``, error or zero), with one camera when both ``image`` and
+    ``lidar_to_image`` are given. A file's ``anomaly`` column (a PLY written by ``segood predict`` or
+    ``segood viz --ply``) becomes ``scan.meta['anomaly']``, shown without a model."""
+    cloud = read_loose(path)
+    img = read_image(Path(image)) if image is not None else None
+    scan = cloud_to_scan(cloud, intensity, warn, img, lidar_to_image)
+    if "anomaly" in cloud.fields:
+        scan.meta["anomaly"] = np.asarray(cloud.fields["anomaly"], np.float32)[cloud.finite]
     return scan
 
 
@@ -61,9 +39,9 @@ class DatasetFrames:
     Ground truth that cannot be read (a short label file, unknown ids) is never dropped silently:
     ``warn`` gets one line naming the file, and the scan is shown without it."""
 
-    def __init__(self, cfg: dict, sequence: str, label_map: LabelMap,
+    def __init__(self, data: dict, sequence: str, label_map: LabelMap,
                  warn: Callable[[str], None] | None = None) -> None:
-        data = cfg["data"]
+        """``data``: the ``data`` section of a config; ``warn`` gets the ground-truth warnings."""
         seq = f"{int(sequence):02d}" if str(sequence).isdigit() else str(sequence)
         self.warn = warn or (lambda text: print(text, file=sys.stderr))
         self.plain = open_reader(data, [seq], label_map, with_labels=False)

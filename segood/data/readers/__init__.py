@@ -7,7 +7,9 @@ training / evaluation loaders and ``segood viz --sequence`` use nothing else.
 
 To add a dataset: write a reader class that follows :class:`~segood.data.reader.Reader` (a file in this package) and add
 one line to :data:`READERS`; then ``data.dataset: <name>`` (with a label map) trains, evaluates,
-checks and views it.
+checks and views it. Its options (``data.reader_options``) are the class attribute ``OPTIONS: dict[str, Opt]``
+(default, type, range, doc; :mod:`segood.options`), the one place they are declared: config loading checks
+them and ``segood config --show data`` lists them.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from segood.data.readers.carla_ood import CarlaOodReader
 from segood.data.readers.nuscenes import NuScenesReader  # imports the devkit only when used
 from segood.data.readers.semantickitti import SemanticKittiReader
 from segood.data.readers.stu import StuReader
+from segood.options import OptionError, check_options
 
 __all__ = ["Reader", "READERS", "reader_class", "open_reader"]
 
@@ -43,6 +46,17 @@ def reader_class(name: str) -> type:
     return READERS[name]
 
 
+def reader_options(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data.reader_options`` checked against the reader's declaration (``cls.OPTIONS``, none when
+    absent), the defaults filled in; an unknown option or a bad value is a ConfigError."""
+    from segood.config import ConfigError
+
+    try:
+        return check_options("data.reader_options", data.get("reader_options"), getattr(cls, "OPTIONS", {}))
+    except OptionError as e:
+        raise ConfigError(str(e)) from None
+
+
 def open_reader(data: dict[str, Any], sequences: list[str] | str, label_map: LabelMap, with_labels: bool = True,
                 cache: dict | None = None) -> Reader:
     """The reader of ``data.dataset`` over ``sequences``, from a config's ``data`` section. ``cache``
@@ -52,7 +66,7 @@ def open_reader(data: dict[str, Any], sequences: list[str] | str, label_map: Lab
     cls = reader_class(data["dataset"])
     root = resolve_path(data["root"])
     entries = [sequences] if isinstance(sequences, str) else [str(s) for s in sequences]
-    options = dict(data.get("reader_options") or {})
+    options = reader_options(cls, data)
     if cache is not None and hasattr(cls, "shared_options"):
         options = cls.shared_options(Path(root), entries, options, cache, with_labels=with_labels)
     return cls(root, entries, label_map, camera=data["camera"], with_labels=with_labels, **options)

@@ -29,6 +29,7 @@ from segood.data.labels import LabelMap
 from segood.data.projection import assign_cameras, check_projection_matrix
 from segood.data.scan import Scan
 from segood.data.io import read_image
+from segood.options import Opt
 
 DEFAULT_LAYOUT: dict[str, str] = {
     "points": "sequences/{sequence}/lidar/{frame}.bin",
@@ -83,6 +84,9 @@ def _found(path: Path) -> str:
 class CarlaOodReader:
     """Scans of the given sequences in a configurable CARLA-OOD layout (see the module doc)."""
 
+    OPTIONS = {"layout": Opt(None, dict, "the data set's folder layout (see the module doc); null = ROOT/layout.yaml "
+                                         "if present, else the default layout", nullable=True)}
+
     def __init__(
         self,
         root: str | Path,
@@ -90,7 +94,7 @@ class CarlaOodReader:
         label_map: LabelMap,
         camera: str | None = "rgb",
         with_labels: bool = True,
-        layout: dict | None = None,
+        layout: dict | None = OPTIONS["layout"].default,
     ) -> None:
         self.root = Path(root)
         self.label_map = label_map

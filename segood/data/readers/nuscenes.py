@@ -46,6 +46,7 @@ from segood.data.io import read_image
 from segood.data.readers.nuscenes_files import (CAMERAS, LIDAR, VISIBILITY, pose_matrix, intrinsic_matrix,
                                                 read_pcd_bin, read_lidarseg, infer_version, load_nuscenes,
                                                 resolve_scenes, sample_chain)
+from segood.options import Opt
 
 
 class NuScenesReader:
@@ -54,7 +55,17 @@ class NuScenesReader:
     ``camera``: ``"all"`` (the six, default), ``None`` (LiDAR only), one channel name or a list.
     ``nusc``: an already loaded devkit ``NuScenes`` (shared between readers to load tables once).
     ``visibility``: ``devkit`` (default) or ``segood`` (see the module doc; ``data.reader_options.visibility``).
+    The options of ``data.reader_options`` are declared once, in :attr:`OPTIONS`.
     """
+
+    OPTIONS = {
+        "version": Opt(None, str, "devkit version folder (v1.0-trainval, v1.0-mini, ...); null = inferred from the "
+                                  "splits", nullable=True),
+        "intensity_scale": Opt(1.0 / 255.0, float, "multiplies the raw intensity (nuScenes 0-255 -> segood 0-1)",
+                               min=0.0),
+        "visibility": Opt("devkit", str, "camera visibility rule: devkit (depth > 1 m, 1-pixel margin) or segood "
+                                         "(depth > 0.1 m, no margin)", choices=tuple(VISIBILITY)),
+    }
 
     def __init__(
         self,
@@ -63,10 +74,10 @@ class NuScenesReader:
         label_map: LabelMap,
         camera: str | list[str] | None = "all",
         with_labels: bool = True,
-        version: str | None = None,
-        intensity_scale: float = 1.0 / 255.0,
+        version: str | None = OPTIONS["version"].default,
+        intensity_scale: float = OPTIONS["intensity_scale"].default,
         nusc: Any = None,
-        visibility: str = "devkit",
+        visibility: str = OPTIONS["visibility"].default,
     ) -> None:
         if visibility not in VISIBILITY:
             raise DataError(f"data.reader_options.visibility: '{visibility}' is not one of {sorted(VISIBILITY)}")

@@ -10,7 +10,7 @@ ROOT/sequences/SS/times.txt              one timestamp (s) per scan (optional, -
 ```
 Standard split (:data:`SPLITS`): train 00-07 and 09-10, val 08, test 11-21 (no labels).
 Test-set predictions go to ``OUT/sequences/SS/predictions/NNNNNN.label`` (uint32 raw ids, the
-official submission layout) through :func:`write_predictions`.
+official submission layout): ``segood predict --format semantickitti`` (:mod:`segood.report.prediction_writers`).
 A point X projects into image_2 through ``P2 @ [Tr; 0 0 0 1] @ X``.
 """
 from __future__ import annotations
@@ -66,27 +66,6 @@ def read_times(path: Path) -> np.ndarray | None:
         return np.loadtxt(path, dtype=np.float64, ndmin=1)
     except ValueError as e:
         raise DataError(f"{path}: expected one timestamp (seconds) per line ({e})") from e
-
-
-def write_predictions(out_root: str | Path, sequence: str, frame: str, train_ids: np.ndarray,
-                      label_map: LabelMap, num_points: int | None = None) -> Path:
-    """Write one scan's predictions in the official submission layout.
-
-    ``OUT/sequences/SS/predictions/NNNNNN.label``: uint32 raw ids (learning ids mapped back through
-    ``learning_map_inv``), one per point of the original scan. Written atomically.
-    """
-    train_ids = np.asarray(train_ids).reshape(-1)
-    if num_points is not None and len(train_ids) != num_points:
-        raise DataError(f"sequence {sequence} frame {frame}: {len(train_ids)} predictions for {num_points} points "
-                        "(the submission needs one label per original point)")
-    seq = f"{int(sequence):02d}" if str(sequence).isdigit() else str(sequence)
-    name = f"{int(frame):06d}" if str(frame).isdigit() else str(frame)
-    path = Path(out_root) / "sequences" / seq / "predictions" / f"{name}.label"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".label.tmp")
-    label_map.train_to_raw(train_ids).astype("<u4").tofile(tmp)
-    tmp.replace(path)
-    return path
 
 
 def lidar_to_image_matrix(calib: dict[str, np.ndarray], camera: str, source: str) -> np.ndarray:

@@ -33,6 +33,7 @@ from segood.data.errors import DataError
 from segood.data.labels import LabelMap
 from segood.data.io import read_bin, read_image, read_label, read_poses
 from segood.data.scan import Scan
+from segood.options import Opt
 
 CAMERA = "port_a_camera_0"
 IMAGE_DIR = {"port_a_camera_0": "port_a_cam_0"}
@@ -111,8 +112,11 @@ class StuReader:
     ``camera``: ``port_a_camera_0`` (the front camera) or None (LiDAR only); ``camera_config``: the
     folder with intrinsics.txt and extrinsics.txt (default ``ROOT/camera_config``)."""
 
+    OPTIONS = {"camera_config": Opt(None, str, "folder with intrinsics.txt and extrinsics.txt; null = "
+                                               "ROOT/camera_config", nullable=True)}
+
     def __init__(self, root: str | Path, sequences: list[str], label_map: LabelMap, camera: str | None = CAMERA,
-                 with_labels: bool = True, camera_config: str | Path | None = None) -> None:
+                 with_labels: bool = True, camera_config: str | Path | None = OPTIONS["camera_config"].default) -> None:
         self.root = Path(root)
         self.label_map, self.with_labels = label_map, with_labels
         if camera is not None and camera not in IMAGE_DIR:

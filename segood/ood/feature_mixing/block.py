@@ -8,7 +8,8 @@ import torch
 from segood.ood.feature_mixing.anchors import Batch, Outliers, check_rows
 from segood.ood.feature_mixing.reference import FeatureMixing, check_mixing_inputs
 from segood.ood.feature_mixing.synthesizers import shared_feature_mixing
-from segood.ood.synthesis_context import SynthesisContext, section_options
+from segood.ood.synthesis_context import SynthesisContext
+from segood.options import Opt
 
 
 class BlockFeatureMixing(FeatureMixing):
@@ -17,6 +18,9 @@ class BlockFeatureMixing(FeatureMixing):
     ``[n_min, n_max]``, one contiguous block of N image dims starting at a random offset and one
     of N LiDAR dims at an independent offset, the same columns for every selected point. Same
     point selection as :class:`FeatureMixing`; ``last_dims`` keeps the block of the last call."""
+
+    OPTIONS = {"n_min": Opt(8, int, "shortest block of swapped dims", min=1),
+               "n_max": Opt(32, int, "longest block of swapped dims (>= n_min, <= min(d_c, d_l))", min=1)}
 
     def __init__(self, n_min: int, n_max: int, seed: int = 0, max_points: int | None = None) -> None:
         if not 1 <= n_min <= n_max:
@@ -41,6 +45,5 @@ class BlockFeatureMixing(FeatureMixing):
 
 
 def build_block_feature_mixing(cfg_synthesis: Mapping, ctx: SynthesisContext) -> BlockFeatureMixing:
-    """``feature_mixing_block``, options in ``synthesis.feature_mixing_block`` (n_min, n_max)."""
-    opts = section_options(cfg_synthesis, "feature_mixing_block", ("n_min", "n_max"))
-    return BlockFeatureMixing(int(opts["n_min"]), int(opts["n_max"]), seed=ctx.seed, max_points=ctx.max_points)
+    """``feature_mixing_block``, options (:attr:`BlockFeatureMixing.OPTIONS`) in ``synthesis.feature_mixing_block``."""
+    return BlockFeatureMixing(ctx.options["n_min"], ctx.options["n_max"], seed=ctx.seed, max_points=ctx.max_points)

@@ -4,26 +4,29 @@ Every score reads the model output dict and returns an (N,) tensor. A *logit* sc
 ``fn(out, **options)`` (:mod:`segood.ood.scores.logit`); a *fitted* score is a
 :class:`~segood.ood.scores.fitted.FittedScore` class, fitted on ID training features
 (:mod:`segood.ood.scores.fitted`). Each score owns its config section ``eval.score_options.<name>``:
-the valid keys and their defaults are the keyword parameters of its function (or of its class'
-constructor), and nothing else in segood names them.
+its registry entry carries the options, ``options: dict[str, Opt]`` (default, type, range, doc), the
+one place they are declared; config loading checks the section against it and ``segood config --show
+eval`` lists it.
 
 To add a score: write its function or FittedScore class (in a file of this package, or anywhere)
-and add one :class:`Score` line to :data:`SCORES`; ``eval.scores: [..., <name>]`` then evaluates it.
+and add one :class:`Score` line to :data:`SCORES` (with its ``options``); ``eval.scores: [..., <name>]``
+then evaluates it.
 """
 from __future__ import annotations
 
 import difflib
 import functools
-import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
 
 from segood.config import ConfigError
 from segood.ood.scores.fitted import ASH, KNN, FittedScore, Mahalanobis, ReAct, ViM
-from segood.ood.scores.logit import anomaly_head, energy, entropy, gen, maxlogit, msp, relative_energy
+from segood.ood.scores.logit import (ENERGY_OPTIONS, GEN_OPTIONS, RELATIVE_ENERGY_OPTIONS, anomaly_head, energy, entropy,
+                                     gen, maxlogit, msp, relative_energy)
+from segood.options import Opt, OptionError, check_options
 
 __all__ = ["Score", "SCORES", "FITTED_SCORES", "get_score", "check_score_names", "score_range", "is_fitted",
            "score_options", "score_reads"]
@@ -40,7 +43,8 @@ class Score:
     it reads (the evaluation pass hands it exactly those keys; default ``logits``, or the fitted
     class' ``reads``); optionally the score's known range ``range(num_classes, **options)
     -> (lo, hi)`` (None = unbounded, squash-binned) and ``why_not(num_classes, **options) -> str |
-    None``, why it cannot run on a model with ``num_classes`` logits (None: it can)."""
+    None``, why it cannot run on a model with ``num_classes`` logits (None: it can); and its options
+    ``eval.score_options.<name>``, declared once (``{option: Opt}``)."""
 
     name: str
     fn: ScoreFn | None = None
@@ -48,6 +52,7 @@ class Score:
     range: RangeFn | None = None
     reads: tuple[str, ...] | None = None
     why_not: WhyNotFn | None = None
+    options: Mapping[str, Opt] = field(default_factory=dict)
 
     def inputs(self) -> tuple[str, ...]:
         """The model output keys this score reads."""
@@ -60,11 +65,8 @@ class Score:
         return None if self.why_not is None else self.why_not(num_classes, **options)
 
     def defaults(self) -> dict[str, Any]:
-        """The options of ``eval.score_options.<name>`` with their defaults (the keyword parameters)."""
-        target = self.fitted.__init__ if self.fitted is not None else self.fn
-        params = list(inspect.signature(target).parameters.values())[1:]  # drop self / out
-        return {p.name: p.default for p in params
-                if p.default is not inspect.Parameter.empty and p.name != "state"}
+        """The options of ``eval.score_options.<name>`` with their defaults."""
+        return {k: opt.default for k, opt in self.options.items()}
 
     def __call__(self, out: Output, fit: FittedScore | None = None, **options: Any) -> torch.Tensor:
         """Score an output dict (a fitted score needs its ``fit``)."""
@@ -82,7 +84,7 @@ def _gen_range(num_classes: int, gamma: float = 0.1, top_m: int | None = None) -
     return 0.0, m * 0.25**gamma
 
 
-def _needs_extra_logits(num_classes: int, num_id_logits: int | None = None) -> str | None:
+def _needs_extra_logits(num_classes: int, num_id_logits: int | None) -> str | None:
     """relative_energy: defined only for a model with logits beyond its ID classes."""
     if num_id_logits is None or not 0 < int(num_id_logits) < num_classes:
         return (f"needs a model with extra logits (eval.score_options.relative_energy.num_id_logits = "
@@ -94,15 +96,16 @@ SCORES: dict[str, Score] = {s.name: s for s in (
     Score("anomaly_head", anomaly_head, range=lambda c, **_: (0.0, 1.0), reads=("anomaly_logit",)),
     Score("msp", msp, range=lambda c, **_: (-1.0, -1.0 / c)),
     Score("maxlogit", maxlogit),
-    Score("energy", energy),
-    Score("relative_energy", relative_energy, why_not=_needs_extra_logits),  # = -log(softmax mass of the ID logits): [0, inf)
+    Score("energy", energy, options=ENERGY_OPTIONS),
+    Score("relative_energy", relative_energy, why_not=_needs_extra_logits,
+          options=RELATIVE_ENERGY_OPTIONS),  # = -log(softmax mass of the ID logits): [0, inf)
     Score("entropy", entropy, range=lambda c, **_: (0.0, math.log(c))),
-    Score("gen", gen, range=_gen_range),
+    Score("gen", gen, range=_gen_range, options=GEN_OPTIONS),
     Score("mahalanobis", fitted=Mahalanobis),
-    Score("knn", fitted=KNN, range=lambda c, **_: (0.0, 2.0)),  # distance between unit vectors
-    Score("vim", fitted=ViM),
-    Score("react", fitted=ReAct),
-    Score("ash", fitted=ASH),
+    Score("knn", fitted=KNN, range=lambda c, **_: (0.0, 2.0), options=KNN.OPTIONS),  # distance between unit vectors
+    Score("vim", fitted=ViM, options=ViM.OPTIONS),
+    Score("react", fitted=ReAct, options=ReAct.OPTIONS),
+    Score("ash", fitted=ASH, options=ASH.OPTIONS),
 )}
 
 # A view of the registry: the fitted scores' classes by name.
@@ -150,11 +153,12 @@ def score_reads(names: list[str]) -> tuple[str, ...]:
 
 
 def score_options(eval_cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """The options of one score: its defaults, overridden by ``eval_cfg['score_options'][name]``
+    """The options of one score: its declared defaults, overridden by ``eval_cfg['score_options'][name]``
     (``eval_cfg``: the ``eval`` section of a config).
 
-    Unknown scores and unknown option keys are refused (ConfigError naming the key, the valid keys
-    and the closest one).
+    Unknown scores, unknown options and bad values are refused (ConfigError naming the key and, for an
+    unknown option, the known ones; config loading already checked a config loaded with
+    :func:`segood.engine.families.load_config`).
     """
     given = dict((eval_cfg or {}).get("score_options") or {})
     for other in given:
@@ -162,14 +166,10 @@ def score_options(eval_cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
             close = difflib.get_close_matches(str(other), list(SCORES), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"eval.score_options.{other}: unknown score{hint} (valid: {sorted(SCORES)})")
-    defaults = SCORES[name].defaults()
     section = given.get(name) or {}
     if not isinstance(section, Mapping):
         raise ConfigError(f"eval.score_options.{name} must be a mapping of options, got {section!r}")
-    for key in section:
-        if key not in defaults:
-            close = difflib.get_close_matches(str(key), list(defaults), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"eval.score_options.{name}.{key}: unknown option{hint} "
-                              f"(valid: {sorted(defaults) or 'none'})")
-    return {**defaults, **section}
+    try:
+        return check_options(f"eval.score_options.{name}", section, SCORES[name].options)
+    except OptionError as e:
+        raise ConfigError(str(e)) from None

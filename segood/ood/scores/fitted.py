@@ -29,6 +29,8 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 import torch
 
+from segood.options import Opt
+
 __all__ = [
     "FEATURE_KEY", "FitBank", "ClassBalancedSampler", "FittedScore", "Mahalanobis", "KNN", "ViM",
     "ReAct", "ASH", "free_energy",
@@ -102,13 +104,15 @@ class FittedScore:
     """Base of the fitted scores: ``fit(bank)`` fills ``state``; calling it scores an output dict.
 
     ``fit_params`` name the constructor parameters the state depends on (a saved state is reused
-    only if they match); the others only change how the state is applied.
+    only if they match); the others only change how the state is applied. ``OPTIONS`` declares the
+    options (``eval.score_options.<name>``) once; the constructor's defaults refer to it.
     """
 
     name: ClassVar[str] = ""
     needs_data: ClassVar[bool] = True
     reads: ClassVar[tuple[str, ...]] = (FEATURE_KEY,)  # the model outputs it scores from
     fit_params: ClassVar[tuple[str, ...]] = ()
+    OPTIONS: ClassVar[dict[str, Opt]] = {}
 
     def __init__(self, state: Mapping[str, torch.Tensor] | None = None) -> None:
         self.state: dict[str, torch.Tensor] = dict(state) if state is not None else {}
@@ -164,9 +168,13 @@ class KNN(FittedScore):
 
     name = "knn"
     fit_params = ("bank_size",)
+    OPTIONS = {"k": Opt(10, int, "the K-th nearest neighbour", min=1),
+               "bank_size": Opt(None, int, "a seeded random subset of the bank of this size; null = all fit points",
+                                min=1, nullable=True),
+               "chunk": Opt(4096, int, "query rows per distance block (memory, not results)", min=1)}
 
-    def __init__(self, state: Mapping[str, torch.Tensor] | None = None, k: int = 10, bank_size: int | None = None,
-                 chunk: int = 4096) -> None:
+    def __init__(self, state: Mapping[str, torch.Tensor] | None = None, k: int = OPTIONS["k"].default,
+                 bank_size: int | None = OPTIONS["bank_size"].default, chunk: int = OPTIONS["chunk"].default) -> None:
         super().__init__(state)
         if int(k) < 1:
             raise ValueError(f"knn: k must be >= 1, got {k}")
@@ -195,8 +203,10 @@ class ViM(FittedScore):
     name = "vim"
     reads = (FEATURE_KEY, "logits")
     fit_params = ("dim",)
+    OPTIONS = {"dim": Opt(None, int, "principal subspace dimension; null = the paper's rule (D // 2 below 768)",
+                          min=1, nullable=True)}
 
-    def __init__(self, state: Mapping[str, torch.Tensor] | None = None, dim: int | None = None) -> None:
+    def __init__(self, state: Mapping[str, torch.Tensor] | None = None, dim: int | None = OPTIONS["dim"].default) -> None:
         super().__init__(state)
         self.dim = dim
 
@@ -231,8 +241,11 @@ class ReAct(FittedScore):
 
     name = "react"
     fit_params = ("percentile",)
+    OPTIONS = {"percentile": Opt(90.0, float, "clip features at this percentile of ID activations (0, 100]",
+                                 min=0.0, max=100.0)}
 
-    def __init__(self, state: Mapping[str, torch.Tensor] | None = None, percentile: float = 90.0) -> None:
+    def __init__(self, state: Mapping[str, torch.Tensor] | None = None,
+                 percentile: float = OPTIONS["percentile"].default) -> None:
         super().__init__(state)
         if not 0.0 < float(percentile) <= 100.0:
             raise ValueError(f"react: percentile must be in (0, 100], got {percentile}")
@@ -253,9 +266,12 @@ class ASH(FittedScore):
 
     name = "ash"
     needs_data = False
+    OPTIONS = {"percentile": Opt(90.0, float, "prune each row's activations below this percentile [0, 100)",
+                                 min=0.0, max=100.0),
+               "variant": Opt("s", str, "s: prune + rescale (ASH-S), p: prune only (ASH-P)", choices=("s", "p"))}
 
-    def __init__(self, state: Mapping[str, torch.Tensor] | None = None, percentile: float = 90.0,
-                 variant: str = "s") -> None:
+    def __init__(self, state: Mapping[str, torch.Tensor] | None = None, percentile: float = OPTIONS["percentile"].default,
+                 variant: str = OPTIONS["variant"].default) -> None:
         super().__init__(state)
         if not 0.0 <= float(percentile) < 100.0:
             raise ValueError(f"ash: percentile must be in [0, 100), got {percentile}")

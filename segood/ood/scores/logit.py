@@ -5,8 +5,9 @@ Every score takes the model output dict (``out['logits']``: (N, C) segmentation 
 the final linear classifier) and returns an (N,) tensor. Signs are flipped where needed (e.g. MSP
 returns ``-max softmax``) so that all scores plug into :mod:`segood.metrics.ood` unchanged.
 
-A score's keyword parameters are its options (``eval.score_options.<name>``); the registry is
-:data:`segood.ood.scores.SCORES`. Feature-based scores are in :mod:`segood.ood.scores.fitted`.
+A score's options (``eval.score_options.<name>``) are declared once, in its ``*_OPTIONS`` dict of
+:class:`~segood.options.Opt` (the registry entry carries it; the keyword defaults refer to it); the
+registry is :data:`segood.ood.scores.SCORES`. Feature-based scores are in :mod:`segood.ood.scores.fitted`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Mapping
 import torch
 
 from segood.ood.scores.fitted import free_energy
+from segood.options import Opt
 
 __all__ = ["anomaly_head", "msp", "maxlogit", "energy", "relative_energy", "entropy", "gen"]
 
@@ -40,12 +42,21 @@ def maxlogit(out: Output) -> torch.Tensor:
     return -out["logits"].max(dim=1).values
 
 
-def energy(out: Output, temperature: float = 1.0) -> torch.Tensor:
+ENERGY_OPTIONS = {"temperature": Opt(1.0, float, "T of -T logsumexp(logits / T)", min=1e-3)}
+RELATIVE_ENERGY_OPTIONS = {"num_id_logits": Opt(None, int, "the first that many logits are the ID classes, the rest "
+                                                           "extra logits; null = none (the score is refused)",
+                                                min=1, nullable=True)}
+GEN_OPTIONS = {"gamma": Opt(0.1, float, "exponent g of p^g (1 - p)^g", min=1e-3),
+               "top_m": Opt(None, int, "the top M probabilities summed; null = all classes", min=1, nullable=True)}
+
+
+def energy(out: Output, temperature: float = ENERGY_OPTIONS["temperature"].default) -> torch.Tensor:
     """Free energy ``-T * logsumexp(logits / T)`` (Liu et al. 2020); high energy = anomalous."""
     return free_energy(out["logits"], temperature)
 
 
-def relative_energy(out: Output, num_id_logits: int | None = None) -> torch.Tensor:
+def relative_energy(out: Output,
+                    num_id_logits: int | None = RELATIVE_ENERGY_OPTIONS["num_id_logits"].default) -> torch.Tensor:
     """Relative energy ``logsumexp(all logits) - logsumexp(ID logits)`` (NDP / REL on STU): high when the
     extra (e.g. void / outlier-class) logits hold the mass. ``num_id_logits``: the first that many columns
     of ``out['logits']`` are the ID classes, the rest the extra logits. Undefined without extra logits
@@ -66,7 +77,8 @@ def entropy(out: Output) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(dim=1)
 
 
-def gen(out: Output, gamma: float = 0.1, top_m: int | None = None) -> torch.Tensor:
+def gen(out: Output, gamma: float = GEN_OPTIONS["gamma"].default,
+        top_m: int | None = GEN_OPTIONS["top_m"].default) -> torch.Tensor:
     """Generalized entropy ``sum_j p_j^g (1 - p_j)^g`` over the top-M softmax probabilities
     (Liu et al., GEN, CVPR 2023; the paper's ID score is its negative). ``top_m=None``: all classes."""
     p = torch.softmax(out["logits"], dim=1)

@@ -26,14 +26,17 @@ would bypass the fusion MLP and give outliers the modality heads could not score
 
 Feature Mixing (all variants) lives in :mod:`segood.ood.feature_mixing`; the baselines in this package.
 To add a synthesizer: write its class and a builder ``build(cfg_synthesis, ctx: SynthesisContext)
--> synth`` in a module (of this package, or anywhere) and add one line to :data:`SYNTHESIZERS`; then
-``synthesis.method: <name>`` trains with it and ``segood bench synthesis`` times it (it iterates
+-> synth`` in a module (of this package, or anywhere) and add one line to :data:`SYNTHESIZERS`,
+``"<name>": Synthesizer(build, options={...})`` with its options declared once as ``{option: Opt}``
+(the builder reads them, checked and filled, from ``ctx.options``); then ``synthesis.method: <name>``
+trains with it, ``synthesis.<name>.<option>`` sets its options (checked when the config is loaded,
+listed by ``segood config --show synthesis``) and ``segood bench synthesis`` times it (it iterates
 this registry, through the same builder).
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable, Mapping
+from typing import Mapping
 
 from segood.ood.feature_mixing.block import BlockFeatureMixing, build_block_feature_mixing
 from segood.ood.feature_mixing.synthesizers import (SharedIndexFeatureMixing, build_feature_mixing,
@@ -42,23 +45,30 @@ from segood.ood.synthesis.bank import ClassBank
 from segood.ood.synthesis.mixup import Mixup, build_mixup
 from segood.ood.synthesis.npmix import NPMix, build_npmix, nearest_classes
 from segood.ood.synthesis.vos import VOS, build_vos
-from segood.ood.synthesis_context import SynthesisContext
+from segood.ood.synthesis_context import SynthesisContext, Synthesizer
+from segood.options import check_options
 
-__all__ = ["SYNTHESIZERS", "build_synthesizer", "SynthesisContext", "SharedIndexFeatureMixing", "BlockFeatureMixing",
-           "shared_feature_mixing", "ClassBank", "nearest_classes", "NPMix", "VOS", "Mixup"]
+__all__ = ["SYNTHESIZERS", "Synthesizer", "build_synthesizer", "synthesizer_options", "SynthesisContext",
+           "SharedIndexFeatureMixing", "BlockFeatureMixing", "shared_feature_mixing", "ClassBank", "nearest_classes",
+           "NPMix", "VOS", "Mixup"]
 
-Builder = Callable[[Mapping, SynthesisContext], Callable]
-
-SYNTHESIZERS: dict[str, Builder | None] = {
+SYNTHESIZERS: dict[str, Synthesizer | None] = {
     "none": None,
-    "feature_mixing": build_feature_mixing,
-    "feature_mixing_shared": build_shared_feature_mixing,
-    "feature_mixing_block": build_block_feature_mixing,
-    "npmix": build_npmix,
-    "npmix_cdist": functools.partial(build_npmix, knn="cdist"),
-    "vos": build_vos,
-    "mixup": build_mixup,
+    "feature_mixing": Synthesizer(build_feature_mixing),
+    "feature_mixing_shared": Synthesizer(build_shared_feature_mixing),
+    "feature_mixing_block": Synthesizer(build_block_feature_mixing, BlockFeatureMixing.OPTIONS),
+    "npmix": Synthesizer(build_npmix, NPMix.OPTIONS),
+    "npmix_cdist": Synthesizer(functools.partial(build_npmix, knn="cdist"), NPMix.OPTIONS),
+    "vos": Synthesizer(build_vos, VOS.OPTIONS),
+    "mixup": Synthesizer(build_mixup, Mixup.OPTIONS),
 }
+
+
+def synthesizer_options(name: str, cfg_synthesis: Mapping) -> dict:
+    """``synthesis.<name>`` checked against the member's declaration, its defaults filled in
+    (ValueError: an unknown option, listing the known ones, or a value that does not match)."""
+    entry = SYNTHESIZERS[name]
+    return check_options(f"synthesis.{name}", cfg_synthesis.get(name), entry.options if entry else {})
 
 
 def build_synthesizer(name: str, cfg_synthesis: Mapping, num_classes: int, d_image: int, d_lidar: int,
@@ -66,14 +76,15 @@ def build_synthesizer(name: str, cfg_synthesis: Mapping, num_classes: int, d_ima
     """The synthesizer called ``name`` (None for 'none'), configured from the ``synthesis`` section.
 
     Shared keys: ``n_swap`` (Feature Mixing), ``max_points`` (outliers per step, null = all
-    anchors); per-method sub-dicts ``npmix``, ``vos``, ``mixup`` (checked by each method's builder).
+    anchors); the member's own section ``synthesis.<name>`` is checked against its declared options
+    and handed to the builder, defaults filled, as ``ctx.options``.
     """
     if name not in SYNTHESIZERS:
         raise ValueError(f"unknown synthesis method {name!r}, valid: {', '.join(SYNTHESIZERS)}")
-    build = SYNTHESIZERS[name]
-    if build is None:
+    entry = SYNTHESIZERS[name]
+    if entry is None:
         return None
     max_points = cfg_synthesis.get("max_points")
     ctx = SynthesisContext(int(num_classes), int(d_image), int(d_lidar), int(seed),
-                           None if max_points is None else int(max_points))
-    return build(cfg_synthesis, ctx)
+                           None if max_points is None else int(max_points), synthesizer_options(name, cfg_synthesis))
+    return entry.build(cfg_synthesis, ctx)

@@ -7,7 +7,8 @@ import torch
 
 from segood.ood.feature_mixing.anchors import Batch, Outliers, anchor_points, check_rows, step_generator, subsample
 from segood.ood.synthesis.common import beta_sample, no_outliers
-from segood.ood.synthesis_context import SynthesisContext, section_options
+from segood.ood.synthesis_context import SynthesisContext
+from segood.options import Opt
 
 
 # ------------------------------------------------------------------ Mixup
@@ -22,7 +23,9 @@ class Mixup:
     pair. Live features: differentiable. ``last_draw`` keeps partners and lambdas.
     """
 
-    def __init__(self, alpha: float = 1.0, seed: int = 0, max_points: int | None = None) -> None:
+    OPTIONS = {"alpha": Opt(1.0, float, "lambda ~ Beta(alpha, alpha), one per pair", min=1e-6)}
+
+    def __init__(self, alpha: float = OPTIONS["alpha"].default, seed: int = 0, max_points: int | None = None) -> None:
         if alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {alpha}")
         self.alpha, self.seed, self.max_points = float(alpha), int(seed), max_points
@@ -61,4 +64,4 @@ class Mixup:
 
 def build_mixup(cfg_synthesis: Mapping, ctx: SynthesisContext) -> Mixup:
     """``mixup``, options in ``synthesis.mixup``."""
-    return Mixup(seed=ctx.seed, max_points=ctx.max_points, **section_options(cfg_synthesis, "mixup", ("alpha",)))
+    return Mixup(seed=ctx.seed, max_points=ctx.max_points, **ctx.options)

@@ -9,7 +9,8 @@ import torch
 from segood.ood.synthesis.bank import ClassBank
 from segood.ood.feature_mixing.anchors import Batch, Outliers, anchor_points, check_rows, step_generator, subsample
 from segood.ood.synthesis.common import bank_rows, beta_sample, no_outliers, split_rows
-from segood.ood.synthesis_context import SynthesisContext, section_options
+from segood.ood.synthesis_context import SynthesisContext
+from segood.options import Opt
 
 
 # ------------------------------------------------------------------ NP-Mix
@@ -73,9 +74,18 @@ class NPMix:
     The draws of the last call are kept in ``last_draw`` (classes, bank rows, lambdas).
     """
 
-    def __init__(self, num_classes: int, bank_size: int = 65, k_nearest: int = 2, alpha: float = 10.0,
-                 seed: int = 0, max_points: int | None = None, knn: str = "kdtree", faithful: bool = True,
-                 min_entries: int = 1) -> None:
+    OPTIONS = {
+        "bank_size": Opt(65, int, "entries per class FIFO bank", min=1),
+        "k_nearest": Opt(2, int, "neighbour classes per class prototype", min=1),
+        "alpha": Opt(10.0, float, "lambda ~ Beta(alpha, alpha)", min=1e-6),
+        "faithful": Opt(False, bool, "enqueue point by point as MultiOOD does (same bank, slower); false: vectorised"),
+        "min_entries": Opt(1, int, "bank entries a class needs to be mixed (<= bank_size)", min=1),
+    }
+
+    def __init__(self, num_classes: int, bank_size: int = OPTIONS["bank_size"].default,
+                 k_nearest: int = OPTIONS["k_nearest"].default, alpha: float = OPTIONS["alpha"].default,
+                 seed: int = 0, max_points: int | None = None, knn: str = "kdtree",
+                 faithful: bool = OPTIONS["faithful"].default, min_entries: int = OPTIONS["min_entries"].default) -> None:
         if knn not in ("kdtree", "cdist"):
             raise ValueError(f"knn must be 'kdtree' or 'cdist', got {knn!r}")
         if k_nearest < 1 or alpha <= 0 or not 1 <= min_entries <= bank_size:
@@ -142,10 +152,7 @@ class NPMix:
         self.bank.load_state_dict(state)
 
 
-NPMIX_KEYS = ("bank_size", "k_nearest", "alpha", "faithful", "min_entries")
-
-
 def build_npmix(cfg_synthesis: Mapping, ctx: SynthesisContext, knn: str = "kdtree") -> NPMix:
-    """``npmix`` (KD-tree neighbours) / ``npmix_cdist`` (exact cdist), options in ``synthesis.npmix``."""
-    return NPMix(ctx.num_classes, seed=ctx.seed, max_points=ctx.max_points, knn=knn,
-                 **section_options(cfg_synthesis, "npmix", NPMIX_KEYS))
+    """``npmix`` (KD-tree neighbours) / ``npmix_cdist`` (exact cdist), options (:attr:`NPMix.OPTIONS`) in
+    ``synthesis.npmix`` / ``synthesis.npmix_cdist``."""
+    return NPMix(ctx.num_classes, seed=ctx.seed, max_points=ctx.max_points, knn=knn, **ctx.options)

@@ -9,7 +9,8 @@ import torch
 from segood.ood.synthesis.bank import ClassBank
 from segood.ood.feature_mixing.anchors import Batch, Outliers, anchor_points, check_rows, step_generator
 from segood.ood.synthesis.common import bank_rows, no_outliers, split_rows
-from segood.ood.synthesis_context import SynthesisContext, section_options
+from segood.ood.synthesis_context import SynthesisContext
+from segood.options import Opt
 
 
 # ------------------------------------------------------------------ VOS
@@ -30,9 +31,21 @@ class VOS:
     log-likelihoods, each class's candidate median and the fitted means / Cholesky factor.
     """
 
-    def __init__(self, num_classes: int, dim: int, queue_size: int = 1000, sample_from: int = 10000,
-                 select: int | None = 1, seed: int = 0, start_after: int = 0, ridge: float = 1e-4,
-                 max_points: int | None = None, min_entries: int = 1) -> None:
+    OPTIONS = {
+        "queue_size": Opt(1000, int, "entries per class FIFO queue", min=1),
+        "sample_from": Opt(10000, int, "Gaussian candidates drawn per class", min=1),
+        "select": Opt(1, int, "lowest-likelihood candidates kept per class (<= sample_from); null = max_points "
+                              "spread over the classes", min=1, nullable=True),
+        "start_after": Opt(0, int, "no outliers before this step (the queues fill regardless)", min=0),
+        "ridge": Opt(1e-4, float, "added to the shared covariance's diagonal", min=0.0),
+        "min_entries": Opt(1, int, "queue entries a class needs to be sampled", min=1),
+    }
+
+    def __init__(self, num_classes: int, dim: int, queue_size: int = OPTIONS["queue_size"].default,
+                 sample_from: int = OPTIONS["sample_from"].default, select: int | None = OPTIONS["select"].default,
+                 seed: int = 0, start_after: int = OPTIONS["start_after"].default,
+                 ridge: float = OPTIONS["ridge"].default, max_points: int | None = None,
+                 min_entries: int = OPTIONS["min_entries"].default) -> None:
         if select is None and max_points is None:
             raise ValueError("VOS: select=None spreads max_points over classes, so max_points is required")
         if select is not None and not 1 <= select <= sample_from:
@@ -104,10 +117,7 @@ class VOS:
         self.bank.load_state_dict(state)
 
 
-VOS_KEYS = ("queue_size", "sample_from", "select", "start_after", "ridge", "min_entries")
-
-
 def build_vos(cfg_synthesis: Mapping, ctx: SynthesisContext) -> VOS:
-    """``vos``, options in ``synthesis.vos``; the Gaussians live on concatenated [f_c, f_l] features."""
-    return VOS(ctx.num_classes, ctx.d_image + ctx.d_lidar, seed=ctx.seed, max_points=ctx.max_points,
-               **section_options(cfg_synthesis, "vos", VOS_KEYS))
+    """``vos``, options (:attr:`VOS.OPTIONS`) in ``synthesis.vos``; the Gaussians live on concatenated
+    [f_c, f_l] features."""
+    return VOS(ctx.num_classes, ctx.d_image + ctx.d_lidar, seed=ctx.seed, max_points=ctx.max_points, **ctx.options)

@@ -1,0 +1,37 @@
+"""The registry families whose members declare their own options, and the config loader every command uses.
+
+:mod:`segood.config` is a leaf: it checks the schema (:mod:`segood.config_schema`) but never imports a
+registry. This module, above the data and OOD layers, names each family once in :data:`FAMILIES`:
+where its members' options live in a config, which key picks members, and how to read each member's
+``dict[str, Opt]`` from its registry (at check time, so a member added to the registry, even by a test's
+monkeypatch, is known at once). :func:`load_config` is :func:`segood.config.load_config` with these
+families: every command loads its config through it, so a member's options are checked (unknown
+option: the known ones listed; bad value: the Opt's message, with the file) before any work.
+
+A new family is one line here: ``Family(name, options, select, members)`` (see
+:class:`segood.config.Family`); its config section must exist in the schema (a mapping key for flat
+options, or a ``<member>`` key for one section per member).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from segood import config
+from segood.config import Family
+from segood.data.readers import READERS
+from segood.ood.scores import SCORES
+from segood.ood.synthesis import SYNTHESIZERS
+
+__all__ = ["FAMILIES", "load_config"]
+
+FAMILIES: tuple[Family, ...] = (
+    Family("score", "eval.score_options.<member>", "eval.scores", lambda: {n: s.options for n, s in SCORES.items()}),
+    Family("synthesizer", "synthesis.<member>", "synthesis.method",
+           lambda: {n: getattr(s, "options", {}) for n, s in SYNTHESIZERS.items()}),
+    Family("reader", "data.reader_options", "data.dataset", lambda: {n: getattr(r, "OPTIONS", {}) for n, r in READERS.items()}),
+)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """An experiment config, checked against the schema and every family's member declarations."""
+    return config.load_config(path, overrides, FAMILIES)
