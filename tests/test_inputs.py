@@ -19,14 +19,16 @@ from segood.engine.checkpoint import load_checkpoint
 from segood.ros.bagio import BagWriter, typestore_for
 from segood.ros.export import make_header
 from segood.ros.pointcloud2 import from_records
-from test_ros import SMALL, kitti_points, make_tiny_checkpoint
+from builders import SMALL, checkpoint_variant
+from test_ros import kitti_points
 
-CONFIG = str(CONFIG_DIR / "synthetic_baseline.yaml")
+CONFIG = str(CONFIG_DIR / "synthetic_feature_mixing.yaml")  # the session's tiny run's
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("inputs") / "tiny.pt")
+def ckpt(tiny_run, tmp_path_factory) -> Path:
+    """A copy of the session's tiny checkpoint (commands may write fitted scores beside it)."""
+    return checkpoint_variant(tiny_run.ckpt, tmp_path_factory.mktemp("inputs") / "tiny.pt")
 
 
 @pytest.fixture
