@@ -20,6 +20,7 @@ from segood.ros.export import SensorFrame, make_header, write_sensor_bag
 from segood.ros.frames import scan_from_points
 from segood.ros.pointcloud2 import CloudError, decode_xyzi, from_records, point_records, xyzi_records
 from segood.ros.replay import ReplayOptions, replay, summary_path
+from segood.engine.checkpoint import load_checkpoint
 from segood.engine.inference import Predictor
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -151,7 +152,9 @@ def test_replay_round_trip_keeps_points_order_and_original_messages(name, tmp_pa
         assert topics(b)["/points/segood"] == "sensor_msgs/msg/PointCloud2"
     summary = json.loads(summary_path(out).read_text())
     assert summary["points"]["total"] == sum(len(kitti_points()[k::8]) for k in range(3))
-    assert summary["model"]["fusion"]["hidden"] == 16 and summary["model"]["lidar"]["channels"] == [8, 16]  # the ckpt's
+    model = load_checkpoint(ckpt)["config"]["model"]  # builders.SMALL: hidden 32, channels [8, 16, 16]
+    assert summary["model"]["fusion"]["hidden"] == model["fusion"]["hidden"] == 32
+    assert summary["model"]["lidar"]["channels"] == model["lidar"]["channels"] == [8, 16, 16]
 
 
 def test_replay_with_camera_pairs_nearest_image_within_max_dt(tmp_path, ckpt, predictor):
