@@ -36,8 +36,11 @@ from segood.engine.allocator import bound_allocator
 from segood.engine.builders import build_label_map, build_loader
 from segood.atomic import atomic_write, write_json
 from segood.engine.checkpoint import file_sha256, load_checkpoint, load_torch, save_torch
+from segood.engine.monitor import load_monitor
 from segood.engine.operating_point import choose_operating_point, threshold_at_tpr  # noqa: F401  (re-exported)
+from segood.data.ood_kinds import OOD_KIND_FAMILY, OOD_KIND_NAMES
 from segood.metrics.iou import ConfusionMatrix
+from segood.metrics.kinds import KindHistograms
 from segood.metrics.ood import ScoreHistogram
 from segood.metrics.protocols import PROTOCOLS, ProtocolAccumulator, protocol_names
 from segood.models import build_model
@@ -57,6 +60,9 @@ CONVENTIONS = {
     "miou": "confusion matrix over the ID classes on original points (never voxels); OOD points excluded; "
             "mean over classes present in the ground truth",
     "fov": "camera-visible points only (paper-comparable)",
+    "ood_kinds": "per kind of OOD object (synthetic data): that kind's OOD points against every ID point of the subset; "
+                 "histograms coarsened to ood_kind_bins bins (bin_error_bound per entry); ood_families sums a "
+                 "family's kinds (novel, mixed = cross-modal, near = held-out ID-like vehicles)",
     "all": "every point of the scan (points outside the camera use the image placeholder)",
     "histogram": "OOD metrics from fixed-bin histograms: linear bins on a known range, else bins of the monotone "
                  "squash z/(1+|z|), z=(s-median)/spread of the first batch; bin_error_bound gives |binned - exact| "
@@ -446,11 +452,42 @@ def _labelled_output(out: Mapping[str, torch.Tensor], keep: torch.Tensor) -> dic
     return {k: out[k][keep] for k in ("logits", "anomaly_logit", FEATURE_KEY) if k in out}
 
 
+def _add_kinds(kinds: KindHistograms | None, acc: EvalAccumulator, batch: Mapping, scores: Mapping[str, np.ndarray],
+               keep: torch.Tensor) -> None:
+    """Per-kind OOD counts of the labelled points ``keep`` (only data with per-point kinds has them)."""
+    if kinds is None or "ood_kind" not in batch:
+        return
+    is_ood = (batch["ood_target"][keep] == 1).numpy()
+    visible, kind = batch["visible"][keep].numpy(), batch["ood_kind"][keep].numpy()
+    for n, s in scores.items():
+        if n in acc.hist:
+            kinds.add(n, acc.hist[n]["all"], acc.binning[n].forward(s), is_ood, visible, kind)
+
+
+def kind_metrics(kinds: KindHistograms | None, acc: EvalAccumulator) -> dict[str, Any]:
+    """metrics.json's per-kind blocks (``ood_kinds[score][kind][subset]``, ``ood_families[score][family][subset]``:
+    that kind's OOD points against every ID point), or nothing when the data has no kinds."""
+    if kinds is None or not kinds.counts:
+        return {}
+    per_kind, per_family = kinds.histograms(acc.hist)
+
+    def block(tree: Mapping[str, Mapping[str, Mapping[str, ScoreHistogram]]]) -> dict:
+        return {n: {k: {s: {**_safe_metrics(h), "bin_error_bound": bin_error_bounds(h.counts)} for s, h in per.items()}
+                    for k, per in by.items()} for n, by in tree.items()}
+
+    seen = sorted({k for by in per_kind.values() for k in by})
+    return {"ood_kinds": block(per_kind), "ood_families": block(per_family),
+            "ood_kind_family": {k: kinds.families.get(k, "other") for k in seen},
+            "ood_kind_bins": next(h for by in per_kind.values() for per in by.values() for h in per.values()).bins}
+
+
 @torch.no_grad()
 def run_pass(model: torch.nn.Module, loader, scorers: Mapping[str, Callable], acc: EvalAccumulator,
-             progress: bool = True, protocols: list[ProtocolAccumulator] = ()) -> EvalAccumulator:
+             progress: bool = True, protocols: list[ProtocolAccumulator] = (),
+             kinds: KindHistograms | None = None) -> EvalAccumulator:
     """One network pass per batch; every score from that output; only accumulators are kept. With
-    ``protocols`` every point is scored (a protocol's label map may label points segood ignores)."""
+    ``protocols`` every point is scored (a protocol's label map may label points segood ignores); with
+    ``kinds`` the OOD points of each kind are counted too (data with ``Batch["ood_kind"]``)."""
     for batch in tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True):
         out = model(batch)
         visible, ood_target = batch["visible"], batch["ood_target"]
@@ -460,10 +497,13 @@ def run_pass(model: torch.nn.Module, loader, scorers: Mapping[str, Callable], ac
         if not protocols:
             scores = {n: f(_labelled_output(out, keep)).float().numpy() for n, f in scorers.items()}
             acc.add_scores(scores, (ood_target[keep] == 1).numpy(), visible[keep].numpy())
+            _add_kinds(kinds, acc, batch, scores, keep)
             continue
         every = {n: f(_labelled_output(out, torch.ones_like(keep))).float().numpy() for n, f in scorers.items()}
         k = keep.numpy()
-        acc.add_scores({n: v[k] for n, v in every.items()}, (ood_target[keep] == 1).numpy(), visible[keep].numpy())
+        scores = {n: v[k] for n, v in every.items()}
+        acc.add_scores(scores, (ood_target[keep] == 1).numpy(), visible[keep].numpy())
+        _add_kinds(kinds, acc, batch, scores, keep)
         for p in protocols:
             p.add(batch["raw_label"], pred, every, acc.axis, visible, batch["points"], batch["batch_idx"],
                   batch["sources"][0])
@@ -509,8 +549,9 @@ def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None
     acc = EvalAccumulator(names, model_map.num_classes, score_ranges(names, cfg, model_map.num_classes), bins)
     protocols = [ProtocolAccumulator(PROTOCOLS[p], label_map, model_map, names, bins)
                  for p in protocol_names(cfg) if p != "segood"]
-    run_pass(model, loader, scorers, acc, progress, protocols)
-    metrics = assemble_metrics(cfg, ckpt_path, state, model_map, acc, len(loader.dataset), split, protocols)
+    kinds = KindHistograms(OOD_KIND_NAMES, OOD_KIND_FAMILY)
+    run_pass(model, loader, scorers, acc, progress, protocols, kinds)
+    metrics = assemble_metrics(cfg, ckpt_path, state, model_map, acc, len(loader.dataset), split, protocols, kinds)
     if out_dir is not None:
         write_outputs(Path(out_dir), metrics, acc)
         if report is not None:
@@ -522,9 +563,10 @@ def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None
 
 def assemble_metrics(cfg: dict, ckpt_path: str | Path, state: Mapping[str, Any], label_map: LabelMap,
                      acc: EvalAccumulator, num_scans: int, split: str = "val",
-                     protocols: list[ProtocolAccumulator] = ()) -> dict:
+                     protocols: list[ProtocolAccumulator] = (), kinds: KindHistograms | None = None) -> dict:
     """The metrics.json structure (``ood[score][fov|all]``, ``miou[fov|all]``: protocol ``segood``;
-    ``protocols[name]``: each reference protocol's own block; conventions, provenance)."""
+    ``protocols[name]``: each reference protocol's own block; ``ood_kinds`` / ``ood_families`` when the
+    data has per-point OOD kinds (:func:`kind_metrics`); conventions, provenance)."""
     fit = load_fit(ckpt_path) if any(is_fitted(n) for n in acc.names) else None
     bounds = acc.error_bounds()
     return {
@@ -539,6 +581,7 @@ def assemble_metrics(cfg: dict, ckpt_path: str | Path, state: Mapping[str, Any],
         "ood_classes": label_map.ood_names,
         "miou": {k: acc.conf[k].to_dict(label_map.class_names) for k in SUBSETS},
         "ood": acc.ood(),
+        **kind_metrics(kinds, acc),
         "protocol": "segood",
         "protocols": {p.protocol.name: p.metrics() for p in protocols},
         "scores": {n: {"params": score_params(n, cfg),
@@ -547,6 +590,7 @@ def assemble_metrics(cfg: dict, ckpt_path: str | Path, state: Mapping[str, Any],
         "fit": None if fit is None else {"path": str(scores_path(ckpt_path)), "points": int(len(fit["bank"]["labels"])),
                                          "per_class": fit["per_class"], "sequences": fit["sequences"]},
         "operating_point": operating_point(acc, cfg, ckpt_path, split, state["config"]["synthesis"]["method"]),
+        "monitor": load_monitor(ckpt_path, state.get("step")),
         "resolved_config": cfg,
     }
 
