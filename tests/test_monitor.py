@@ -9,7 +9,6 @@ import pytest
 
 from segood.config import CONFIG_DIR, load_config
 from segood.engine.monitor import MONITOR_FILE, Monitor, compute_record, read_monitor, shortcut_warning
-from segood.synthetic import SyntheticConfig, write_dataset
 
 TINY = ["model.lidar.channels=[8, 16, 16]", "model.lidar.out_channels=16", "model.image.out_channels=16",
         "model.image.width_scale=0.25", "model.fusion.hidden=32", "train.batch_size=1", "train.warmup_steps=1",
@@ -78,21 +77,13 @@ def test_monitor_prints_one_warning_line(tmp_path, capsys):
     assert Monitor(cfg, tmp_path).previous["step"] == 20  # a resumed run compares with the last record
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("monitor_data")
-    write_dataset(root, SyntheticConfig(num_train=2, num_val=1, num_test=0, azimuth_columns=96, image_width=128,
-                                        image_height=40, seed=4), progress=False)
-    return root
-
-
 @pytest.mark.parametrize("config,synthetic", [("synthetic_feature_mixing.yaml", True), ("synthetic_baseline.yaml", False)])
-def test_training_writes_monitor_records_that_reach_the_report(data_root, tmp_path, config, synthetic):
+def test_training_writes_monitor_records_that_reach_the_report(study_root, tmp_path, config, synthetic):
     from segood.engine.evaluate import evaluate
     from segood.engine.train import train
     from segood.report.markdown import write_eval_report
 
-    cfg = load_config(CONFIG_DIR / config, TINY + [f"data.root={data_root}", "train.steps=3", "train.val_every=2",
+    cfg = load_config(CONFIG_DIR / config, TINY + [f"data.root={study_root}", "train.steps=3", "train.val_every=2",
                                                    "synthesis.start_fraction=0"])
     train(cfg, tmp_path / "run", progress=False)
     records = read_monitor(tmp_path / "run" / MONITOR_FILE)

@@ -11,7 +11,6 @@ import torch
 
 from segood.cli import main
 from segood.config import CONFIG_DIR, ConfigError, load_config
-from segood.synthetic import SyntheticConfig, write_dataset
 from segood.engine import train as train_mod
 from segood.report.study import choose_scores, study_markdown, summarize_study
 from segood.metrics.stats import paired_difference, summarize
@@ -25,11 +24,8 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study_data")
-    write_dataset(root, SyntheticConfig(num_train=2, num_val=1, num_test=1, azimuth_columns=96, image_width=128,
-                                        image_height=40, seed=4), progress=False)
-    return root
+def data_root(study_root):
+    return study_root
 
 
 def test_generator_writes_a_test_split(data_root):
