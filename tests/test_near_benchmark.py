@@ -15,7 +15,7 @@ from PIL import Image
 from segood.metrics.ood import auroc
 from segood.synthetic import OOD_RAW_ID, SyntheticConfig, ensure_dataset, generate_scene, scan_rng, write_dataset
 from segood.synthetic.config import NEAR_KINDS, OOD_KINDS
-from segood.synthetic.street import CAR_COLORS, GLASS, POLE_COLORS, RUBBER
+from segood.synthetic.builder import CAR_COLORS, GLASS, POLE_COLORS, RUBBER
 
 # The standard benchmark's scans at this config, digested before the near benchmark and the kind files
 # existed (labels exactly, points rounded to 1 mm, decoded image pixels; robust to zlib versions).
@@ -115,8 +115,8 @@ def test_near_vehicles_use_id_materials_and_intensities(near):
         ood.append(points[raw == OOD_RAW_ID, 3])
         vehicle.append(points[np.isin(raw, [10, 18]), 3])
     ood, vehicle = np.concatenate(ood), np.concatenate(vehicle)
-    lo, hi = np.quantile(vehicle, [0.01, 0.99])
-    assert ((ood < lo - 0.02) | (ood > hi + 0.02)).mean() < 0.02
+    # reflectivity <= 0.55 (the ID paint's top), times incidence falloff <= 1, plus sensor noise (sigma 0.03)
+    assert (ood <= 0.55 + 4 * cfg.intensity_noise).all() and np.median(ood) < 0.5
     hist = np.histogram(vehicle, bins=50, range=(0.0, 1.0))[0] / len(vehicle)
     rarity = -hist[np.minimum((np.r_[ood, vehicle] * 50).astype(int), 49)]
     assert auroc(rarity, np.r_[np.ones(len(ood)), np.zeros(len(vehicle))]) < 0.7

@@ -12,8 +12,9 @@ from segood.data.errors import DataError
 from segood.data.labels import LabelMap, load_label_map
 from segood.data.ood_kinds import OOD_KIND_FAMILY, OOD_KIND_NAMES
 from segood.data.readers.semantickitti import SemanticKittiReader
-from segood.engine.evaluate import EvalAccumulator, kind_metrics, run_pass
-from segood.metrics.kinds import KindHistograms
+from segood.engine.evaluate import run_pass
+from segood.metrics.accumulator import EvalAccumulator
+from segood.metrics.kinds import KindHistograms, kind_metrics
 from segood.metrics.ood import ood_metrics
 from segood.report.markdown import format_metrics, kind_table
 from segood.synthetic import OOD_RAW_ID
@@ -84,20 +85,20 @@ def test_per_kind_metrics_equal_a_direct_computation():
                 "ood_kind": torch.from_numpy(kind[s]), "target": torch.zeros(len(ood_target[s]), dtype=torch.long),
                 "score": torch.from_numpy(scores[s])} for s in (slice(0, 1000), slice(1000, n))]
     model = lambda b: {"logits": torch.zeros(len(b["score"]), 2), "anomaly_logit": b["score"]}  # noqa: E731
-    acc = EvalAccumulator(["s"], 2, {"s": (0.0, 1.0)}, bins=65536)
+    acc = EvalAccumulator(["anomaly_head"], 2, {"anomaly_head": (0.0, 1.0)}, bins=65536)
     hists = KindHistograms(OOD_KIND_NAMES, OOD_KIND_FAMILY)
-    run_pass(model, batches, {"s": lambda out: out["anomaly_logit"]}, acc, progress=False, kinds=hists)
+    run_pass(model, batches, {"anomaly_head": lambda out: out["anomaly_logit"]}, acc, progress=False, kinds=hists)
     m = kind_metrics(hists, acc)
-    assert m["ood_kind_bins"] == 4096 and set(m["ood_kinds"]["s"]) == set(kinds)
+    assert m["ood_kind_bins"] == 4096 and set(m["ood_kinds"]["anomaly_head"]) == set(kinds)
     assert m["ood_kind_family"] == {"bus": "near", "tetra": "novel", "veg_car": "mixed"}
     for k, code in zip(kinds, codes):
         for subset in ("fov", "all"):
-            got, want = m["ood_kinds"]["s"][k][subset], _exact(scores, ood_target, kind, visible, code, subset == "fov")
+            got, want = m["ood_kinds"]["anomaly_head"][k][subset], _exact(scores, ood_target, kind, visible, code, subset == "fov")
             for key in ("auroc", "aupr", "fpr95", "num_id", "num_ood"):
                 assert got[key] == pytest.approx(want[key], abs=1e-12), (k, subset, key)
-    fam = m["ood_families"]["s"]["novel"]["all"]
-    assert fam == {**m["ood_kinds"]["s"]["tetra"]["all"], "bin_error_bound": fam["bin_error_bound"]}
-    aurocs = {k: m["ood_kinds"]["s"][k]["all"]["auroc"] for k in kinds}
+    fam = m["ood_families"]["anomaly_head"]["novel"]["all"]
+    assert fam == {**m["ood_kinds"]["anomaly_head"]["tetra"]["all"], "bin_error_bound": fam["bin_error_bound"]}
+    aurocs = {k: m["ood_kinds"]["anomaly_head"][k]["all"]["auroc"] for k in kinds}
     assert aurocs["tetra"] > aurocs["veg_car"] > aurocs["bus"]
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from segood.metrics.ood import auroc
-from segood.ood.scores import get_score, is_fitted, score_options
+from segood.ood.scores import SCORES, get_score, score_options
 
 __all__ = ["MONITOR_FILE", "SATURATED", "Monitor", "monitor_scorers", "load_monitor", "shortcut_warning"]
 
@@ -38,14 +38,20 @@ SATURATED = 0.99
 LOG = logging.getLogger("segood.train")
 
 
+HEAD_OUTPUTS = frozenset({"logits", "anomaly_logit"})  # what the heads give an outlier too
+
+
 def monitor_scorers(cfg: Mapping[str, Any]) -> dict[str, Callable[[Mapping], torch.Tensor]]:
-    """The cheap scores of ``eval.scores`` (no fitted one: they need a fit on training features)."""
-    return {n: get_score(n, **score_options(cfg, n)) for n in cfg["eval"]["scores"] if not is_fitted(n)}
+    """The cheap scores of ``eval.scores``: those reading only the heads' outputs (no fitted one: they need
+    features and a fit on training points)."""
+    return {n: get_score(n, **score_options(cfg["eval"], n)) for n in cfg["eval"]["scores"]
+            if set(SCORES[n].inputs()) <= HEAD_OUTPUTS}
 
 
 def _score_all(scorers: Mapping[str, Callable], logits: torch.Tensor, anomaly_logit: torch.Tensor) -> dict[str, np.ndarray]:
+    """Every monitored score of points given by their fused logits and anomaly logit."""
     out = {"logits": logits.detach().float(), "anomaly_logit": anomaly_logit.detach().float()}
-    return {n: f(out).cpu().numpy().astype(np.float64) for n, f in scorers.items()}
+    return {n: f({k: out[k] for k in SCORES[n].inputs()}).cpu().numpy().astype(np.float64) for n, f in scorers.items()}
 
 
 def _safe_auroc(scores: np.ndarray, is_ood: np.ndarray) -> float | None:

@@ -14,13 +14,14 @@ exactly those of a histogram of its points and every ID point with ``bins // fac
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
+from segood.metrics.accumulator import EvalAccumulator, _safe_metrics, bin_error_bounds
 from segood.metrics.ood import ScoreHistogram
 
-__all__ = ["KindHistograms"]
+__all__ = ["KindHistograms", "add_kinds", "kind_metrics"]
 
 SUBSETS = ("fov", "all")
 
@@ -76,3 +77,34 @@ class KindHistograms:
             families[name] = {fam: {s: self._coarse(hists[name][s], c[s]) for s in SUBSETS}
                               for fam, c in sorted(by_family.items())}
         return kinds, families
+
+
+def add_kinds(kinds: KindHistograms | None, acc: EvalAccumulator, batch: Mapping[str, Any],
+              scores: Mapping[str, np.ndarray], keep: Any) -> None:
+    """Per-kind OOD counts of one batch's labelled points ``keep`` (bool mask), on ``acc``'s axes; nothing
+    for data without per-point kinds (``batch["ood_kind"]``)."""
+    if kinds is None or "ood_kind" not in batch:
+        return
+    is_ood = np.asarray(batch["ood_target"][keep] == 1)
+    visible, kind = np.asarray(batch["visible"][keep]), np.asarray(batch["ood_kind"][keep])
+    for n, s in scores.items():
+        if n in acc.hist:
+            kinds.add(n, acc.hist[n]["all"], acc.binning[n].forward(s), is_ood, visible, kind)
+
+
+def kind_metrics(kinds: KindHistograms | None, acc: EvalAccumulator) -> dict[str, Any]:
+    """metrics.json's per-kind blocks (``ood_kinds[score][kind][subset]``, ``ood_families[score][family][subset]``:
+    that kind's OOD points against every ID point, with ``bin_error_bound``; ``ood_kind_family``,
+    ``ood_kind_bins``), or nothing when no kind was seen."""
+    if kinds is None or not kinds.counts:
+        return {}
+    per_kind, per_family = kinds.histograms(acc.hist)
+
+    def block(tree: Mapping[str, Mapping[str, Mapping[str, ScoreHistogram]]]) -> dict:
+        return {n: {k: {s: {**_safe_metrics(h), "bin_error_bound": bin_error_bounds(h.counts)} for s, h in per.items()}
+                    for k, per in by.items()} for n, by in tree.items()}
+
+    seen = sorted({k for by in per_kind.values() for k in by})
+    bins = next(h.bins for by in per_kind.values() for per in by.values() for h in per.values())
+    return {"ood_kinds": block(per_kind), "ood_families": block(per_family),
+            "ood_kind_family": {k: kinds.families.get(k, "other") for k in seen}, "ood_kind_bins": bins}

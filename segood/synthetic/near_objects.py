@@ -22,8 +22,8 @@ import numpy as np
 from segood.synthetic.calibration import _rot_z
 from segood.synthetic.config import NEAR_KINDS, OOD_RAW_ID
 from segood.synthetic.primitives import Cylinder, frame_from_axis, make_box, make_segment, Tag
-from segood.synthetic.street import (_Builder, _car_geometry, _car_shape, _CarShape, _rect, _Street, CAR_COLORS, GLASS,
-                                     POLE_COLORS, RUBBER)
+from segood.synthetic.builder import CAR_COLORS, footprint, GLASS, POLE_COLORS, RUBBER, SceneBuilder, StreetLayout
+from segood.synthetic.road_users import car_geometry, car_shape, CarShape
 
 
 @dataclass
@@ -44,14 +44,14 @@ class _LongVehicle:
 NEAR_DISTANCE = (6.0, 45.0)  # m ahead of the car (nearest end) for vehicles placed in the camera view
 
 
-def _sample_shape(rng: np.random.Generator, kind: str) -> _LongVehicle | _CarShape:
+def _sample_shape(rng: np.random.Generator, kind: str) -> _LongVehicle | CarShape:
     """A bus (one 8.5-12.5 m body, big wheels), a tram (2-3 sections of 6.5-8.5 m, small bogie wheels) or a van
     (the ID car's geometry stretched: 15-30 % longer, a taller body and cabin)."""
     if kind == "bus":
         return _LongVehicle(kind, [rng.uniform(8.5, 12.5)], 0.0, rng.uniform(2.4, 2.6), rng.uniform(2.8, 3.3),
                             0.35, 0.5)
     if kind == "van":
-        car = _car_shape(rng)
+        car = car_shape(rng)
         return replace(car, length=car.length * rng.uniform(1.15, 1.3), width=car.width * 1.05,
                        body_height=car.body_height * rng.uniform(1.3, 1.6),
                        cabin_height=car.cabin_height * rng.uniform(1.4, 1.8))
@@ -59,17 +59,17 @@ def _sample_shape(rng: np.random.Generator, kind: str) -> _LongVehicle | _CarSha
     return _LongVehicle(kind, sections, 0.5, rng.uniform(2.3, 2.6), rng.uniform(3.0, 3.5), 0.3, 0.35)
 
 
-def _build_van(b: _Builder, s: _CarShape, inst: int, x: float, y: float, z0: float, yaw: float) -> None:
+def _build_van(b: SceneBuilder, s: CarShape, inst: int, x: float, y: float, z0: float, yaw: float) -> None:
     """A van with the ID car's materials: paint, cabin with glass sides, tyres."""
     paint = b.pick(CAR_COLORS)
     refl = b.rng.uniform(0.2, 0.55)
     body = Tag(OOD_RAW_ID, inst, b.material("paint", paint, intensity=refl))
     cabin = Tag(OOD_RAW_ID, inst, b.material("cabin", paint, color2=GLASS, intensity=refl))
     wheel = Tag(OOD_RAW_ID, inst, b.material("metal", RUBBER, intensity=0.08, jitter=0.02))
-    _car_geometry(b, s, x, y, z0, yaw, body, cabin, wheel)
+    car_geometry(b, s, x, y, z0, yaw, body, cabin, wheel)
 
 
-def _build(b: _Builder, s: _LongVehicle, inst: int, x: float, y: float, z0: float, yaw: float) -> None:
+def _build(b: SceneBuilder, s: _LongVehicle, inst: int, x: float, y: float, z0: float, yaw: float) -> None:
     """Body boxes with the window-band paint, bellows, wheels and (trams) a pantograph; local x = forward."""
     rng = b.rng
     rot = _rot_z(yaw)
@@ -103,7 +103,7 @@ def _build(b: _Builder, s: _LongVehicle, inst: int, x: float, y: float, z0: floa
               make_segment(at(cx, 0.0, s.height + 0.9), at(cx + 0.8, 0.0, s.height + 0.9), 0.04, metal))
 
 
-def _spot(b: _Builder, st: _Street, s: _LongVehicle | _CarShape) -> tuple[float, float] | None:
+def _spot(b: SceneBuilder, st: StreetLayout, s: _LongVehicle | CarShape) -> tuple[float, float] | None:
     """Centre (x, y) in a lane or parked at the curb (among the parked cars): mostly ahead inside the
     camera view, else anywhere around the car."""
     rng, cfg = b.rng, b.cfg
@@ -119,7 +119,7 @@ def _spot(b: _Builder, st: _Street, s: _LongVehicle | _CarShape) -> tuple[float,
     return rng.uniform(-40.0, 40.0), y
 
 
-def add_near_ood(b: _Builder, st: _Street) -> None:
+def add_near_ood(b: SceneBuilder, st: StreetLayout) -> None:
     """``near_min``-``near_max`` buses / trams / vans in the lanes (recorded in ``b.objects`` with their kind)."""
     rng, cfg = b.rng, b.cfg
     want = int(rng.integers(cfg.near_min, cfg.near_max + 1))
@@ -133,7 +133,7 @@ def add_near_ood(b: _Builder, st: _Street) -> None:
         if spot is None:
             continue
         yaw = (0.0 if rng.random() < 0.5 else math.pi) + rng.normal(0.0, 0.03)
-        rect = _rect(*spot, shape.length / 2, shape.width / 2, yaw)
+        rect = footprint(*spot, shape.length / 2, shape.width / 2, yaw)
         if not b.free(rect, margin=0.5):
             continue
         inst = b.thing()
