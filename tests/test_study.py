@@ -143,6 +143,21 @@ def test_per_kind_rows_use_the_headline_score_and_pair_by_seed():
     assert summarize_study({"ref": {0: {**ref, "test": _metrics({"energy": 0.6})}}}, "ref")["kinds"] == {}
 
 
+def test_monitor_summary_takes_the_last_record_of_the_headline_score_and_flags_seeds():
+    def rec(step, syn, real):
+        return {"step": step, "scores": {"energy": {"synthetic": syn, "real_fov": real, "real_all": real},
+                                         "anomaly_head": {"synthetic": 1.0, "real_fov": 0.1, "real_all": 0.1}}}
+
+    val = _metrics({"anomaly_head": 0.5, "energy": 0.8})
+    runs = {0: [rec(10, 0.995, 0.9), rec(20, 0.999, 0.8)], 1: [rec(10, 0.9, 0.9), rec(20, 0.95, 0.85)]}
+    results = {"fm": {s: {"val": val, "test": {**_metrics({"energy": 0.6}), "monitor": {"records": r}}}
+                      for s, r in runs.items()}}
+    mon = summarize_study(results, "fm")["monitor"]["fm"]
+    assert mon["score"] == "energy" and mon["flagged_seeds"] == [0]  # seed 0: saturated while the real AUROC fell
+    assert mon["synthetic"]["mean"] == pytest.approx(97.45) and mon["real_fov"]["mean"] == pytest.approx(82.5)
+    assert "| fm | energy | 97.5 ± 3.5 | 82.5 ± 3.5 | 0 |" in study_markdown(summarize_study(results, "fm"), {})
+
+
 def test_study_folder_belongs_to_one_benchmark(tmp_path, monkeypatch):
     import argparse
 
@@ -216,6 +231,7 @@ def test_study_command_trains_skips_and_reports(data_root, tmp_path, capsys):
     md = (out / "summary.md").read_text()
     assert "chosen on val" in md and "| fm |" in md
     assert "## Per kind of OOD object" in md and summary["kinds"]["fm"]  # the synthetic data has kind files
+    assert "## Shortcut monitor" in md and set(summary["monitor"]) == {"ref", "fm"}  # every run's last record
     for arm in ("ref", "fm"):
         for seed in (0, 1):
             m = json.loads((out / "runs" / arm / f"seed{seed}" / "eval_test" / "metrics.json").read_text())
