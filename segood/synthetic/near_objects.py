@@ -1,12 +1,11 @@
-"""The near-OOD benchmark's held-out family: buses, trams and vans built like the ID vehicles.
+"""The near-OOD benchmark's held-out family: buses and trams built like the ID vehicles.
 
 Why: the standard benchmark's OOD objects carry reflectivities outside every ID range and saturated
 colours, so a model-free "how rare is this intensity" rule already scores AUROC ~89. SemanticKITTI's
 OOD class (other-vehicle: buses, trams) is near-OOD: vehicle-shaped, ordinary reflectivity and
 colours. These vehicles reuse the ID vehicles' palette (``CAR_COLORS``), paint reflectivity
-(0.2-0.55), glass (0.06) and tyres (0.08); what is new is their shape: buses and trams are longer
-than any car or truck (a window band along the side, low bellows between tram sections), vans are
-the ID car stretched and raised. Half of them are parked at the curb among the parked cars.
+(0.2-0.55), glass (0.06) and tyres (0.08); what is new is their shape: longer and taller than
+any car or truck, a window band along the side, low bellows between tram sections.
 
 Every scene of the near benchmark gets ``near_min``-``near_max`` of them (and none of the standard
 OOD objects); they are written with raw id 20 and the writer turns them into raw 0 (unlabelled,
@@ -15,7 +14,7 @@ ignored) in the train sequence, as the REAL protocol ignores other-vehicle when 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,7 +22,6 @@ from segood.synthetic.calibration import _rot_z
 from segood.synthetic.config import NEAR_KINDS, OOD_RAW_ID
 from segood.synthetic.primitives import Cylinder, frame_from_axis, make_box, make_segment, Tag
 from segood.synthetic.builder import CAR_COLORS, footprint, GLASS, POLE_COLORS, RUBBER, SceneBuilder, StreetLayout
-from segood.synthetic.road_users import car_geometry, car_shape, CarShape
 
 
 @dataclass
@@ -41,32 +39,13 @@ class _LongVehicle:
         return sum(self.sections) + self.gap * (len(self.sections) - 1)
 
 
-NEAR_DISTANCE = (6.0, 45.0)  # m ahead of the car (nearest end) for vehicles placed in the camera view
-
-
-def _sample_shape(rng: np.random.Generator, kind: str) -> _LongVehicle | CarShape:
-    """A bus (one 8.5-12.5 m body, big wheels), a tram (2-3 sections of 6.5-8.5 m, small bogie wheels) or a van
-    (the ID car's geometry stretched: 15-30 % longer, a taller body and cabin)."""
+def _sample_shape(rng: np.random.Generator, kind: str) -> _LongVehicle:
+    """A bus (one 10-13 m body, big wheels) or a tram (2-3 sections of 7-9 m, small bogie wheels)."""
     if kind == "bus":
-        return _LongVehicle(kind, [rng.uniform(8.5, 12.5)], 0.0, rng.uniform(2.4, 2.6), rng.uniform(2.8, 3.3),
+        return _LongVehicle(kind, [rng.uniform(10.0, 13.0)], 0.0, rng.uniform(2.45, 2.6), rng.uniform(2.9, 3.4),
                             0.35, 0.5)
-    if kind == "van":
-        car = car_shape(rng)
-        return replace(car, length=car.length * rng.uniform(1.15, 1.3), width=car.width * 1.05,
-                       body_height=car.body_height * rng.uniform(1.3, 1.6),
-                       cabin_height=car.cabin_height * rng.uniform(1.4, 1.8))
-    sections = [rng.uniform(6.5, 8.5) for _ in range(int(rng.integers(2, 4)))]
-    return _LongVehicle(kind, sections, 0.5, rng.uniform(2.3, 2.6), rng.uniform(3.0, 3.5), 0.3, 0.35)
-
-
-def _build_van(b: SceneBuilder, s: CarShape, inst: int, x: float, y: float, z0: float, yaw: float) -> None:
-    """A van with the ID car's materials: paint, cabin with glass sides, tyres."""
-    paint = b.pick(CAR_COLORS)
-    refl = b.rng.uniform(0.2, 0.55)
-    body = Tag(OOD_RAW_ID, inst, b.material("paint", paint, intensity=refl))
-    cabin = Tag(OOD_RAW_ID, inst, b.material("cabin", paint, color2=GLASS, intensity=refl))
-    wheel = Tag(OOD_RAW_ID, inst, b.material("metal", RUBBER, intensity=0.08, jitter=0.02))
-    car_geometry(b, s, x, y, z0, yaw, body, cabin, wheel)
+    sections = [rng.uniform(7.0, 9.0) for _ in range(int(rng.integers(2, 4)))]
+    return _LongVehicle(kind, sections, 0.5, rng.uniform(2.3, 2.65), rng.uniform(3.2, 3.6), 0.3, 0.35)
 
 
 def _build(b: SceneBuilder, s: _LongVehicle, inst: int, x: float, y: float, z0: float, yaw: float) -> None:
@@ -79,9 +58,9 @@ def _build(b: SceneBuilder, s: _LongVehicle, inst: int, x: float, y: float, z0: 
         return origin + rot @ np.array([lx, ly, lz])
 
     refl = rng.uniform(0.2, 0.55)  # the ID vehicles' paint reflectivity
-    band = (z0 + s.clearance + 0.45 * (s.height - s.clearance), z0 + s.height - 0.45)  # side windows
-    body = Tag(OOD_RAW_ID, inst, b.material("bus", b.pick(CAR_COLORS), color2=GLASS, intensity=refl, band=band,
-                                            pillars=(rng.uniform(1.1, 1.6), 0.3), fwd=rot[:, 0]))
+    body = Tag(OOD_RAW_ID, inst, b.material(
+        "bus", b.pick(CAR_COLORS), color2=GLASS, intensity=refl, band=(z0 + s.clearance + 1.3, z0 + s.height - 0.45),
+        pillars=(rng.uniform(1.1, 1.6), 0.3), fwd=rot[:, 0]))
     rubber = Tag(OOD_RAW_ID, inst, b.material("metal", RUBBER, intensity=0.08, jitter=0.02))
     axle = frame_from_axis(rot[:, 1])
     tall = s.height - s.clearance
@@ -103,16 +82,15 @@ def _build(b: SceneBuilder, s: _LongVehicle, inst: int, x: float, y: float, z0: 
               make_segment(at(cx, 0.0, s.height + 0.9), at(cx + 0.8, 0.0, s.height + 0.9), 0.04, metal))
 
 
-def _spot(b: SceneBuilder, st: StreetLayout, s: _LongVehicle | CarShape) -> tuple[float, float] | None:
-    """Centre (x, y) in a lane or parked at the curb (among the parked cars): mostly ahead inside the
-    camera view, else anywhere around the car."""
+def _spot(b: SceneBuilder, st: StreetLayout, s: _LongVehicle) -> tuple[float, float] | None:
+    """Centre (x, y) in a lane: mostly ahead inside the camera view, else anywhere around the car."""
     rng, cfg = b.rng, b.cfg
-    lo, hi = st.road[0] + s.width / 2 + 0.2, st.road[1] - s.width / 2 - 0.2
+    lo, hi = st.road[0] + s.width / 2 + 0.3, st.road[1] - s.width / 2 - 0.3
     if lo >= hi:
         return None
-    y = rng.uniform(lo, hi) if rng.random() < 0.6 else (lo if rng.random() < 0.5 else hi)
+    y = rng.uniform(lo, hi)
     if rng.random() < cfg.ood_in_fov_prob:
-        near = rng.uniform(*NEAR_DISTANCE)  # distance of the rear (or front) end ahead of the car
+        near = rng.uniform(*cfg.ood_distance)  # distance of the rear (or front) end ahead of the car
         if abs(math.atan2(y, near)) > math.radians(cfg.camera_hfov_deg / 2 - 6.0):
             return None
         return near + s.length / 2, y
@@ -120,15 +98,14 @@ def _spot(b: SceneBuilder, st: StreetLayout, s: _LongVehicle | CarShape) -> tupl
 
 
 def add_near_ood(b: SceneBuilder, st: StreetLayout) -> None:
-    """``near_min``-``near_max`` buses / trams / vans in the lanes (recorded in ``b.objects`` with their kind)."""
+    """``near_min``-``near_max`` buses / trams in the lanes (recorded in ``b.objects`` with their kind)."""
     rng, cfg = b.rng, b.cfg
     want = int(rng.integers(cfg.near_min, cfg.near_max + 1))
     placed = 0
     for _ in range(60):
         if placed >= want:
             break
-        kind = NEAR_KINDS[int(rng.integers(len(NEAR_KINDS)))]
-        shape = _sample_shape(rng, kind)
+        shape = _sample_shape(rng, NEAR_KINDS[int(rng.integers(len(NEAR_KINDS)))])
         spot = _spot(b, st, shape)
         if spot is None:
             continue
@@ -137,8 +114,8 @@ def add_near_ood(b: SceneBuilder, st: StreetLayout) -> None:
         if not b.free(rect, margin=0.5):
             continue
         inst = b.thing()
-        (_build_van if kind == "van" else _build)(b, shape, inst, *spot, 0.0, yaw)
+        _build(b, shape, inst, *spot, 0.0, yaw)
         b.claim(rect)
-        b.objects.append({"kind": kind, "label": OOD_RAW_ID, "instance": inst, "x": float(spot[0]),
+        b.objects.append({"kind": shape.kind, "label": OOD_RAW_ID, "instance": inst, "x": float(spot[0]),
                           "y": float(spot[1]), "size": shape.length, "occluded": False})
         placed += 1

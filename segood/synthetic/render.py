@@ -32,7 +32,7 @@ def generate_scene(rng: np.random.Generator, cfg: SyntheticConfig) -> Scene:
     """Sample one street scene: layout, buildings, roadside objects, vehicles, OOD objects, people.
 
     The OOD objects are the standard benchmark's (novel and cross-modal kinds) or, with
-    ``cfg.benchmark == "near"``, the held-out buses, trams and vans (:mod:`segood.synthetic.near_objects`)."""
+    ``cfg.benchmark == "near"``, the held-out buses and trams (:mod:`segood.synthetic.near_objects`)."""
     noise_seed = int(rng.integers(2**62))
     b = SceneBuilder(rng, cfg)
     st = sample_street(rng)
