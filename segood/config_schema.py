@@ -127,6 +127,8 @@ SCHEMA: dict[str, Any] = {
                                     "(0 = only at the end)", min=0),
         "keep_last": Opt(2, int, "numbered checkpoints kept (0 = all)", min=0),
         "val_every": Opt(0, int, ">0: validation mIoU every N steps, best.pt keeps the best", min=0),
+        "monitor": Opt(True, bool, "shortcut monitor at every validation step and the last step: each cheap score's "
+                       "AUROC on the step's synthetic outliers vs its val AUROC on real OOD (monitor.jsonl)"),
     },
     "eval": {
         "batch_size": Opt(2, int, "scans per batch", min=1),

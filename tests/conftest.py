@@ -65,6 +65,18 @@ def tiny_run(synthetic_root, tmp_path_factory):
                              f"{sorted(str(p) for p in set(after) ^ set(before) | {p for p in after if after[p] != before.get(p)})}")
 
 
+@pytest.fixture(scope="session")
+def study_root(tmp_path_factory):
+    """A synthetic data root for tiny training runs: sequences 00 (2 scans), 08 (1) and 11 (1), 96 LiDAR
+    columns, 128x40 images."""
+    from segood.synthetic import SyntheticConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("study_data")
+    write_dataset(root, SyntheticConfig(num_train=2, num_val=1, num_test=1, azimuth_columns=96, image_width=128,
+                                        image_height=40, seed=4), progress=False)
+    return root
+
+
 def assert_close(actual, expected, rtol: float = 1e-6, atol: float = 1e-6, what: str = "") -> None:
     """Elementwise closeness of arrays or tensors; the message names the first differing index and both values."""
     a = np.asarray(actual.detach().cpu() if hasattr(actual, "detach") else actual, dtype=np.float64)

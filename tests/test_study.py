@@ -11,21 +11,17 @@ import torch
 from builders import SMALL, set_args
 
 from segood.cli import main
-from segood.config import CONFIG_DIR, load_config
-from segood.synthetic import SyntheticConfig, write_dataset
+from segood.config import CONFIG_DIR, ConfigError, load_config
 from segood.engine import train as train_mod
-from segood.report.study import choose_scores, summarize_study
+from segood.report.study import choose_scores, study_markdown, summarize_study
 from segood.metrics.stats import paired_difference, summarize
 
 STUDY = [*SMALL, "eval.fit_points=400", "synthesis.feature_mixing_block={n_min: 2, n_max: 6}"]
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study_data")
-    write_dataset(root, SyntheticConfig(num_train=2, num_val=1, num_test=1, azimuth_columns=96, image_width=128,
-                                        image_height=40, seed=4), progress=False)
-    return root
+def data_root(study_root):
+    return study_root
 
 
 def test_generator_writes_a_test_split(data_root):
@@ -122,6 +118,57 @@ def test_scores_are_chosen_on_val_and_reported_on_test():
     assert summary["diffs"]["fm"]["fov"]["fpr95"]["wins"] == 2
 
 
+def test_per_kind_rows_use_the_headline_score_and_pair_by_seed():
+    def with_kinds(m: dict, bus: float, tetra: float) -> dict:
+        per = lambda v: {p: {"auroc": v, "fpr95": 1 - v} for p in ("fov", "all")}  # noqa: E731
+        return {**m, "ood_kinds": {"energy": {"bus": per(bus), "tetra": per(tetra)}, "anomaly_head": {"bus": per(0.1)}},
+                "ood_families": {"energy": {"near": per(bus)}}, "ood_kind_family": {"bus": "near", "tetra": "novel"}}
+
+    ref = {"val": _metrics({"anomaly_head": 0.5, "energy": 0.6})}
+    fm = {"val": _metrics({"anomaly_head": 0.5, "energy": 0.8})}
+    results = {"ref": {s: {**ref, "test": with_kinds(_metrics({"energy": 0.6}), 0.6, 0.9)} for s in (0, 1)},
+               "fm": {s: {**fm, "test": with_kinds(_metrics({"energy": 0.6}), 0.7 + 0.1 * s, 0.9)} for s in (0, 1)}}
+    summary = summarize_study(results, "ref")
+    kinds = summary["kinds"]["fm"]
+    assert list(kinds) == ["bus", "tetra", "all near"] and kinds["bus"]["family"] == "near"
+    assert kinds["bus"]["values"]["fov"]["auroc"] == pytest.approx([70.0, 80.0])
+    assert kinds["bus"]["diff"]["fov"]["auroc"]["mean"] == pytest.approx(15.0)
+    assert kinds["bus"]["diff"]["all"]["fpr95"]["wins"] == 2 and "diff" not in summary["kinds"]["ref"]["bus"]
+    md = study_markdown(summary, {})
+    assert "| fm (energy) | bus | near | 75.0 ± 7.1 |" in md and "| ref (energy) | all near | near | 60.0 ± 0.0 |" in md
+    assert summarize_study({"ref": {0: {**ref, "test": _metrics({"energy": 0.6})}}}, "ref")["kinds"] == {}
+
+
+def test_monitor_summary_takes_the_last_record_of_the_headline_score_and_flags_seeds():
+    def rec(step, syn, real):
+        return {"step": step, "scores": {"energy": {"synthetic": syn, "real_fov": real, "real_all": real},
+                                         "anomaly_head": {"synthetic": 1.0, "real_fov": 0.1, "real_all": 0.1}}}
+
+    val = _metrics({"anomaly_head": 0.5, "energy": 0.8})
+    runs = {0: [rec(10, 0.995, 0.9), rec(20, 0.999, 0.8)], 1: [rec(10, 0.9, 0.9), rec(20, 0.95, 0.85)]}
+    results = {"fm": {s: {"val": val, "test": {**_metrics({"energy": 0.6}), "monitor": {"records": r}}}
+                      for s, r in runs.items()}}
+    mon = summarize_study(results, "fm")["monitor"]["fm"]
+    assert mon["score"] == "energy" and mon["flagged_seeds"] == [0]  # seed 0: saturated while the real AUROC fell
+    assert mon["synthetic"]["mean"] == pytest.approx(97.45) and mon["real_fov"]["mean"] == pytest.approx(82.5)
+    assert "| fm | energy | 97.5 ± 3.5 | 82.5 ± 3.5 | 0 |" in study_markdown(summarize_study(results, "fm"), {})
+
+
+def test_study_folder_belongs_to_one_benchmark(tmp_path, monkeypatch):
+    import argparse
+
+    from segood.commands import study as study_cmd
+
+    made = []
+    monkeypatch.setattr("segood.synthetic.ensure_dataset", lambda root, cfg, progress=True: made.append(cfg))
+    args = argparse.Namespace(data=None, out=str(tmp_path), scans=[2, 1, 1], benchmark="near", data_seed=0,
+                              azimuth_columns=96, no_progress=True)
+    assert study_cmd.ensure_benchmark(args) == tmp_path / "data" and made[-1].benchmark == "near"
+    assert made[-1].num_train == 2 and made[-1].azimuth_columns == 96
+    with pytest.raises(ConfigError, match="made for the benchmark.*near.*standard.*another --out"):
+        study_cmd.ensure_benchmark(argparse.Namespace(**{**vars(args), "benchmark": "standard"}))
+
+
 def test_block_feature_mixing_swaps_one_contiguous_block_per_call():
     from segood.ood.synthesis import BlockFeatureMixing
 
@@ -179,6 +226,8 @@ def test_study_command_trains_skips_and_reports(data_root, tmp_path, capsys):
     assert (out / "study.png").stat().st_size > 1000
     md = (out / "summary.md").read_text()
     assert "chosen on val" in md and "| fm |" in md
+    assert "## Per kind of OOD object" in md and summary["kinds"]["fm"]  # the synthetic data has kind files
+    assert "## Shortcut monitor" in md and set(summary["monitor"]) == {"ref", "fm"}  # every run's last record
     for arm in ("ref", "fm"):
         for seed in (0, 1):
             m = json.loads((out / "runs" / arm / f"seed{seed}" / "eval_test" / "metrics.json").read_text())

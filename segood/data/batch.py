@@ -34,12 +34,15 @@ class _Batch(TypedDict):
 
 
 class Batch(_Batch, total=False):
-    """The collated batch; ``target``, ``ood_target`` and ``raw_label`` are absent at inference."""
+    """The collated batch; ``target``, ``ood_target``, ``raw_label`` and ``ood_kind`` are absent at inference
+    (``ood_kind`` also when the data set has no OOD kinds: only synthetic data does)."""
 
     target: torch.Tensor         # int64 (P,): train id, -1 for ignored and OOD points (no segmentation loss)
     ood_target: torch.Tensor     # int64 (P,): 1 = OOD (anomaly, positive), 0 = ID, -1 = ignored
     raw_label: torch.Tensor      # int64 (P,): the data set's raw id (evaluation protocols map it with their own
     #                              label map, segood.metrics.protocols)
+    ood_kind: torch.Tensor       # int64 (P,): kind of the point's OOD object, an index into
+    #                              segood.data.ood_kinds.OOD_KIND_NAMES, -1 = none (per-kind results)
 
 
 BATCH_KEYS: frozenset[str] = frozenset(_Batch.__annotations__)

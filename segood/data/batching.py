@@ -77,7 +77,7 @@ def crop_to_fov(scan: Scan) -> Scan:
     sub = lambda a: None if a is None else a[keep]  # noqa: E731
     return replace(scan, points=scan.points[keep], raw_labels=sub(scan.raw_labels),
                    learning_labels=sub(scan.learning_labels), pixel_uv=sub(scan.pixel_uv),
-                   camera_id=sub(scan.camera_id))
+                   camera_id=sub(scan.camera_id), ood_kind=sub(scan.ood_kind))
 
 
 def scan_to_sample(scan: Scan, label_map: LabelMap | None, augment: Augment | None = None,
@@ -107,10 +107,12 @@ def scan_to_sample(scan: Scan, label_map: LabelMap | None, augment: Augment | No
         sample["ood_target"] = label_map.to_ood_target(scan.learning_labels)
         if scan.raw_labels is not None:
             sample["raw_label"] = scan.raw_labels.astype(np.int64)
+        if scan.ood_kind is not None:
+            sample["ood_kind"] = scan.ood_kind.astype(np.int64)
     return sample
 
 
-PER_POINT_KEYS = ("points", "visible", "pixel_uv", "camera_id", "target", "ood_target", "raw_label")
+PER_POINT_KEYS = ("points", "visible", "pixel_uv", "camera_id", "target", "ood_target", "raw_label", "ood_kind")
 
 
 def take_points(sample: dict, keep: np.ndarray) -> dict:
@@ -199,8 +201,9 @@ def _collate(samples: list[dict], grid: VoxelGrid) -> dict:
     if all("target" in s for s in samples):
         batch["target"] = torch.from_numpy(np.concatenate([s["target"] for s in samples]))
         batch["ood_target"] = torch.from_numpy(np.concatenate([s["ood_target"] for s in samples]))
-    if all("raw_label" in s for s in samples):
-        batch["raw_label"] = torch.from_numpy(np.concatenate([s["raw_label"] for s in samples]))
+    for key in ("raw_label", "ood_kind"):
+        if all(key in s for s in samples):
+            batch[key] = torch.from_numpy(np.concatenate([s[key] for s in samples]))
     return batch
 
 

@@ -25,6 +25,7 @@ class Scan:
     pose: np.ndarray | None = None  # (4, 4) scan pose in the sequence frame, if known
     source: str = ""  # path or id of the scan, used in error messages and outputs
     meta: dict = field(default_factory=dict)
+    ood_kind: np.ndarray | None = None  # (N,) int16 kind of each point's OOD object (segood.data.ood_kinds), -1 = none
 
     @property
     def num_points(self) -> int:

@@ -26,8 +26,11 @@ from segood.engine.artifacts import checkpoint_sha, load_fit, load_model, model_
 from segood.engine.builders import build_label_map, build_loader
 from segood.engine.model_config import model_config_from_checkpoint
 from segood.engine.fit import check_scores, eval_option, load_scorers, score_params
+from segood.engine.monitor import load_monitor
 from segood.engine.operating_point import operating_point
+from segood.data.ood_kinds import OOD_KIND_FAMILY, OOD_KIND_NAMES
 from segood.metrics.accumulator import SUBSETS, EvalAccumulator
+from segood.metrics.kinds import KindHistograms, add_kinds, kind_metrics
 from segood.metrics.ood import ScoreHistogram
 from segood.metrics.protocols import PROTOCOLS, ProtocolAccumulator, protocol_names
 from segood.ood.scores import SCORES, is_fitted, score_options, score_range
@@ -41,6 +44,9 @@ CONVENTIONS = {
     "miou": "confusion matrix over the ID classes on original points (never voxels); OOD points excluded; "
             "mean over classes present in the ground truth",
     "fov": "camera-visible points only (paper-comparable)",
+    "ood_kinds": "per kind of OOD object (synthetic data): that kind's OOD points against every ID point of the subset; "
+                 "histograms coarsened to ood_kind_bins bins (bin_error_bound per entry); ood_families sums a "
+                 "family's kinds (novel, mixed = cross-modal, near = held-out ID-like vehicles)",
     "all": "every point of the scan (points outside the camera use the image placeholder)",
     "histogram": "OOD metrics from fixed-bin histograms: linear bins on a known range, else bins of the monotone "
                  "squash z/(1+|z|), z=(s-median)/spread of the first batch; bin_error_bound gives |binned - exact| "
@@ -77,9 +83,11 @@ def score_batch(out: Mapping[str, torch.Tensor], scorers: Mapping[str, Callable]
 
 @torch.no_grad()
 def run_pass(model: torch.nn.Module, loader, scorers: Mapping[str, Callable], acc: EvalAccumulator,
-             progress: bool = True, protocols: list[ProtocolAccumulator] = ()) -> EvalAccumulator:
+             progress: bool = True, protocols: list[ProtocolAccumulator] = (),
+             kinds: KindHistograms | None = None) -> EvalAccumulator:
     """One network pass per batch; every score from that output; only accumulators are kept. With
-    ``protocols`` every point is scored (a protocol's label map may label points segood ignores)."""
+    ``protocols`` every point is scored (a protocol's label map may label points segood ignores); with
+    ``kinds`` the OOD points of each kind are counted too (data with ``Batch["ood_kind"]``)."""
     bound_allocator()  # per-batch arrays must not fragment the heap (segood.engine.allocator)
     for batch in tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True):
         out = model(batch)
@@ -88,11 +96,15 @@ def run_pass(model: torch.nn.Module, loader, scorers: Mapping[str, Callable], ac
         acc.add_segmentation(pred, batch["target"].numpy(), visible.numpy())
         keep = ood_target >= 0
         if not protocols:
-            acc.add_scores(score_batch(out, scorers, keep), (ood_target[keep] == 1).numpy(), visible[keep].numpy())
+            scores = score_batch(out, scorers, keep)
+            acc.add_scores(scores, (ood_target[keep] == 1).numpy(), visible[keep].numpy())
+            add_kinds(kinds, acc, batch, scores, keep)
             continue
         every = score_batch(out, scorers, torch.ones_like(keep))
         k = keep.numpy()
-        acc.add_scores({n: v[k] for n, v in every.items()}, (ood_target[keep] == 1).numpy(), visible[keep].numpy())
+        scores = {n: v[k] for n, v in every.items()}
+        acc.add_scores(scores, (ood_target[keep] == 1).numpy(), visible[keep].numpy())
+        add_kinds(kinds, acc, batch, scores, keep)
         for p in protocols:
             p.add(batch["raw_label"], pred, every, acc.axis, visible, batch["points"], batch["batch_idx"],
                   batch["sources"][0])
@@ -126,8 +138,9 @@ def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None
     acc = EvalAccumulator(names, model_map.num_classes, score_ranges(names, eval_cfg, model_map.num_classes), bins)
     protocols = [ProtocolAccumulator(PROTOCOLS[p], label_map, model_map, names, bins)
                  for p in protocol_names(eval_cfg) if p != "segood"]
-    run_pass(model, loader, scorers, acc, progress, protocols)
-    metrics = assemble_metrics(cfg, ckpt_path, state, model_map, acc, len(loader.dataset), split, protocols)
+    kinds = KindHistograms(OOD_KIND_NAMES, OOD_KIND_FAMILY)
+    run_pass(model, loader, scorers, acc, progress, protocols, kinds)
+    metrics = assemble_metrics(cfg, ckpt_path, state, model_map, acc, len(loader.dataset), split, protocols, kinds)
     if out_dir is not None:
         write_outputs(Path(out_dir), metrics, acc)
         if report is not None:
@@ -139,9 +152,11 @@ def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None
 
 def assemble_metrics(cfg: dict, ckpt_path: str | Path, state: Mapping[str, Any], label_map: LabelMap,
                      acc: EvalAccumulator, num_scans: int, split: str = "val",
-                     protocols: list[ProtocolAccumulator] = ()) -> dict:
+                     protocols: list[ProtocolAccumulator] = (), kinds: KindHistograms | None = None) -> dict:
     """The metrics.json structure (``ood[score][fov|all]``, ``miou[fov|all]``: protocol ``segood``;
-    ``protocols[name]``: each reference protocol's own block; conventions, provenance)."""
+    ``protocols[name]``: each reference protocol's own block; ``ood_kinds`` / ``ood_families`` when the
+    data has per-point OOD kinds (:func:`~segood.metrics.kinds.kind_metrics`); ``monitor``: the run's
+    shortcut-monitor records; conventions, provenance)."""
     fit = load_fit(ckpt_path) if any(is_fitted(n) for n in acc.names) else None
     bounds = acc.error_bounds()
     sequences = list(cfg["data"][f"{split}_sequences"])
@@ -158,6 +173,7 @@ def assemble_metrics(cfg: dict, ckpt_path: str | Path, state: Mapping[str, Any],
         "ood_classes": label_map.ood_names,
         "miou": {k: acc.conf[k].to_dict(label_map.class_names) for k in SUBSETS},
         "ood": acc.ood(),
+        **kind_metrics(kinds, acc),
         "protocol": "segood",
         "protocols": {p.protocol.name: p.metrics() for p in protocols},
         "scores": {n: {"params": score_params(n, cfg["eval"]),
@@ -166,6 +182,7 @@ def assemble_metrics(cfg: dict, ckpt_path: str | Path, state: Mapping[str, Any],
         "fit": None if fit is None else {"path": str(scores_path(ckpt_path)), "points": int(len(fit["bank"]["labels"])),
                                          "per_class": fit["per_class"], "sequences": fit["sequences"]},
         "operating_point": operating_point(acc, cfg["eval"], sequences, ckpt_path, split, synthesis),
+        "monitor": load_monitor(ckpt_path, state.get("step")),
         "resolved_config": cfg,
     }
 

@@ -15,14 +15,16 @@ def train_step(model: torch.nn.Module, batches: Sequence[Mapping], opt: torch.op
                loss_cfg: Mapping, grad_clip: float, synthesize: Synthesize | None = None,
                scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
                clip_params: Iterable[torch.nn.Parameter] | None = None,
-               prepare: Callable[[Mapping], Mapping] | None = None) -> dict[str, float]:
+               prepare: Callable[[Mapping], Mapping] | None = None,
+               observe: Callable[[Mapping, Mapping], None] | None = None) -> dict[str, float]:
     """One optimizer step over ``batches`` (gradient accumulation: the loss of each is divided by
     their number); returns the mean loss terms (floats).
 
     ``synthesize(feat_image, feat_lidar, batch)`` makes the step's outliers (None: no synthesis);
     ``scaler`` / ``amp_dtype``: mixed precision (fp16 needs the scaler); ``clip_params``: the
     parameters whose gradient norm is clipped (default: the model's; the module under DDP);
-    ``prepare(batch)``: e.g. the move to the device, applied to one batch at a time.
+    ``prepare(batch)``: e.g. the move to the device, applied to one batch at a time; ``observe(out, batch)``
+    sees each forward's output (the shortcut monitor, :mod:`segood.engine.monitor`).
     """
     scaler = scaler or torch.amp.GradScaler(enabled=False)
     device_type = next(model.parameters()).device.type
@@ -33,6 +35,8 @@ def train_step(model: torch.nn.Module, batches: Sequence[Mapping], opt: torch.op
         with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(batch, synthesize=synthesize)
             terms = compute_losses(out, batch, loss_cfg)
+        if observe is not None:
+            observe(out, batch)
         scaler.scale(terms["total"] / len(batches)).backward()
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(batches)

@@ -10,6 +10,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from segood.engine.model_config import check_resume_model
 from segood.engine.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, gather_objects,
                                        init_distributed, shutdown, weights_checksum)
 from segood.engine.interrupt import SIGNALS, Interrupted, StopRequest, ignore_signals
+from segood.engine.monitor import Monitor
 from segood.engine.step import train_step
 from segood.metrics.iou import ConfusionMatrix
 from segood.models import build_model
@@ -187,6 +189,7 @@ class Trainer:
         self.loader, self.sampler = self._train_loader()
         self.step, self.best_miou = 0, -1.0
         self._saved_step = -1
+        self.monitor = Monitor(cfg, out_dir) if self.tcfg["monitor"] and cfg["data"]["val_sequences"] else None
 
     def _train_loader(self) -> tuple[DataLoader, ResumableSampler]:
         dataset = build_dataset(self.cfg, "train", self.label_map, training=True)
@@ -328,7 +331,8 @@ class Trainer:
         sums = train_step(self.ddp or self.model, batches, self.opt, self.cfg["loss"], float(self.tcfg["grad_clip"]),
                           synthesize=(lambda fi, fl, b: synth(fi, fl, b, step)) if synth else None,
                           scaler=self.scaler, amp_dtype=self.amp_dtype, clip_params=self.model.parameters(),
-                          prepare=lambda b: to_device(b, self.info.device))
+                          prepare=lambda b: to_device(b, self.info.device),
+                          observe=self.monitor.observe_train if self._monitor_step(step + 1) else None)
         self.sched.step()
         return {k: round(v, 4) for k, v in sums.items()}
 
@@ -340,6 +344,11 @@ class Trainer:
         history.flush()
         LOG.info("step %d/%d  %s", self.step, self.total, "  ".join(f"{k}={v:.4f}" for k, v in terms.items()))
 
+    def _monitor_step(self, step: int) -> bool:
+        """The shortcut monitor runs at every validation step and at the last step."""
+        val_every = int(self.tcfg["val_every"])
+        return self.monitor is not None and (step == self.total or (val_every > 0 and step % val_every == 0))
+
     def _maybe_validate_and_save(self) -> None:
         val_every, ckpt_every = int(self.tcfg["val_every"]), int(self.tcfg["ckpt_every"])
         best = False
@@ -348,15 +357,25 @@ class Trainer:
             best = miou > self.best_miou
             self.best_miou = max(self.best_miou, miou)
             LOG.info("step %d: validation mIoU (FOV) %.4f%s", self.step, miou, "  (best)" if best else "")
+        elif self._monitor_step(self.step):
+            self.validate()
         if best or (ckpt_every and self.step % ckpt_every == 0):
             self.run.save(self.state(), self.step, best=best)
             self._saved_step = self.step
 
     @torch.no_grad()
     def validate(self) -> float:
-        """FOV mIoU on the validation split; each rank takes a shard, confusion matrices are summed."""
+        """FOV mIoU on the validation split; each rank takes a shard, confusion matrices are summed. At a
+        monitor step the same pass feeds the shortcut monitor, whose record rank 0 writes."""
         broadcast_buffers(self.model, self.info)
-        return validate_miou(self.model, self.cfg, self.label_map, self.info)
+        if not self._monitor_step(self.step):
+            return validate_miou(self.model, self.cfg, self.label_map, self.info)
+        miou = validate_miou(self.model, self.cfg, self.label_map, self.info, observe=self.monitor.observe_val)
+        parts = gather_objects((self.monitor.synthetic, self.monitor.real), self.info)
+        if self.info.is_main:
+            self.monitor.record(self.step, miou, parts)
+        self.monitor.reset()
+        return miou
 
 
 def trim_history(path: Path, step: int) -> None:
@@ -378,15 +397,20 @@ def trim_history(path: Path, step: int) -> None:
 
 
 @torch.no_grad()
-def validate_miou(model: torch.nn.Module, cfg: dict, label_map, info: DistInfo) -> float:
-    """Camera-visible ID mIoU over the validation split, reduced across ranks as a confusion matrix."""
+def validate_miou(model: torch.nn.Module, cfg: dict, label_map, info: DistInfo,
+                  observe: Callable[[dict, dict], None] | None = None) -> float:
+    """Camera-visible ID mIoU over the validation split, reduced across ranks as a confusion matrix;
+    ``observe(out, batch)`` sees every forward (the shortcut monitor's real side)."""
     was_training = model.training
     model.eval()
     loader = build_loader(cfg, "val", label_map, shuffle=False, shard=(info.rank, info.world_size))
     conf = ConfusionMatrix(label_map.num_classes)
     for batch in loader:
         batch = to_device(batch, info.device)
-        pred = model(batch)["logits"].argmax(-1)
+        out = model(batch)
+        pred = out["logits"].argmax(-1)
+        if observe is not None:
+            observe(out, batch)
         vis = batch["visible"]
         conf.update(pred[vis].cpu(), batch["target"][vis].cpu())
     conf.matrix = all_reduce_sum(conf.matrix, info)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 SUBSETS = ("fov", "all")
-PICTURES = {"roc": "roc_{points}.png", "hist": "score_histograms_{points}.png", "iou": "iou.png"}
+PICTURES = {"roc": "roc_{points}.png", "hist": "score_histograms_{points}.png", "iou": "iou.png",
+            "monitor": "monitor.png"}
 
 
 # --------------------------------------------------------------------------- text
@@ -46,6 +47,44 @@ def ood_table(metrics: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _kind_rows(metrics: Mapping[str, Any], score: str):
+    """(kind, family, {subset: metrics}) of one score: each kind, then each family (all its kinds together)."""
+    family = metrics.get("ood_kind_family", {})
+    for kind, per in metrics["ood_kinds"].get(score, {}).items():
+        yield kind, family.get(kind, "other"), per
+    for fam, per in metrics.get("ood_families", {}).get(score, {}).items():
+        yield f"all {fam}", fam, per
+
+
+def kind_table(metrics: Mapping[str, Any]) -> str:
+    """Markdown table: every score x kind of OOD object (and family): AUROC / FPR95 (%) on FOV and all points,
+    that kind's OOD points against every ID point; empty when the data has no per-point kinds."""
+    if not metrics.get("ood_kinds"):
+        return ""
+    lines = ["| score | kind | family | FOV AUROC ↑ | FOV FPR95 ↓ | FOV OOD pts | all AUROC ↑ | all FPR95 ↓ | all OOD pts |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for score in metrics["ood_kinds"]:
+        for kind, fam, per in _kind_rows(metrics, score):
+            cells = [f"{_pct(per[s].get('auroc'))} | {_pct(per[s].get('fpr95'))} | {per[s]['num_ood']}" for s in SUBSETS]
+            lines.append(f"| {score} | {kind} | {fam} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def monitor_table(metrics: Mapping[str, Any]) -> str:
+    """Markdown: the shortcut monitor's last record (AUROC % per score: synthetic outliers vs real val OOD)."""
+    mon = metrics.get("monitor")
+    if not mon:
+        return ""
+    last = mon["records"][-1]
+    lines = [f"Training step {last['step']} (`{mon['path']}`, {len(mon['records'])} records): each score's AUROC on "
+             f"that step's synthetic outliers against its ID points, and on the val split's real OOD points. "
+             f"Synthetic >= {100 * mon['saturated']:.0f} with a falling real AUROC is a shortcut.\n",
+             "| score | synthetic | val FOV (real) | val all (real) |", "|---|---:|---:|---:|"]
+    for n, v in last["scores"].items():
+        lines.append(f"| {n} | {_pct(v['synthetic'])} | {_pct(v['real_fov'])} | {_pct(v['real_all'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def iou_table(metrics: Mapping[str, Any]) -> str:
     """Markdown table of mIoU, accuracy and per-class IoU (%) for FOV and full-scan points."""
     m = metrics["miou"]
@@ -68,13 +107,18 @@ def report_markdown(metrics: Mapping[str, Any], pictures: list[str]) -> str:
     fit = metrics.get("fit")
     fit_text = "" if not fit else f"\nFitted scores: {fit['points']} ID training points ({fit['path']}).\n"
     pics = "\n".join(f"![{Path(p).stem}]({p})" for p in pictures)
+    kinds = ("" if not metrics.get("ood_kinds") else
+             f"## OOD detection per kind of object (percent; each kind's points against every ID point, "
+             f"{metrics.get('ood_kind_bins')} bins)\n\n{kind_table(metrics)}\n")
     return (
         f"# Evaluation of `{metrics['checkpoint']}`\n\n"
         f"checkpoint sha256 `{metrics['checkpoint_sha256']}`, config `{metrics['config']}`, synthesis "
         f"`{metrics['synthesis']}`, {metrics['num_scans']} scans of split `{metrics['split']['name']}` "
         f"(sequences {metrics['split']['sequences']}), OOD classes {metrics['ood_classes']}.\n{fit_text}\n"
-        f"## OOD detection (percent)\n\n{ood_table(metrics)}\n"
-        f"Operating point: {op_text}.\n\n## ID segmentation (percent)\n\n{iou_table(metrics)}\n"
+        f"## OOD detection (percent)\n\n{ood_table(metrics)}\n{kinds}"
+        f"Operating point: {op_text}.\n\n"
+        + (f"## Shortcut monitor (training)\n\n{monitor_table(metrics)}\n" if metrics.get("monitor") else "")
+        + f"## ID segmentation (percent)\n\n{iou_table(metrics)}\n"
         f"## Conventions\n\n{conv}\n\n## Pictures\n\n{pics}\n"
     )
 
@@ -104,6 +148,9 @@ def write_eval_report(out_dir: str | Path, metrics: Mapping[str, Any], hists: Ma
                                         f"ROC, {pts} points (anomaly positive)").name)
             pictures.append(rp.plot_score_histograms(panels, out_dir / PICTURES["hist"].format(points=pts),
                                                      f"ID vs OOD scores, {pts} points").name)
+    if metrics.get("monitor"):
+        pictures.append(rp.plot_monitor(metrics["monitor"]["records"], out_dir / PICTURES["monitor"],
+                                        "shortcut monitor: synthetic (dashed) vs real val FOV (solid)").name)
     iou = {s: metrics["miou"][s]["iou"] for s in SUBSETS}
     pictures.append(rp.plot_iou(iou, out_dir / PICTURES["iou"], "ID per-class IoU").name)
     return write_text(out_dir / "report.md", report_markdown(metrics, pictures))
@@ -131,4 +178,19 @@ def format_metrics(m: Mapping[str, Any]) -> str:
                 o = block["ood"][score][pts]
                 vals = [f"{100 * o[k]:9.4f}" if k in o else f"{'n/a':>9s}" for k in ("auroc", "aupr", "fpr95")]
                 lines.append(f"{score:16s} {pts:6s} {name:16s} " + " ".join(vals))
-    return "\n".join(lines)
+    return "\n".join(lines + _kind_lines(m))
+
+
+def _kind_lines(m: Mapping[str, Any]) -> list[str]:
+    """Console lines per kind of OOD object for one score: the operating point's, else the first."""
+    if not m.get("ood_kinds"):
+        return []
+    op = m.get("operating_point") or {}
+    score = op.get("score") if op.get("score") in m["ood_kinds"] else next(iter(m["ood_kinds"]))
+    lines = [f"per kind of OOD object, score {score} (each kind's points vs every ID point, %):",
+             f"  {'kind':16s} {'family':7s} {'FOV AUROC':>9s} {'FPR95':>6s} {'all AUROC':>9s} {'FPR95':>6s} {'OOD pts':>8s}"]
+    for kind, fam, per in _kind_rows(m, score):
+        f, a = per["fov"], per["all"]
+        lines.append(f"  {kind:16s} {fam:7s} {_pct(f.get('auroc')):>9s} {_pct(f.get('fpr95')):>6s} "
+                     f"{_pct(a.get('auroc')):>9s} {_pct(a.get('fpr95')):>6s} {a['num_ood']:>8d}")
+    return lines

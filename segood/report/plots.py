@@ -107,6 +107,25 @@ def plot_iou(iou: Mapping[str, Mapping[str, float]], path: str | Path, title: st
     return _save(fig, path)
 
 
+def plot_monitor(records: list[Mapping], path: str | Path, title: str) -> Path:
+    """The shortcut monitor over training: per score, AUROC on the step's synthetic outliers (dashed) and on
+    the val split's real OOD points (FOV, solid), same colour; a record's ``scores[name]`` holds both."""
+    steps = [r["step"] for r in records]
+    names = list(records[-1]["scores"])
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, n in enumerate(names):
+        color = f"C{i % 10}"
+        for key, style, label in (("synthetic", "--", "synthetic"), ("real_fov", "-", "val FOV")):
+            vals = [r["scores"].get(n, {}).get(key) for r in records]
+            if any(v is not None for v in vals):
+                ax.plot(steps, [math.nan if v is None else 100 * v for v in vals], style, color=color, marker="o",
+                        ms=3, label=f"{n} ({label})")
+    ax.set(xlabel="training step", ylabel="AUROC (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
+
+
 def plot_comparison(rows: Mapping[str, Mapping[str, Mapping[str, float]]], miou: Mapping[str, float],
                     path: str | Path, title: str) -> Path:
     """Several runs side by side: ``rows[run][score] = {auroc, aupr, fpr95}`` (percent) and ``miou[run]``.

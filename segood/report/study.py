@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from segood.atomic import write_json, write_text
+from segood.engine.monitor import SATURATED, shortcut_warning
 from segood.metrics.headline import headline_score
 from segood.metrics.stats import paired_difference, summarize
 
@@ -82,7 +83,76 @@ def summarize_study(results: Mapping[str, Mapping[int, Mapping[str, Any]]], refe
                               for k, _ in METRICS} for p in POINTS}
     return {"reference": reference, "chosen_on": f"val split, {CHOOSE_ON} points, mean over seeds", "rows": rows,
             "diffs": diffs,
-            "every_score": every}
+            "every_score": every, "kinds": summarize_kinds(results, chosen, reference, common),
+            "monitor": summarize_monitor(results, chosen)}
+
+
+def summarize_monitor(results: Mapping[str, Mapping[int, Mapping[str, Any]]], chosen: Mapping[str, str]) -> dict:
+    """Per configuration, the shortcut monitor's last record for its headline score: AUROC (%) on the synthetic
+    outliers of the last training step and on the val split's real OOD points (FOV), over seeds, and the seeds
+    whose run raised a shortcut warning at some monitor step; runs without monitor records are left out."""
+    out = {}
+    for arm, seeds in results.items():
+        runs = {s: r["test"]["monitor"]["records"] for s, r in sorted(seeds.items()) if r["test"].get("monitor")}
+        if not runs:
+            continue
+        last = {s: recs[-1]["scores"].get(chosen[arm], {}) for s, recs in runs.items()}
+        pct = lambda v: math.nan if v is None else 100.0 * v  # noqa: E731
+        out[arm] = {"score": chosen[arm], "step": [recs[-1]["step"] for recs in runs.values()],
+                    "synthetic": summarize([pct(v.get("synthetic")) for v in last.values()]),
+                    "real_fov": summarize([pct(v.get("real_fov")) for v in last.values()]),
+                    "flagged_seeds": [s for s, recs in runs.items()
+                                      if any(shortcut_warning(a, b) for a, b in zip(recs, recs[1:]))]}
+    return out
+
+
+KIND_METRICS = ("auroc", "fpr95")
+
+
+def _kind_rows(results: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> list[tuple[str, str, str, str]]:
+    """(row label, block, key, family) of every kind, then every family, in the runs' test metrics."""
+    family: dict[str, str] = {}
+    fams: set[str] = set()
+    for seeds in results.values():
+        for r in seeds.values():
+            family.update(r["test"].get("ood_kind_family", {}))
+            fams |= {f for per in r["test"].get("ood_families", {}).values() for f in per}
+    rows = [(k, "ood_kinds", k, family[k]) for k in sorted(family, key=lambda k: (family[k], k))]
+    return rows + [(f"all {f}", "ood_families", f, f) for f in sorted(fams)]
+
+
+def _kind_per_seed(seeds: Mapping[int, Mapping[str, Any]], score: str, block: str, key: str, points: str,
+                   metric: str, order: Sequence[int]) -> list[float]:
+    out = []
+    for s in order:
+        v = seeds[s]["test"].get(block, {}).get(score, {}).get(key, {}).get(points, {}).get(metric)
+        out.append(math.nan if v is None else 100.0 * float(v))
+    return out
+
+
+def summarize_kinds(results: Mapping[str, Mapping[int, Mapping[str, Any]]], chosen: Mapping[str, str],
+                    reference: str | None, common: Sequence[int]) -> dict:
+    """Per configuration and kind of OOD object (and family): its headline score's test AUROC / FPR95 (each
+    kind's points against every ID point), mean ± std over seeds, and the paired difference to the
+    reference; empty when the data has no per-point kinds."""
+    rows = _kind_rows(results)
+    out: dict[str, dict] = {}
+    for arm, seeds in results.items():
+        order = sorted(seeds)
+        out[arm] = {}
+        for label, block, key, fam in rows:
+            vals = {p: {m: _kind_per_seed(seeds, chosen[arm], block, key, p, m, order) for m in KIND_METRICS}
+                    for p in POINTS}
+            entry = {"family": fam, "values": vals,
+                     "summary": {p: {m: summarize(v) for m, v in per.items()} for p, per in vals.items()}}
+            if reference in results and arm != reference:
+                paired = [s for s in common if s in seeds and s in results[reference]]
+                entry["diff"] = {p: {m: paired_difference(
+                    _kind_per_seed(seeds, chosen[arm], block, key, p, m, paired),
+                    _kind_per_seed(results[reference], chosen[reference], block, key, p, m, paired),
+                    higher_is_better=m != "fpr95") for m in KIND_METRICS} for p in POINTS}
+            out[arm][label] = entry
+    return out if rows else {}
 
 
 def _pm(s: Mapping[str, float]) -> str:
@@ -134,6 +204,39 @@ def every_score_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kinds_table(summary: Mapping[str, Any]) -> str:
+    """Per configuration and kind of OOD object: test AUROC / FPR95 of its headline score, and the paired
+    difference to the reference (configurations other than the reference)."""
+    kinds = summary.get("kinds") or {}
+    if not kinds:
+        return ""
+    ref = summary["reference"]
+    head = [f"{p.upper()} {label}" for p in POINTS for label in ("AUROC ↑", "FPR95 ↓")]
+    delta = [f"{p.upper()} Δ{label} vs {ref}" for p in POINTS for label in ("AUROC", "FPR95")]
+    lines = ["| configuration (score) | kind | family | " + " | ".join(head + delta) + " |",
+             "|---|---|---|" + "---:|" * (len(head) + len(delta))]
+    for arm, per in kinds.items():
+        for label, e in per.items():
+            cells = [_pm(e["summary"][p][m]) for p in POINTS for m in KIND_METRICS]
+            cells += [_diff(e["diff"][p][m]) if "diff" in e else "" for p in POINTS for m in KIND_METRICS]
+            lines.append(f"| {arm} ({summary['rows'][arm]['score']}) | {label} | {e['family']} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def monitor_table(summary: Mapping[str, Any]) -> str:
+    """Per configuration: the monitor's final AUROC pair of its headline score and the flagged seeds."""
+    mon = summary.get("monitor") or {}
+    if not mon:
+        return ""
+    lines = ["| configuration | score | synthetic outliers AUROC (last step) | real val FOV AUROC (last step) | "
+             "seeds flagged |", "|---|---|---:|---:|---|"]
+    for arm, m in mon.items():
+        flagged = ", ".join(map(str, m["flagged_seeds"])) or "none"
+        lines.append(f"| {arm} | {m['score']} | {_pm(m['synthetic'])} | {_pm(m['real_fov'])} | {flagged} |")
+    return "\n".join(lines) + "\n"
+
+
 def study_markdown(summary: Mapping[str, Any], context: Mapping[str, Any]) -> str:
     conv = ("Test split only; each configuration's headline score chosen on the val split (FOV points, mean "
             "over seeds; a model trained with outliers keeps its anomaly head unless another score has both a "
@@ -146,6 +249,13 @@ def study_markdown(summary: Mapping[str, Any], context: Mapping[str, Any]) -> st
     return ("# segood study\n\n" + conv + "\n\n" + ctx + "\n\n## Headline (test split)\n\n" + main_table(summary)
             + ("\n## Paired difference to the reference (test split)\n\n" + diff_table(summary)
                if summary["diffs"] else "")
+            + ("\n## Shortcut monitor (val split, headline score)\n\nAUROC of the headline score on the last "
+               "training step's synthetic outliers against its ID points, next to its AUROC on the val split's real "
+               f"OOD points; a seed is flagged when its synthetic AUROC was >= {100 * SATURATED:.0f} while the real "
+               "one fell between two monitor steps. n/a: no synthesis.\n\n" + monitor_table(summary)
+               if summary.get("monitor") else "")
+            + ("\n## Per kind of OOD object (test split; each kind's points against every ID point)\n\n"
+               + kinds_table(summary) if summary.get("kinds") else "")
             + "\n![study](study.png)\n\n## Every score\n\n" + every_score_table(summary))
 
 

@@ -12,6 +12,7 @@ from segood.synthetic.builder import SceneBuilder
 from segood.synthetic.road_users import add_clutter, add_people, add_vehicles
 from segood.synthetic.roadside import add_roadside
 from segood.synthetic.street import add_buildings, add_sidewalks, make_ground, sample_street
+from segood.synthetic.near_objects import add_near_ood
 from segood.synthetic.ood_objects import add_ood
 
 def _sample_lighting(rng: np.random.Generator) -> Lighting:
@@ -28,7 +29,10 @@ def _sample_lighting(rng: np.random.Generator) -> Lighting:
 
 
 def generate_scene(rng: np.random.Generator, cfg: SyntheticConfig) -> Scene:
-    """Sample one street scene: layout, buildings, roadside objects, vehicles, OOD objects, people."""
+    """Sample one street scene: layout, buildings, roadside objects, vehicles, OOD objects, people.
+
+    The OOD objects are the standard benchmark's (novel and cross-modal kinds) or, with
+    ``cfg.benchmark == "near"``, the held-out buses and trams (:mod:`segood.synthetic.near_objects`)."""
     noise_seed = int(rng.integers(2**62))
     b = SceneBuilder(rng, cfg)
     st = sample_street(rng)
@@ -37,7 +41,7 @@ def generate_scene(rng: np.random.Generator, cfg: SyntheticConfig) -> Scene:
     add_buildings(b, st)
     add_roadside(b, st)
     add_vehicles(b, st)
-    add_ood(b, st)
+    (add_near_ood if cfg.benchmark == "near" else add_ood)(b, st)
     add_people(b, st)
     add_clutter(b, st)
     return Scene(st.ground, b.prims, b.materials, _sample_lighting(rng), noise_seed, b.objects)

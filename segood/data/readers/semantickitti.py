@@ -7,6 +7,7 @@ ROOT/sequences/SS/image_2/NNNNNN.png     left colour camera
 ROOT/sequences/SS/calib.txt              P0..P3 (3x4) and Tr (3x4, velodyne -> rectified camera 0)
 ROOT/sequences/SS/poses.txt              one 3x4 pose per scan (optional)
 ROOT/sequences/SS/times.txt              one timestamp (s) per scan (optional, -> Scan.meta["time"])
+ROOT/sequences/SS/ood_kinds/NNNNNN.json  OOD instance id -> kind (optional, synthetic data; -> Scan.ood_kind)
 ```
 Standard split (:data:`SPLITS`): train 00-07 and 09-10, val 08, test 11-21 (no labels).
 Test-set predictions go to ``OUT/sequences/SS/predictions/NNNNNN.label`` (uint32 raw ids, the
@@ -23,6 +24,7 @@ import numpy as np
 from segood.data.errors import DataError
 from segood.data.io import read_bin, read_image, read_label, read_poses
 from segood.data.labels import LabelMap
+from segood.data.ood_kinds import read_ood_kinds
 from segood.data.projection import assign_cameras, check_projection_matrix
 from segood.data.scan import Scan
 
@@ -167,6 +169,7 @@ class SemanticKittiReader:
             label_path = frame.path("labels", "label")
             scan.raw_labels = read_label(label_path, len(points))
             scan.learning_labels = self.label_map.to_learning(scan.raw_labels, str(label_path))
+            scan.ood_kind = read_ood_kinds(frame.path("ood_kinds", "json"), label_path, len(points))
         if self.camera is not None:
             self._attach_camera(scan, frame)
         return scan
