@@ -246,13 +246,15 @@ def test_train_step_bench_runs_small(synthetic_root):
     from segood.bench import train_step as bench
 
     res = bench.run_train_step_bench(threads=(1,), repeats=1, warmup=0, azimuth_columns=64, image_size=(96, 32),
-                                     profile_top=5, overrides=tuple(SMALL), say=lambda *a, **k: None)
+                                     profile_top=5, overrides=tuple(SMALL), fresh_steps=1, say=lambda *a, **k: None)
     rows = {r["row"]: r for r in res["rows"]}
     assert list(rows)[0] == "unoptimised" and "+ keep_freed_memory" in rows
     assert rows["+ keep_freed_memory"]["same_weights_as_previous"] is True
     assert all(r["step_ms"] > 0 and r["vs_unoptimised"] > 0 for r in rows.values())
     assert any("Self CPU" in t for t in res["profiles"].values())
     assert "ratio" in bench.format_result(res)
+    fresh = res["fresh_process"]
+    assert fresh["glibc_untouched_cpu_ms"] > 0 and fresh["keep_freed_memory_cpu_ms"] > 0
 
 
 def test_replay_bench_runs_small(monkeypatch, tmp_path):

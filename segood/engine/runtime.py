@@ -101,8 +101,10 @@ def set_channels_last(model: torch.nn.Module, on: bool) -> None:
 
 
 def apply_train_runtime(train_cfg: dict, model: torch.nn.Module) -> None:
-    """Apply ``train.keep_freed_memory``, ``train.threads`` and ``train.channels_last``."""
-    keep_freed_memory(bool(train_cfg["keep_freed_memory"]))
+    """Apply ``train.keep_freed_memory`` (None: leave the allocator alone), ``train.threads`` and
+    ``train.channels_last``."""
+    if train_cfg["keep_freed_memory"] is not None:
+        keep_freed_memory(bool(train_cfg["keep_freed_memory"]))
     threads = train_cfg["threads"]
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
