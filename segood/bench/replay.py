@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from segood.config import add_overrides
+
 __all__ = ["SIZES", "ROWS", "make_bag", "random_bn_checkpoint", "run_replay_bench", "add_parser", "run"]
 
 SIZES = {  # name -> synthetic LiDAR geometry
@@ -256,7 +258,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=4, help="synthetic frames per bag (default 4)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds of the switch table (default 5)")
     p.add_argument("--config", default=None, help="model config (default configs/base.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    add_overrides(p, "model.lidar.backend=torch")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--top", type=int, default=15, help="profiler rows")
     p.add_argument("--full", action="store_true", help="both sizes (120k and 35k points), 10 frames, 9 rounds")

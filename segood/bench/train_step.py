@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from segood.config import add_overrides
+
 __all__ = ["STEPS", "demo_batch", "run_train_step_bench", "add_parser", "run"]
 
 CONFIG = "synthetic_feature_mixing.yaml"
@@ -312,7 +314,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, nargs=2, metavar=("W", "H"), help="default 621 188")
     p.add_argument("--top", type=int, default=15, help="profiler rows per table")
     p.add_argument("--full", action="store_true", help="the full sweep: 9 rounds, 2048 columns (~120k points per scan) too")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every row")
+    add_overrides(p, "model.lidar.backend=torch")
     p.add_argument("--out", default=None, help="folder for bench_train_step.json")
     p.set_defaults(func=run)
     return p
