@@ -39,7 +39,7 @@ def _train(cfg: dict, batch: dict, steps: int = 3) -> dict:
     (at two threads the step itself is not bit-reproducible run to run, switches or not); the
     final weights."""
     torch.manual_seed(0)
-    model = build_model(cfg).train()
+    model = build_model(cfg["model"]).train()
     before = torch.get_num_threads()
     runtime.apply_train_runtime({**cfg["train"], "threads": 1}, model)
     amp, _ = runtime.amp_settings(cfg["train"]["amp"], torch.device("cpu"))
@@ -76,7 +76,7 @@ def test_keep_freed_memory_leaves_weights_bit_equal(batch_cfg):
 def test_threads_option_is_applied_and_checked(batch_cfg):
     cfg, _ = batch_cfg
     before = torch.get_num_threads()
-    model = build_model(cfg)
+    model = build_model(cfg["model"])
     try:
         runtime.apply_train_runtime({**cfg["train"], "threads": 1}, model)
         assert torch.get_num_threads() == 1
@@ -89,7 +89,7 @@ def test_threads_option_is_applied_and_checked(batch_cfg):
 def test_channels_last_keeps_image_features_and_gradients(batch_cfg):
     cfg, batch = batch_cfg
     torch.manual_seed(0)
-    model = build_model(cfg).train()
+    model = build_model(cfg["model"]).train()
     results = []
     for on in (False, True):
         runtime.set_channels_last(model, on)
@@ -186,7 +186,7 @@ def _random_bn(model: torch.nn.Module) -> torch.nn.Module:
 @pytest.mark.parametrize("backend", ["spconv", "torch"])
 def test_fold_batchnorm_keeps_outputs(batch_cfg, backend):
     cfg, batch = batch_cfg
-    model = _random_bn(build_model(_cfg(cfg["data"]["root"], f"model.lidar.backend={backend}")))
+    model = _random_bn(build_model(_cfg(cfg["data"]["root"], f"model.lidar.backend={backend}")["model"]))
     with torch.no_grad():
         ref = model(batch)
         folded = fold_batchnorm(copy.deepcopy(model))
@@ -197,12 +197,12 @@ def test_fold_batchnorm_keeps_outputs(batch_cfg, backend):
     for key in ("logits", "anomaly_logit", "feat_image", "feat_lidar"):
         torch.testing.assert_close(got[key], ref[key], rtol=SCORE_RTOL, atol=SCORE_ATOL, msg=key)
     with pytest.raises(ValueError, match="training mode"):
-        fold_batchnorm(build_model(cfg).train())
+        fold_batchnorm(build_model(cfg["model"]).train())
 
 
 def test_lazy_output_runs_only_the_heads_read(batch_cfg):
     cfg, batch = batch_cfg
-    model = build_model(cfg).eval()
+    model = build_model(cfg["model"]).eval()
     with torch.no_grad():
         out = model.infer(batch)
         assert "anomaly_logit" in out and out.computed() == ["feat_image", "feat_lidar", "fused"]

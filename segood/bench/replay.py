@@ -83,7 +83,7 @@ def random_bn_checkpoint(path: Path, config: str, overrides: list[str], seed: in
 
     cfg = load_config(config, overrides)
     torch.manual_seed(seed)
-    model = build_model(cfg)
+    model = build_model(cfg["model"])
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):

@@ -88,7 +88,7 @@ class _Row:
 
         self.name, self.cfg, self.switch = name, cfg, switch
         torch.manual_seed(seed)
-        self.model = build_model(cfg).train()
+        self.model = build_model(cfg["model"]).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=float(cfg["train"]["lr"]),
                                      weight_decay=float(cfg["train"]["weight_decay"]))
         self.synth = build_synthesizer(cfg)
