@@ -102,6 +102,8 @@ SCHEMA: dict[str, Any] = {
     "loss": {
         "id_loss": Opt("ce", str, "segmentation loss on ID points", choices=("ce", "focal")),
         "lovasz": Opt(1.0, _NUMBER, "weight of Lovasz-softmax on the fused head", min=0.0),
+        "lovasz_sort": Opt("keys", str, "how its errors are sorted; the same loss (README \"Performance\")",
+                           choices=("torch", "keys")),
         "modality": Opt(0.5, _NUMBER, "weight of CE on each per-modality head", min=0.0),
         "entropy": Opt(0.5, _NUMBER, "weight of entropy maximisation on outliers (fused head)", min=0.0),
         "anomaly": Opt(1.0, _NUMBER, "weight of BCE on the anomaly head (ID 0, outliers 1)", min=0.0),
@@ -120,7 +122,14 @@ SCHEMA: dict[str, Any] = {
         "warmup_steps": Opt(20, int, "linear warm-up steps", min=0),
         "grad_clip": Opt(10.0, _NUMBER, "max gradient norm", min=0.0),
         "accumulate": Opt(1, int, "gradient accumulation: batches per optimizer step", min=1),
-        "amp": Opt("none", str, "mixed precision (GPU only; fp16 uses a grad scaler)", choices=("none", "bf16", "fp16")),
+        "amp": Opt("none", str, "mixed precision: bf16 also on a CPU with native bf16 (AVX512-BF16/AMX), else refused; "
+                                "fp16 GPU only (grad scaler). Not exact: see README \"Performance\" before switching",
+                   choices=("none", "bf16", "fp16")),
+        "keep_freed_memory": Opt(True, bool, "exact: keep freed memory for the next step instead of page-faulting it "
+                                             "in again"),
+        "threads": Opt(None, int, "torch threads for the torch parts (null: torch's default); spconv runs "
+                                  "single-threaded", min=1, nullable=True),
+        "channels_last": Opt(False, bool, "image branch convolutions in NHWC (not bit-exact: other conv kernels)"),
         "sync_bn": Opt(False, bool, "SyncBatchNorm under DDP (GPU)"),
         "log_every": Opt(10, int, "steps between log lines", min=1),
         "ckpt_every": Opt(100, int, "also writes checkpoint_stepNNNNNNN.pt every N steps, keeping the last `keep_last` "
@@ -146,6 +155,16 @@ SCHEMA: dict[str, Any] = {
         "operating_score": Opt(None, str, "null = the headline score on val: highest AUROC on all points; the "
                                           "anomaly head only for models trained with synthesis (segood/metrics/headline.py)", nullable=True),
     },
+    "inference": {
+        "fold_bn": Opt(True, bool, "BatchNorm folded into the layer before it (scores equal within the tolerance of "
+                                   "tests/test_speed.py)"),
+        "lean_heads": Opt(True, bool, "only the heads the label and the chosen score read (exact)"),
+        "amp": Opt("none", str, "bf16: a CPU with native bf16; sparse U-Net and scores stay fp32",
+                   choices=("none", "bf16")),
+        "keep_freed_memory": Opt(True, bool, "exact: freed memory kept for the next frame"),
+        "threads": Opt(None, int, "torch threads for the torch parts (null: torch's default); spconv "
+                                  "single-threaded", min=1, nullable=True),
+    },
 }
 
 SECTION_DOCS: dict[str, str] = {
@@ -158,6 +177,7 @@ SECTION_DOCS: dict[str, str] = {
     "loss": "weights of the training losses",
     "train": "the optimizer and the run",
     "eval": "scores, fitted scores, binning, protocols and the operating point",
+    "inference": "segood replay / viz (segood/engine/inference.py); `segood replay --plain` turns all off",
 }
 
 

@@ -1,109 +1,274 @@
-"""``segood bench replay``: ``segood replay`` on this machine: frames per second for a nuScenes-size (~35k points,
-32 beams) and a KITTI-size (~120k points, 64 beams) cloud, LiDAR-only and with a 1242x375 camera,
-and the share of each frame spent decoding and encoding messages.
+"""``segood bench replay``: frames per second of ``segood replay`` on this CPU, every inference switch
+side by side in one process, the stage timer, and the torch profiler's top operators.
 
-Model: the ``model:`` section of configs/base.yaml (or --config), randomly initialised (timing only).
-Clouds: synthetic streets (segood.synthetic), written to an MCAP bag with the camera as JPEG.
+Model: the ``model:`` section of configs/base.yaml (or ``--config``), randomly initialised, its
+BatchNorm statistics and affines drawn at random so that folding them is not a no-op (timing
+only). Clouds: synthetic streets (:mod:`segood.synthetic`), a KITTI-size 64-beam sweep (2048
+columns, ~120k points) and optionally a nuScenes-size 32-beam one (~35k points), with a 1242x375
+camera, written to an MCAP bag with the camera as JPEG.
 
-  segood bench replay --frames 5 [--out runs/bench_replay] [--threads 2] [--set model.lidar.backend=torch]
+Part 1, the switches: one predictor per row on the same scans, rows cumulative from the plain path
+(the model as trained: every switch off) to bf16, rounds interleaved, median ms per frame of the
+predictor alone (voxelise + model + heads + score), LiDAR-only and with the camera; ``max |d|`` is
+the largest score difference from the plain path on those frames.
+
+Part 2, the bag: ``segood replay`` end to end (decode, predictor, encode) with the default fast
+path and with the plain path, frames per second and the stage timer.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from segood.config import add_overrides
 
-from segood.config import CONFIG_DIR, add_overrides
+__all__ = ["SIZES", "ROWS", "make_bag", "random_bn_checkpoint", "run_replay_bench", "add_parser", "run"]
 
 SIZES = {  # name -> synthetic LiDAR geometry
-    "nuscenes_35k": dict(beams=32, fov_up_deg=10.0, fov_down_deg=-30.0, azimuth_columns=1220),
     "kitti_120k": dict(azimuth_columns=2048),
+    "nuscenes_35k": dict(beams=32, fov_up_deg=10.0, fov_down_deg=-30.0, azimuth_columns=1220),
 }
+# cumulative rows: (name, InferenceOptions fields set from the plain path on), exact
+ROWS = (
+    ("plain", {}, True),
+    ("+ keep_freed_memory", {"keep_freed_memory": True}, True),
+    ("+ lean_heads", {"lean_heads": True}, True),
+    ("+ fold_bn", {"fold_bn": True}, False),
+    ("+ threads=2", {"threads": 2}, True),
+    ("+ amp=bf16", {"amp": "bf16"}, False),
+)
 
 
-def make_bag(path: Path, size: str, frames: int) -> tuple[int, np.ndarray]:
-    """An MCAP bag of ``frames`` synthetic scans of one size (camera as JPEG); (mean points, LiDAR-to-image)."""
-    from segood.ros.export import SensorFrame, write_sensor_bag
-    from segood.ros.pointcloud2 import xyzi_records
+def make_frames(size: str, frames: int) -> tuple[list, "object"]:
+    """(``frames`` x (points (N, 4) float32, image (375, 1242, 3) uint8), lidar_to_image (3, 4))."""
+    import numpy as np
+
     from segood.synthetic import SyntheticConfig, generate_scene, lidar_to_image, render_scan
 
     cfg = SyntheticConfig(image_width=1242, image_height=375, **SIZES[size])
     out = []
     for k in range(frames):
         pts, _, image = render_scan(generate_scene(np.random.default_rng(k), cfg), cfg)
-        out.append(SensorFrame(10**9 + k * 10**8, xyzi_records(pts), image=image, projection=None))
+        out.append((pts.astype(np.float32), image))
+    return out, lidar_to_image(cfg)
+
+
+def make_bag(path: Path, frames: list, with_image: bool = True) -> int:
+    """Write ``frames`` as an MCAP bag (10 Hz, camera as JPEG); returns the mean points per cloud."""
+    import numpy as np
+
+    from segood.ros.export import SensorFrame, write_sensor_bag
+    from segood.ros.pointcloud2 import xyzi_records
+
+    out = [SensorFrame(10**9 + k * 10**8, xyzi_records(pts), image=image if with_image else None, projection=None)
+           for k, (pts, image) in enumerate(frames)]
     write_sensor_bag(path, out)
-    return int(np.mean([len(f.records) for f in out])), lidar_to_image(cfg)
+    return int(np.mean([len(f.records) for f in out]))
 
 
-def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The benchmark's options."""
-    p.add_argument("--frames", type=int, default=5)
-    p.add_argument("--config", default=str(CONFIG_DIR / "base.yaml"))
-    add_overrides(p, "model.lidar.backend=torch")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES), help="cloud sizes to time")
-    p.add_argument("--out", type=Path, default=None, help="folder for bench_replay.json")
-    return p
+def random_bn_checkpoint(path: Path, config: str, overrides: list[str], seed: int = 0) -> Path:
+    """A randomly initialised checkpoint of ``config``'s model whose BatchNorms have random
+    statistics and affines (so folding them changes the weights)."""
+    import torch
+
+    from segood.engine.families import load_config
+    from segood.data.labels import load_label_map
+    from segood.engine.checkpoint import save_checkpoint
+    from segood.models import build_model
+
+    cfg = load_config(config, overrides)
+    torch.manual_seed(seed)
+    model = build_model(cfg["model"])
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0.0, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+                if m.affine:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.normal_(0.0, 0.2)
+    return save_checkpoint(path, {"model": model.state_dict(), "config": cfg, "step": 0,
+                                  "label_map": load_label_map(cfg["data"]["label_map"]).checksum()})
+
+
+def _scans(frames: list, matrix, camera: bool) -> list:
+    from segood.data.projection import assign_cameras
+    from segood.data.scan import Scan
+
+    scans = []
+    for pts, image in frames:
+        if not camera:
+            scans.append(Scan(points=pts))
+            continue
+        uv, cam = assign_cameras(pts[:, :3], [matrix], [(image.shape[1], image.shape[0])])
+        scans.append(Scan(points=pts, images=[image], lidar_to_image=[matrix], pixel_uv=uv, camera_id=cam))
+    return scans
+
+
+def _predictors(ckpt: Path, rows=ROWS) -> list[tuple[str, bool, object]]:
+    from dataclasses import replace
+
+    from segood.config import ConfigError
+    from segood.engine.inference import InferenceOptions, Predictor
+
+    opts, out = InferenceOptions.plain(), []
+    for name, change, exact in rows:
+        try:
+            predictor = Predictor(ckpt, options=replace(opts, **change))
+        except ConfigError as e:  # bf16 on a CPU without it
+            print(f"[bench] {name} left out: {e}")
+            continue
+        opts = replace(opts, **change)
+        out.append((name, exact, predictor))
+    return out
+
+
+def switch_table(ckpt: Path, scans: list, repeats: int, warmup: int) -> list[dict]:
+    """Part 1: per row, median ms per frame of the predictor and the largest score difference
+    from the plain path, rounds interleaved."""
+    import numpy as np
+
+    preds = _predictors(ckpt)
+    times: dict[str, list[float]] = {name: [] for name, _, _ in preds}
+    diff: dict[str, float] = {name: 0.0 for name, _, _ in preds}
+    stages: dict[str, dict] = {}
+    for r in range(warmup + repeats):
+        scan = scans[r % len(scans)]
+        ref = None
+        for name, _, p in preds:
+            t0 = time.perf_counter()
+            res = p(scan)
+            dt = time.perf_counter() - t0
+            score = res.scores[p.op.score]
+            ref = score if ref is None else ref
+            diff[name] = max(diff[name], float(np.max(np.abs(score - ref))))
+            if r >= warmup:
+                times[name].append(dt)
+                stages[name] = dict(p.timer.last)
+    rows, prev = [], None
+    base = statistics.median(times[preds[0][0]])
+    for name, exact, _ in preds:
+        ms = statistics.median(times[name])
+        rows.append({"row": name, "ms": 1e3 * ms, "old_ms": None if prev is None else 1e3 * prev,
+                     "vs_previous": 1.0 if prev is None else prev / ms, "vs_plain": base / ms,
+                     "frames_per_s": 1.0 / ms, "exact": exact, "max_abs_score_diff": diff[name],
+                     "stages_ms": {k: 1e3 * v for k, v in stages[name].items()}})
+        prev = ms
+    return rows
+
+
+def profile_table(ckpt: Path, scan, top: int) -> str:
+    """The profiler's ``top`` operators (self CPU) over one frame of the default fast path."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from segood.engine.inference import Predictor
+
+    p = Predictor(ckpt)
+    p(scan)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        p(scan)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=48)
+
+
+def bag_replay(ckpt: Path, bag: Path, tmp: Path, calib: Path | None, plain: bool) -> dict:
+    """Part 2: ``segood replay`` of ``bag`` (camera when ``calib``), fast or plain path."""
+    from segood.ros.replay import ReplayOptions, replay
+
+    out = tmp / f"out_{bag.stem}_{'cam' if calib else 'lidar'}_{'plain' if plain else 'fast'}.mcap"
+    opts = ReplayOptions(bag, out, ckpt, progress=False, plain=plain, overwrite=True,
+                         image_topic="/camera/image/compressed" if calib else None, calib=calib)
+    s = replay(opts)
+    return {"path": "plain" if plain else "fast", "camera": calib is not None, "frames_per_s": s["frames_per_s"],
+            "latency_ms_p50": s["latency_ms"]["p50"], "share_decode_encode": s["share_decode"] + s["share_encode"],
+            "stages_ms_p50": {k: v["p50"] for k, v in s["stages_ms"].items()}}
+
+
+def run_replay_bench(sizes=("kitti_120k",), frames: int = 4, repeats: int = 5, warmup: int = 1,
+                     config: str | None = None, overrides: list[str] | None = None, threads: int | None = None,
+                     top: int = 15, out_dir: Path | None = None, say=print) -> dict:
+    """Both parts for each size (module docstring); returns the results (and writes them to
+    ``out_dir``/bench_replay.json)."""
+    import torch
+
+    from segood.config import CONFIG_DIR
+
+    if threads:
+        torch.set_num_threads(threads)
+    result = {"meta": {"torch_threads": torch.get_num_threads(), "loadavg_before": os.getloadavg(),
+                       "config": config or "configs/base.yaml", "overrides": overrides or [], "frames": frames,
+                       "repeats": repeats}, "sizes": {}}
+    t_start = time.time()
+    with tempfile.TemporaryDirectory(prefix="segood_bench_replay_") as tmp:
+        tmp = Path(tmp)
+        ckpt = random_bn_checkpoint(tmp / "bench.pt", config or str(CONFIG_DIR / "base.yaml"), overrides or [])
+        for size in sizes:
+            data, matrix = make_frames(size, frames)
+            (tmp / "calib.json").write_text(json.dumps({"lidar_to_image": matrix.tolist()}))
+            n = make_bag(tmp / f"{size}.mcap", data)
+            entry = {"points": n, "switches": {}, "bag": []}
+            for camera in (False, True):
+                scans = _scans(data, matrix, camera)
+                entry["switches"]["camera" if camera else "lidar_only"] = switch_table(ckpt, scans, repeats, warmup)
+                if not camera:
+                    entry["profile"] = profile_table(ckpt, scans[0], top)
+                for plain in (True, False):
+                    entry["bag"].append(bag_replay(ckpt, tmp / f"{size}.mcap", tmp, tmp / "calib.json" if camera
+                                                   else None, plain))
+            result["sizes"][size] = entry
+            say(format_size(size, entry))
+    result["meta"].update(loadavg_after=os.getloadavg(), seconds=round(time.time() - t_start, 1))
+    say(f"[bench] load average before {result['meta']['loadavg_before']}, after {result['meta']['loadavg_after']}; "
+        f"{result['meta']['seconds']} s")
+    if out_dir is not None:
+        from segood.atomic import write_json
+
+        say(f"[bench] wrote {write_json(Path(out_dir) / 'bench_replay.json', result)}")
+    return result
+
+
+def format_size(size: str, entry: dict) -> str:
+    lines = [f"== torch profiler, one {size} frame, default fast path, LiDAR-only", entry["profile"]]
+    for mode, rows in entry["switches"].items():
+        lines.append(f"== {size} ({entry['points']} points), {mode}: predictor ms per frame (median, rows cumulative)")
+        lines.append(f"{'row':22s} {'old ms':>7} {'new ms':>7} {'ratio':>6} {'vs plain':>8} {'frames/s':>8} "
+                     f"{'exact':5s} {'max |d| score':>13}  stages ms")
+        for r in rows:
+            old = "" if r["old_ms"] is None else f"{r['old_ms']:7.0f}"
+            st = " ".join(f"{k} {v:.0f}" for k, v in r["stages_ms"].items())
+            lines.append(f"{r['row']:22s} {old:>7} {r['ms']:7.0f} {r['vs_previous']:6.2f} {r['vs_plain']:8.2f} "
+                         f"{r['frames_per_s']:8.2f} {'yes' if r['exact'] else 'no':5s} {r['max_abs_score_diff']:13.2e}  {st}")
+    lines.append(f"== {size}: segood replay of the bag, end to end")
+    for b in entry["bag"]:
+        st = " ".join(f"{k} {v:.1f}" for k, v in b["stages_ms_p50"].items())
+        lines.append(f"{b['path']:5s} camera={'yes' if b['camera'] else 'no ':3s} {b['frames_per_s']:6.2f} frames/s, "
+                     f"p50 {b['latency_ms_p50']:.0f} ms, decode+encode {100 * b['share_decode_encode']:.1f}% | "
+                     f"stages p50 ms: {st}")
+    return "\n".join(lines)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``replay`` on the ``segood bench`` sub-parsers."""
-    p = subparsers.add_parser("replay", help="frames per second of `segood replay` on synthetic bags",
+    """Register ``replay`` (``segood bench replay``)."""
+    p = subparsers.add_parser("replay", help="replay frames/s with every inference switch side by side",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    configure_parser(p).set_defaults(func=run)
+    p.add_argument("--frames", type=int, default=4, help="synthetic frames per bag (default 4)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds of the switch table (default 5)")
+    p.add_argument("--config", default=None, help="model config (default configs/base.yaml)")
+    add_overrides(p, "model.lidar.backend=torch")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--top", type=int, default=15, help="profiler rows")
+    p.add_argument("--full", action="store_true", help="both sizes (120k and 35k points), 10 frames, 9 rounds")
+    p.add_argument("--out", type=Path, default=None, help="folder for bench_replay.json")
+    p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    """Time replay of every size, LiDAR-only and with the camera; prints one line per run."""
-    import torch
-
-    from segood.atomic import write_json
-    from segood.engine.families import load_config
-    from segood.data.labels import load_label_map
-    from segood.engine.checkpoint import save_checkpoint
-    from segood.engine.inference import Predictor
-    from segood.models import build_model
-    from segood.ros.replay import ReplayOptions, replay
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    results = {"torch_threads": torch.get_num_threads(), "config": args.config, "overrides": args.set,
-               "frames": args.frames, "runs": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        cfg = load_config(args.config, args.set)
-        ckpt = save_checkpoint(tmp / "bench.pt", {"model": build_model(cfg["model"]).state_dict(), "config": cfg,
-                                                  "label_map": load_label_map(cfg["data"]["label_map"]).checksum(),
-                                                  "step": 0})
-        predictor = Predictor(ckpt)
-        for size in args.sizes:
-            bag = tmp / f"{size}.mcap"
-            n, matrix = make_bag(bag, size, args.frames)
-            (tmp / "calib.json").write_text(json.dumps({"lidar_to_image": matrix.tolist()}))
-            for camera in (False, True):
-                opts = ReplayOptions(bag, tmp / f"out_{size}_{camera}.mcap", ckpt, progress=False,
-                                     image_topic="/camera/image/compressed" if camera else None,
-                                     calib=tmp / "calib.json" if camera else None)
-                t = time.perf_counter()
-                s = replay(opts, predictor)
-                wall = time.perf_counter() - t
-                row = {"size": size, "points": n, "camera": camera, "frames_per_s": s["frames_per_s"],
-                       "latency_ms_p50": s["latency_ms"]["p50"], "latency_ms_p95": s["latency_ms"]["p95"],
-                       "model_ms_p50": s["model_ms"]["p50"], "decode_ms_p50": s["decode_ms"]["p50"],
-                       "encode_ms_p50": s["encode_ms"]["p50"], "share_decode": s["share_decode"],
-                       "share_encode": s["share_encode"], "wall_s": wall}
-                results["runs"].append(row)
-                print(f"{size:13s} {n:7d} pts  camera={'yes' if camera else 'no ':3s}  "
-                      f"{row['frames_per_s']:.2f} frames/s  latency p50 {row['latency_ms_p50']:.0f} ms "
-                      f"p95 {row['latency_ms_p95']:.0f} ms  (model {row['model_ms_p50']:.0f}, decode "
-                      f"{row['decode_ms_p50']:.1f}, encode {row['encode_ms_p50']:.1f} ms; decode+encode "
-                      f"{100 * (row['share_decode'] + row['share_encode']):.1f}% of a frame)", flush=True)
-    if args.out:
-        print(f"wrote {write_json(args.out / 'bench_replay.json', results)}")
+    sizes = tuple(SIZES) if args.full else ("kitti_120k",)
+    run_replay_bench(sizes, 10 if args.full else args.frames, 9 if args.full else args.repeats, 1, args.config,
+                     args.set, args.threads, args.top, args.out)
     return 0

@@ -47,10 +47,18 @@ from segood.bench.synthesis_report import SLOW, derive, extrapolate, format_tabl
 from segood.bench.synthesis_train import train_step_share
 from segood.bench.timing import supported_dtypes, time_calls
 
-__all__ = ["run_synthesis_bench", "train_step_share", "format_table", "plot_chart", "configure_parser", "add_parser",
+__all__ = ["run_synthesis_bench", "bench_kwargs", "train_step_share", "format_table", "plot_chart", "configure_parser", "add_parser",
            "run", "all_methods"]
 
-QUICK = {"points": (2000,), "dims": (32,), "dtypes": ("float32",), "repeats": 1, "warmup": 1}
+QUICK = {"name": "quick", "points": (2000,), "dims": (32,), "dtypes": ("float32",), "repeats": 1, "warmup": 1,
+         "faithful_max_points": 100_000, "budget_s": 20.0}
+# no flags: a few minutes on a 2-core CPU (fp32, d = 64, up to 100k points, faithful NP-Mix run up to
+# 10k points and extrapolated above); --full: the whole sweep (> 20 minutes there)
+DEFAULT = {"name": "default", "points": (10_000, 100_000), "dims": (64,), "dtypes": ("float32",), "repeats": 3,
+           "warmup": 1, "faithful_max_points": 10_000, "budget_s": 5.0}
+FULL = {"name": "full", "points": (10_000, 100_000, 1_000_000), "dims": (64, 128),
+        "dtypes": ("float32", "bfloat16", "float16"), "repeats": 5, "warmup": 1, "faithful_max_points": 100_000,
+        "budget_s": 20.0}
 
 
 # ------------------------------------------------------------------ entry points
@@ -149,23 +157,27 @@ def _run(points, dims, dtypes, classes, repeats, warmup, device, out_dir, method
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The benchmark's options (``segood bench synthesis``)."""
-    p.add_argument("--points", type=int, nargs="+", help="P values (default 10000 100000 1000000)")
-    p.add_argument("--dims", type=int, nargs="+", help="d per modality (default 64 128)")
-    p.add_argument("--dtypes", nargs="+", help="default float32 bfloat16 float16 (unsupported ones are skipped)")
+    p.add_argument("--points", type=int, nargs="+", help="P values (default 10000 100000; --full adds 1000000)")
+    p.add_argument("--dims", type=int, nargs="+", help="d per modality (default 64; --full: 64 128)")
+    p.add_argument("--dtypes", nargs="+", help="default float32 (--full: float32 bfloat16 float16; unsupported "
+                                               "ones are skipped)")
     p.add_argument("--methods", nargs="+", help="probes, registry synthesizers and variants (default: all; an unknown "
                                                 "name lists the valid ones)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default="runs/bench_synthesis", help="folder for bench_synthesis.json/.png")
-    p.add_argument("--repeats", type=int, help="timed calls per method (median; default 5)")
+    p.add_argument("--repeats", type=int, help="timed calls per method (median; default 3, --full 5)")
     p.add_argument("--warmup", type=int, help="untimed calls first (default 1)")
-    p.add_argument("--budget", type=float, default=20.0, help="seconds of timed calls per method before stopping")
-    p.add_argument("--faithful-max-points", type=int, default=100_000,
-                   help="above this P the faithful NP-Mix is extrapolated, not run")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds of timed calls per method before stopping (default 5, --full 20)")
+    p.add_argument("--faithful-max-points", type=int, default=None,
+                   help="above this P the faithful NP-Mix is extrapolated, not run (default 10000, --full 100000)")
     p.add_argument("--visible-fraction", type=float, default=1.0)
     p.add_argument("--threads", type=int, help="torch threads during the run (default: unchanged)")
     p.add_argument("--no-train-step", action="store_true", help="skip the training-step share")
     p.add_argument("--quick", action="store_true",
                    help="small run: P=2000, d=32, float32, 1 repeat, tiny training step (options given win)")
+    p.add_argument("--full", action="store_true",
+                   help="the whole sweep: P up to 1M, d 64 and 128, three dtypes (> 20 minutes on 2 cores)")
     return p
 
 
@@ -176,16 +188,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def bench_kwargs(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :func:`run_synthesis_bench` from parsed options: the small default
+    (a few minutes on a 2-core CPU), ``--full`` (the whole sweep) or ``--quick``; options given win."""
+    preset = QUICK if args.quick else FULL if args.full else DEFAULT
+    pick = lambda name: getattr(args, name) or preset[name]  # noqa: E731
+    train_kwargs = {"quick": {"repeats": 1, "warmup": 1, "azimuth_columns": 128, "image_size": (160, 48)},
+                    "default": {"repeats": 2, "warmup": 1}, "full": {}}[preset["name"]]
+    return dict(points=pick("points"), dims=pick("dims"), dtypes=pick("dtypes"), repeats=pick("repeats"),
+                warmup=preset["warmup"] if args.warmup is None else args.warmup, device=args.device,
+                out_dir=args.out, methods=args.methods, visible_fraction=args.visible_fraction,
+                faithful_max_points=args.faithful_max_points or preset["faithful_max_points"],
+                budget_s=args.budget or preset["budget_s"], train_step=not args.no_train_step,
+                train_kwargs=train_kwargs, threads=args.threads)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run from parsed options; returns the exit code."""
-    quick = QUICK if args.quick else {}
-    pick = lambda name, default: getattr(args, name) or quick.get(name, default)  # noqa: E731
-    train_kwargs = {"repeats": 1, "warmup": 1, "azimuth_columns": 128, "image_size": (160, 48)} if args.quick else {}
-    run_synthesis_bench(points=pick("points", (10_000, 100_000, 1_000_000)), dims=pick("dims", (64, 128)),
-                        dtypes=pick("dtypes", ("float32", "bfloat16", "float16")),
-                        repeats=pick("repeats", 5), warmup=quick.get("warmup", 1) if args.warmup is None else args.warmup,
-                        device=args.device, out_dir=args.out, methods=args.methods,
-                        visible_fraction=args.visible_fraction, faithful_max_points=args.faithful_max_points,
-                        budget_s=args.budget, train_step=not args.no_train_step, train_kwargs=train_kwargs,
-                        threads=args.threads)
+    run_synthesis_bench(**bench_kwargs(args))
     return 0

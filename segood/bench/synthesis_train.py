@@ -4,7 +4,6 @@ registry against the step without synthesis."""
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from typing import Sequence
 
@@ -28,28 +27,17 @@ def train_step_share(methods: Sequence[str] | None = None, repeats: int = 3, war
     becomes an outlier (the config trains with base.yaml's 4096; None is the upper bound).
     ``methods``: default every synthesizer of the registry and its benchmarked variants.
     """
-    import numpy as np
     import torch
 
-    from segood.config import CONFIG_DIR
-    from segood.engine.families import load_config
-    from segood.data.batching import collate
-    from segood.synthetic import SyntheticConfig, write_dataset
-    from segood.engine.builders import build_dataset, build_grid, build_label_map
+    from segood.bench.train_step import demo_batch
     from segood.engine.step import train_step
     from segood.engine.train import to_device
     from segood.models import build_model
 
     methods = list(synthesizer_methods() if methods is None else methods)
-    width, height = image_size or (SyntheticConfig.image_width, SyntheticConfig.image_height)
-    with tempfile.TemporaryDirectory(prefix="segood_bench_") as root:
-        write_dataset(root, SyntheticConfig(num_train=2, num_val=0, azimuth_columns=azimuth_columns,
-                                            image_width=width, image_height=height, seed=seed), progress=False)
-        cfg = load_config(CONFIG_DIR / "synthetic_feature_mixing.yaml", [f"data.root={root}", f"seed={seed}"])
-        dataset = build_dataset(cfg, "train", build_label_map(cfg), training=True)
-        samples = [dataset[i] for i in range(2)]
-    batch = to_device(collate(samples, build_grid(cfg), cfg["data"]["max_voxels"], np.random.default_rng(seed)),
-                      torch.device(device))
+    cfg, batch = demo_batch(azimuth_columns, image_size, seed)
+    width, height = batch["images"].shape[-1], batch["images"].shape[-2]
+    batch = to_device(batch, torch.device(device))
     torch.manual_seed(seed)
     model = build_model(cfg["model"]).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=float(cfg["train"]["lr"]),

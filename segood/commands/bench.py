@@ -6,11 +6,12 @@ import argparse
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from segood.bench import eval_memory, gpu_check, memory, probe_head, replay, sparse_backends, synthesis
+    from segood.bench import (eval_memory, gpu_check, memory, probe_head, replay, sparse_backends, synthesis,
+                              train_step)
 
     p = subparsers.add_parser("bench", help="benchmarks (print figures and ratios measured in one run)")
     sub = p.add_subparsers(dest="bench", required=True)
-    for module in (synthesis, memory, eval_memory, replay, sparse_backends, probe_head, gpu_check):
+    for module in (synthesis, train_step, memory, eval_memory, replay, sparse_backends, probe_head, gpu_check):
         module.add_parser(sub)
     p.set_defaults(run=run)
     return p

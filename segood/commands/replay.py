@@ -55,6 +55,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--intensity", choices=("error", "zero"), default="error",
                    help="clouds without an 'intensity' field: stop with an error (default: segood models are "
                         "trained with intensity), or use 0 for every point (said once per bag)")
+    p.add_argument("--plain", action="store_true",
+                   help="the model as trained: no BatchNorm folding, all heads, fp32 (the inference: section "
+                        "of configs/base.yaml sets the fast path)")
+    p.add_argument("--amp", choices=("none", "bf16"), default=None,
+                   help="bf16 autocast on a CPU with native bf16 (default: inference.amp)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -73,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         image_topic=args.image_topic, info_topic=args.info_topic, calib=args.calib, max_dt=args.max_dt,
         every=args.every, start=args.start, duration=args.duration, score=args.score, threshold=args.threshold,
         label_ids=args.label_ids, intensity_scale=args.intensity_scale, intensity=args.intensity,
-        overwrite=args.overwrite, progress=not args.no_progress,
+        overwrite=args.overwrite, progress=not args.no_progress, plain=args.plain, amp=args.amp,
     )
     try:
         s = replay(opts)
@@ -90,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"latency per frame: p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms "
               f"(decode {100 * s['share_decode']:.1f}%, encode {100 * s['share_encode']:.1f}%); "
               f"points flagged by the operating point: {100 * s['points']['fraction_above']:.2f}%")
+        print("stages, p50 ms: " + ", ".join(f"{k} {v['p50']:.1f}" for k, v in s["stages_ms"].items()))
     if s["operating_point"]["warning"]:
         print(s["operating_point"]["warning"], file=sys.stderr)
     print(f"wrote {s['output']} and {summary_path(Path(s['output']))}")

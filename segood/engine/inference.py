@@ -22,12 +22,16 @@ kNN, ...) work when their fit (``checkpoint.scores.pt``) exists.
 """
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
+from segood.config import base_defaults
 from segood.data.batching import collate, scan_to_sample
 from segood.data.labels import LabelMap
 from segood.data.scan import Scan
@@ -36,6 +40,8 @@ from segood.engine.artifacts import load_model, load_operating_point, operating_
 from segood.engine.fit import load_scorers
 from segood.engine.model_config import model_config_from_checkpoint
 from segood.metrics.headline import default_score
+from segood.engine.runtime import amp_settings, keep_freed_memory
+from segood.models.fold import fold_batchnorm
 
 TOP_FRACTION = 0.05
 WARN_SHARE = 0.25  # warn when a scan has more than this share of its points flagged
@@ -131,15 +137,64 @@ def resolve_operating_point(state: dict | None, score: str | None, threshold: fl
                           warn_share=warn_share)
 
 
+@dataclass(frozen=True)
+class InferenceOptions:
+    """The fast path's switches: the ``inference:`` section of configs/base.yaml
+    (:meth:`from_config`); :meth:`plain` is the path without any of them.
+
+    ``fold_bn``: BatchNorm folded into the layer before it (:func:`segood.models.fold.fold_batchnorm`);
+    ``lean_heads``: only the heads the label and the score read (:class:`segood.models.segmenter.LazyOutput`);
+    ``amp``: ``bf16`` autocast on a CPU with native bf16 (the sparse U-Net and the scores stay fp32);
+    ``keep_freed_memory``: freed memory kept for the next frame (:func:`segood.engine.runtime.keep_freed_memory`);
+    ``threads``: torch threads for the torch parts (null: torch's default; spconv stays single-threaded).
+    """
+
+    fold_bn: bool = True
+    lean_heads: bool = True
+    amp: str = "none"
+    keep_freed_memory: bool = True
+    threads: int | None = None
+
+    @classmethod
+    def from_config(cls, section: dict | None = None) -> "InferenceOptions":
+        """Options from an ``inference:`` section, missing keys from configs/base.yaml."""
+        return cls(**{**base_defaults()["inference"], **(section or {})})
+
+    @classmethod
+    def plain(cls) -> "InferenceOptions":
+        """Every switch off: the model as trained, all heads, fp32, torch's memory and threads."""
+        return cls(fold_bn=False, lean_heads=False, amp="none", keep_freed_memory=False, threads=None)
+
+
+class StageTimer:
+    """Seconds per stage of the last frame: ``with timer("lidar"): ...``. Stages of the fast path:
+    voxelise, lidar, image, fusion, heads (the plain path: voxelise, model, heads)."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.last[name] = time.perf_counter() - t0
+
+
 class Predictor:
     """Model, voxel grid, label map, scorer and operating point of one checkpoint.
 
     The label map is the one the checkpoint was trained with (``config.data.label_map``); a label
     map file that changed since training is refused (its checksum differs from the checkpoint's).
+    ``options`` (default: configs/base.yaml's ``inference:``) picks the fast path's switches; the
+    fast path's scores equal the plain path's within the tolerance tests/test_speed.py states.
+    ``timer`` holds each frame's seconds per stage (voxelise, lidar, image, fusion, heads).
     """
 
     def __init__(self, ckpt: str | Path, score: str | None = None, threshold: float | None = None,
-                 warn_share: float = WARN_SHARE) -> None:
+                 warn_share: float = WARN_SHARE, options: InferenceOptions | None = None) -> None:
+        self.options = options or InferenceOptions.from_config()
         self.model, state = load_model(ckpt)
         self.config = cfg = model_config_from_checkpoint(state, None, ckpt)  # the checkpoint's, as built
         self.label_map: LabelMap = build_label_map(cfg)
@@ -150,10 +205,32 @@ class Predictor:
         self.op = resolve_operating_point(state, score, threshold, ckpt, warn_share)
         self.scorer = load_scorers(ckpt, [self.op.score], cfg["eval"], self.model)[self.op.score]
         self.source = str(ckpt)
+        self.amp, _ = amp_settings(self.options.amp, torch.device("cpu"), "inference.amp")
+        if self.options.fold_bn:  # after load_scorers: a fitted score reads the model as trained
+            fold_batchnorm(self.model)
+        self.timer = StageTimer()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, scan: Scan) -> Prediction:
         """Per-point train-id labels and the operating point's score (LiDAR-only for scans without images)."""
-        out = self.model(collate([scan_to_sample(scan, None)], self.grid))
-        return Prediction(label=out["logits"].argmax(-1).numpy(),
-                          scores={self.op.score: self.scorer(out).float().numpy()})
+        opts, timer = self.options, self.timer
+        timer.last = {}
+        keep_freed_memory(opts.keep_freed_memory)
+        previous = torch.get_num_threads()
+        if opts.threads:
+            torch.set_num_threads(int(opts.threads))
+        try:
+            with timer("voxelise"):
+                batch = collate([scan_to_sample(scan, None)], self.grid)
+            with torch.autocast("cpu", dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+                if opts.lean_heads:
+                    out = self.model.infer(batch, timer)
+                else:
+                    with timer("model"):
+                        out = self.model(batch)
+                with timer("heads"):
+                    label = out["logits"].argmax(-1).numpy()
+                    score = self.scorer(out).float().numpy()
+        finally:
+            torch.set_num_threads(previous)
+        return Prediction(label=label, scores={self.op.score: score})

@@ -35,7 +35,8 @@ def compute_losses(out: dict, batch: dict, weights: dict) -> dict[str, torch.Ten
     target = batch["target"]
     terms = {"seg": id_loss(out["logits"], target, weights["id_loss"])}
     if weights["lovasz"]:
-        terms["lovasz"] = weights["lovasz"] * L.lovasz_softmax(out["logits"].softmax(-1), target)
+        terms["lovasz"] = weights["lovasz"] * L.lovasz_softmax(out["logits"].softmax(-1), target,
+                                                               weights.get("lovasz_sort", "torch"))
     if weights["modality"]:
         vis = batch["visible"]
         terms["lidar"] = weights["modality"] * L.cross_entropy(out["logits_lidar"], target)

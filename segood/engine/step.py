@@ -11,6 +11,12 @@ from segood.engine.objective import compute_losses
 Synthesize = Callable[[torch.Tensor, torch.Tensor, Mapping], tuple]
 
 
+def to_fp32(out: Mapping) -> dict:
+    """The model's floating-point outputs in fp32 (a no-op for fp32 outputs; under autocast the
+    losses, their softmaxes and reductions then run in fp32)."""
+    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
+
+
 def train_step(model: torch.nn.Module, batches: Sequence[Mapping], opt: torch.optim.Optimizer,
                loss_cfg: Mapping, grad_clip: float, synthesize: Synthesize | None = None,
                scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
@@ -34,7 +40,7 @@ def train_step(model: torch.nn.Module, batches: Sequence[Mapping], opt: torch.op
         batch = prepare(batch) if prepare is not None else batch
         with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(batch, synthesize=synthesize)
-            terms = compute_losses(out, batch, loss_cfg)
+        terms = compute_losses(to_fp32(out), batch, loss_cfg)  # losses, softmax and reductions in fp32
         if observe is not None:
             observe(out, batch)
         scaler.scale(terms["total"] / len(batches)).backward()

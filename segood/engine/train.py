@@ -1,6 +1,6 @@
 """Training: one forward per step, the weighted objective, DDP under torchrun, gradient
-accumulation, mixed precision on GPU, atomic checkpoints (last K + best), exact resume, and a
-clean stop on SIGINT / SIGTERM (the current step is finished and checkpointed, see
+accumulation, mixed precision (GPU; bf16 on CPUs that have it), atomic checkpoints (last K + best), exact
+resume, and a clean stop on SIGINT / SIGTERM (the current step is finished and checkpointed, see
 :mod:`segood.engine.interrupt`)."""
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from segood.engine.distributed import (DistInfo, all_reduce_sum, barrier, broadc
                                        init_distributed, shutdown, weights_checksum)
 from segood.engine.interrupt import SIGNALS, Interrupted, StopRequest, ignore_signals
 from segood.engine.monitor import Monitor
+from segood.engine.runtime import amp_settings, apply_train_runtime
 from segood.engine.step import train_step
 from segood.metrics.iou import ConfusionMatrix
 from segood.models import build_model
@@ -94,18 +95,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-
-
-def amp_settings(cfg: dict, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use a grad scaler). Mixed precision only on GPU."""
-    mode = cfg["train"]["amp"]
-    if mode not in ("none", "bf16", "fp16"):
-        raise ConfigError(f"train.amp: unknown '{mode}', expected none, bf16 or fp16")
-    if mode == "none" or device.type != "cuda":
-        if mode != "none":
-            LOG.info("train.amp=%s ignored on %s (mixed precision is GPU-only)", mode, device.type)
-        return None, False
-    return (torch.bfloat16, False) if mode == "bf16" else (torch.float16, True)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -182,7 +171,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=float(self.tcfg["lr"]),
                                      weight_decay=float(self.tcfg["weight_decay"]))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(int(self.tcfg["warmup_steps"]), self.total))
-        self.amp_dtype, use_scaler = amp_settings(cfg, info.device)
+        apply_train_runtime(self.tcfg, self.model)
+        self.amp_dtype, use_scaler = amp_settings(self.tcfg["amp"], info.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.synthesizer = build_synthesizer(cfg, rank=info.rank)
         self.synth_start = int(float(cfg["synthesis"]["start_fraction"]) * self.total)

@@ -202,6 +202,7 @@ class ImageBranch(nn.Module):
     """
 
     stride = 4
+    channels_last = False  # NHWC images (set with the weights by segood.engine.runtime.set_channels_last)
 
     def __init__(self, depth: int, out_channels: int, width_scale: float) -> None:
         super().__init__()
@@ -212,6 +213,8 @@ class ImageBranch(nn.Module):
 
     def feature_maps(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) -> decoded maps (B, out_channels, ~H/4, ~W/4)."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.decoder(self.encoder(images))
 
     def forward(self, batch: dict) -> torch.Tensor:

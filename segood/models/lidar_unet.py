@@ -157,7 +157,11 @@ class LidarBranch(nn.Module):
             x = ops.SparseConvTensor(feats, coords, shape, bs)
             return self.unet(x).features
 
-        return run_sparse(self.backend, fn, batch["voxel_feats"], list(self.unet.parameters()))
+        feats = batch["voxel_feats"]
+        # fp32 under autocast too: spconv's CPU kernels have no bf16, and the sums over kernel
+        # offsets keep their fp32 accuracy with either backend
+        with torch.autocast(feats.device.type, enabled=False):
+            return run_sparse(self.backend, fn, feats.float(), list(self.unet.parameters()))
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Per-point feature = Linear-BN-ReLU([voxel feature at point2voxel, MLP(raw point)]).

@@ -12,9 +12,11 @@ into its running estimates and make eval behave differently from training.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import contextlib
+from typing import Callable, ContextManager, Iterator, Mapping, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segood.models.image_net import ImageBranch
@@ -83,7 +85,9 @@ class FusionSegmenter(nn.Module):
 
     def encode(self, batch: dict) -> dict:
         """Per-point features of each modality: feat_image (P, d_c), feat_lidar (P, d_l)."""
-        return {"feat_image": self.norm_image(self.image(batch)), "feat_lidar": self.norm_lidar(self.lidar(batch))}
+        fi, fl = self.norm_image(self.image(batch)), self.norm_lidar(self.lidar(batch))
+        common = torch.promote_types(fi.dtype, fl.dtype)  # under autocast the branches may differ
+        return {"feat_image": fi.to(common), "feat_lidar": fl.to(common)}
 
     def fuse(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """Concatenate both modalities and the visibility flag, then MLP -> (P, d_f)."""
@@ -117,6 +121,40 @@ class FusionSegmenter(nn.Module):
             out.update(self.score_outliers(*synthesize(fi, fl, batch)))
         return out
 
+    def infer(self, batch: dict, stage: Callable[[str], ContextManager] | None = None) -> "LazyOutput":
+        """Inference: the forward's features, with each head computed only when read (fp32).
+
+        ``stage(name)`` wraps each stage (``lidar``, ``image``, ``fusion``) in a context manager,
+        e.g. a timer; the heads run in the caller's reads (``out["logits"]``)."""
+        stage = stage or (lambda name: contextlib.nullcontext())
+        with stage("lidar"):
+            fl = self.norm_lidar(self.lidar(batch))
+        with stage("image"):
+            fi = self.norm_image(self.image(batch))
+        with stage("fusion"):
+            common = torch.promote_types(fi.dtype, fl.dtype)
+            fi, fl = fi.to(common), fl.to(common)
+            fused = self._fuse_split(fi, fl, self._visible(batch, fl.shape[0], fl.device))
+        return LazyOutput(self, {"feat_image": fi, "feat_lidar": fl, "fused": fused})
+
+    def _fuse_split(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """:meth:`fuse` without the (P, d_c + d_l + 1) concatenation, for inference: the first
+        layer's matmul split by modality, and the image part computed once for every point the
+        camera does not see (they all carry the same placeholder feature). Equal to :meth:`fuse`
+        up to float rounding."""
+        first, d_c = self.fusion[0], feat_image.shape[1]
+        w_image, w_lidar, w_flag = first.weight[:, :d_c], first.weight[:, d_c:-1], first.weight[:, -1]
+        rows = torch.nonzero(visible, as_tuple=True)[0]
+        unseen = torch.nonzero(~visible, as_tuple=True)[0]
+        placeholder = feat_image[unseen[:1]] if unseen.numel() else feat_image[:0]
+        h = F.linear(feat_lidar, w_lidar, first.bias)
+        if unseen.numel():
+            h += F.linear(placeholder, w_image)
+        if rows.numel():
+            seen = F.linear(feat_image[rows], w_image) + w_flag.to(h.dtype)
+            h.index_add_(0, rows, seen - F.linear(placeholder, w_image) if unseen.numel() else seen)
+        return self.fusion[1:](h)
+
     def score_outliers(self, index: torch.Tensor, mixed_image: torch.Tensor, mixed_lidar: torch.Tensor) -> dict:
         """Send synthesized outliers through fuse (visible=True) and the heads."""
         visible = torch.ones(index.shape[0], dtype=torch.bool, device=mixed_lidar.device)
@@ -128,3 +166,39 @@ class FusionSegmenter(nn.Module):
             "outlier_logits_image": self.image_head(mixed_image),
             "outlier_logits_lidar": self.lidar_head(mixed_lidar),
         }
+
+
+class LazyOutput(Mapping):
+    """The output dict of :meth:`FusionSegmenter.forward` (without outliers), whose heads are
+    computed on first read: a score that reads only ``anomaly_logit`` never runs the segmentation
+    and modality heads on every point. Every value is returned in fp32."""
+
+    _HEADS: dict[str, Callable[["FusionSegmenter", dict], torch.Tensor]] = {
+        "logits": lambda m, o: m.seg_head(o["fused"]),
+        "anomaly_logit": lambda m, o: m.anomaly_head(o["fused"]).squeeze(1),
+        "logits_lidar": lambda m, o: m.lidar_head(o["feat_lidar"]),
+        "logits_image": lambda m, o: m.image_head(o["feat_image"]),
+    }
+
+    def __init__(self, model: FusionSegmenter, features: dict) -> None:
+        self._model, self._values = model, dict(features)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._values:
+            if key not in self._HEADS:
+                raise KeyError(key)
+            self._values[key] = self._HEADS[key](self._model, self._values)
+        return self._values[key].float()
+
+    def __contains__(self, key: object) -> bool:  # without computing the head
+        return key in self._values or key in self._HEADS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys([*self._values, *self._HEADS]))
+
+    def __len__(self) -> int:
+        return len(set(self._values) | set(self._HEADS))
+
+    def computed(self) -> list[str]:
+        """The keys computed so far (features and the heads read)."""
+        return list(self._values)

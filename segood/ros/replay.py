@@ -36,7 +36,7 @@ from segood.ros.camera import CameraStream, load_calib
 from segood.data.errors import DataError
 from segood.ros.frames import OUTPUT_SUFFIX, CloudDecoder, first_cloud_fields, missing_intensity
 from segood.ros.pointcloud2 import CloudError, with_scores
-from segood.engine.inference import OperatingPoint, Predictor
+from segood.engine.inference import InferenceOptions, OperatingPoint, Predictor
 
 NO_CAMERA = "no camera topic given (--image-topic)"
 INVALID_TRAIN_ID = 65535
@@ -62,6 +62,8 @@ class ReplayOptions:
     intensity: str = "error"  # a cloud without an intensity field: error | zero (see ros.frames)
     overwrite: bool = False
     progress: bool = True
+    plain: bool = False  # the model as trained (InferenceOptions.plain), not the fast path
+    amp: str | None = None  # none | bf16; None: inference.amp of configs/base.yaml
 
 
 def summary_path(out: Path) -> Path:
@@ -81,6 +83,13 @@ def scored_operating_point(bag: Path) -> OperatingPoint | None:
                           chosen_by=op.get("chosen_by", ""))
 
 
+def inference_options(opts: ReplayOptions) -> InferenceOptions:
+    """The predictor's switches: plain, or configs/base.yaml's ``inference:`` with ``opts.amp``."""
+    if opts.plain:
+        return InferenceOptions.plain()
+    return InferenceOptions.from_config({} if opts.amp is None else {"amp": opts.amp})
+
+
 def replay(opts: ReplayOptions, predictor: Predictor | None = None) -> dict:
     """Replay ``opts.bag`` into ``opts.out``; returns (and writes) the summary dict."""
     bag, out = Path(opts.bag), Path(opts.out)
@@ -97,7 +106,7 @@ def replay(opts: ReplayOptions, predictor: Predictor | None = None) -> dict:
         if p.exists() and not opts.overwrite:
             raise FileExistsError(f"{p}: output exists; pass --overwrite to replace it")
     calib = load_calib(opts.calib) if opts.calib else None
-    predictor = predictor or Predictor(opts.ckpt, opts.score, opts.threshold)
+    predictor = predictor or Predictor(opts.ckpt, opts.score, opts.threshold, options=inference_options(opts))
     op, lm = predictor.op, predictor.label_map
     with open_bag(bag) as reader:
         topic = resolve_topic(reader, opts.topic, (POINTCLOUD2,), "PointCloud2")
@@ -151,7 +160,8 @@ def replay(opts: ReplayOptions, predictor: Predictor | None = None) -> dict:
                 writer.write(seg_conn, t, writer.serialize(msg, POINTCLOUD2))
                 t3 = time.perf_counter()
                 stats.frame(d.decode_s, t2 - t1, t3 - t2, len(d.valid), int(d.valid.sum()),
-                            int(op.above(score).sum()), d.camera_note if camera else NO_CAMERA)
+                            int(op.above(score).sum()), d.camera_note if camera else NO_CAMERA,
+                            getattr(predictor, "timer", None) and predictor.timer.last)
                 bar.set_postfix(fps=f"{1.0 / max(np.mean(stats.total[-10:]), 1e-9):.2f}", dropped=len(stats.dropped))
             bar.close()
         summary = stats.summary(wall=time.perf_counter() - t_start)
@@ -202,13 +212,16 @@ class _Stats:
         self.skipped_window = self.skipped_every = 0
         self.dropped: list[dict] = []
         self.lidar_only: dict[str, int] = {}
+        self.stages: dict[str, list[float]] = {}  # decode, the predictor's stages, encode
 
     def drop(self, index: int, t: int, reason: str) -> None:
         """A dropped cloud: its message index on the topic, its receive time ``t`` in ns from the bag's start."""
         self.dropped.append({"index": index, "time_s": t / 1e9, "reason": reason})
 
     def frame(self, decode: float, model: float, encode: float, points: int, valid: int, above: int,
-              camera_note: str) -> None:
+              camera_note: str, stages: dict[str, float] | None = None) -> None:
+        for name, seconds in {"decode": decode, **(stages or {}), "encode": encode}.items():
+            self.stages.setdefault(name, []).append(seconds)
         self.decode.append(decode)
         self.model.append(model)
         self.encode.append(encode)
@@ -243,6 +256,7 @@ class _Stats:
             "decode_ms": ms(self.decode),
             "model_ms": ms(self.model),
             "encode_ms": ms(self.encode),
+            "stages_ms": {name: ms(x) for name, x in self.stages.items()},
             "share_decode": float(np.sum(self.decode)) / total if total else None,
             "share_encode": float(np.sum(self.encode)) / total if total else None,
             "frames_per_s": len(self.total) / total if total else None,

@@ -140,6 +140,21 @@ def feature_mixing_into(feat_image: torch.Tensor, feat_lidar: torch.Tensor, mask
                                          out_image, out_lidar)
 
 
+def _mix_rows(feat_image: torch.Tensor, feat_lidar: torch.Tensor, index: torch.Tensor, n_swap: int, seed: int,
+              step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The op's outputs at rows ``index`` only, bit for bit (the dims of a row depend only on
+    (seed, step, row index)), computed on those rows alone: the op runs over all P rows and its
+    backward over two dense (P, d) gradients, wasted when M = 4096 of P = 120k rows are outliers
+    (``segood bench train-step``, row ``fm_rows_only``; weights after training bit-equal,
+    tests/test_speed.py)."""
+    fi, fl = feat_image[index], feat_lidar[index]
+    _check_args(fi, fl, None, n_swap, seed, step)
+    ic = draw_dims(index, feat_image.shape[1], n_swap, seed, step, 0)
+    il = draw_dims(index, feat_lidar.shape[1], n_swap, seed, step, 1)
+    r = torch.arange(index.numel(), device=index.device)[:, None].expand_as(ic)
+    return fi.index_put((r, ic), fl[r, il]), fl.index_put((r, il), fi[r, ic])
+
+
 class KernelFeatureMixing:
     """Drop-in for :class:`segood.ood.feature_mixing.reference.FeatureMixing`, backed by the kernel.
 
@@ -149,7 +164,7 @@ class KernelFeatureMixing:
     outlier does not depend on which other points were selected) and returns their rows.
     """
 
-    def __init__(self, n_swap: int, seed: int = 0, max_points: int | None = None) -> None:
+    def __init__(self, n_swap: int, seed: int = 0, max_points: int | None = None, rows_only: bool = True) -> None:
         if n_swap < 0:
             raise ValueError(f"n_swap must be >= 0, got {n_swap}")
         if max_points is not None and max_points < 1:
@@ -157,6 +172,7 @@ class KernelFeatureMixing:
         if not 0 <= seed < 1 << 64:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
         self.n_swap, self.seed, self.max_points = int(n_swap), int(seed), max_points
+        self.rows_only = rows_only  # a subset of anchors: mix those rows alone (_mix_rows, bit-equal)
 
     def select(self, batch: Mapping[str, torch.Tensor], step: int) -> torch.Tensor:
         """Sorted LongTensor (CPU) of visible, ID-labelled points, subsampled to ``max_points``."""
@@ -171,6 +187,8 @@ class KernelFeatureMixing:
         device = feat_image.device
         index = self.select(batch, step).to(device)
         every = index.numel() == num_points  # every point is an outlier: no mask, no second copy
+        if not every and self.rows_only:
+            return (index, *_mix_rows(feat_image, feat_lidar, index, self.n_swap, self.seed, step))
         mask = None
         if not every:
             mask = torch.zeros(num_points, dtype=torch.bool, device=device)
