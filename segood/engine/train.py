@@ -21,6 +21,7 @@ from segood.data.batching import collate
 from segood.engine.builders import build_dataset, build_grid, build_label_map, build_loader, build_synthesizer
 from segood.atomic import write_json
 from segood.engine.checkpoint import load_checkpoint, save_checkpoint
+from segood.engine.objective import check_objective
 from segood.engine.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, gather_objects,
                                        init_distributed, shutdown, weights_checksum)
 from segood.engine.step import train_step
@@ -46,10 +47,14 @@ class ResumableSampler(DistributedSampler):
         return iter(indices[self.start_batch * self.batch_size:])
 
 
-def lr_lambda(warmup: int, total: int):
-    """Linear warm-up, then cosine decay to 1% of the base rate."""
+def lr_lambda(warmup: int, total: int, phase: int = 0, phase_lr: float = 0.1):
+    """Linear warm-up, then cosine decay to 1% of the base rate over ``total - phase`` steps; the
+    last ``phase`` steps (``train.outlier_phase``) run at the constant ``phase_lr`` times the base."""
+    total = total - phase
 
     def f(step: int) -> float:
+        if phase and step >= total:
+            return phase_lr
         if step < warmup:
             return (step + 1) / warmup
         t = (step - warmup) / max(1, total - warmup)
@@ -165,6 +170,7 @@ class Trainer:
         seed_everything(int(cfg["seed"]), bool(cfg["deterministic"]))
         self.label_map = build_label_map(cfg)
         check_num_classes(cfg, self.label_map)
+        check_objective(cfg)
         self.run = Run(out_dir, info, int(self.tcfg["keep_last"]))
         self.total = int(self.tcfg["steps"])
         self.accumulate = int(self.tcfg["accumulate"])
@@ -174,7 +180,9 @@ class Trainer:
         self.ddp = DistributedDataParallel(self.model, find_unused_parameters=True) if info.enabled else None
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=float(self.tcfg["lr"]),
                                      weight_decay=float(self.tcfg["weight_decay"]))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(int(self.tcfg["warmup_steps"]), self.total))
+        self.phase = int(self.tcfg["outlier_phase"])
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(
+            int(self.tcfg["warmup_steps"]), self.total, self.phase, float(self.tcfg["outlier_phase_lr"])))
         self.amp_dtype, use_scaler = amp_settings(cfg, info.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.synthesizer = build_synthesizer(cfg, rank=info.rank)
@@ -276,8 +284,14 @@ class Trainer:
             self._log(terms, history, t0)
             self._maybe_validate_and_save()
 
+    def in_outlier_phase(self) -> bool:
+        """True during the last ``train.outlier_phase`` steps."""
+        return self.phase > 0 and self.step >= self.total - self.phase
+
     def _optimizer_step(self, batches: list[dict]) -> dict[str, float]:
-        synth = self.synthesizer if (self.synthesizer is not None and self.step >= self.synth_start) else None
+        phase = self.in_outlier_phase()
+        freeze_encoders(self.model, phase)
+        synth = self.synthesizer if (self.synthesizer is not None and (phase or self.step >= self.synth_start)) else None
         step = self.step
         sums = train_step(self.ddp or self.model, batches, self.opt, self.cfg["loss"], float(self.tcfg["grad_clip"]),
                           synthesize=(lambda fi, fl, b: synth(fi, fl, b, step)) if synth else None,
@@ -310,6 +324,14 @@ class Trainer:
         """FOV mIoU on the validation split; each rank takes a shard, confusion matrices are summed."""
         broadcast_buffers(self.model, self.info)
         return validate_miou(self.model, self.cfg, self.label_map, self.info)
+
+
+def freeze_encoders(model: torch.nn.Module, frozen: bool) -> None:
+    """Outlier phase: the encoders (``model.encoders()``) get no gradient and run in eval mode
+    (BatchNorm uses and keeps its running statistics, as at test time); off: trainable, train mode."""
+    for encoder in model.encoders():
+        encoder.requires_grad_(not frozen)
+        encoder.train(not frozen and model.training)
 
 
 @torch.no_grad()

@@ -85,11 +85,19 @@ def _step_seed(seed: int, step: int) -> int:
     return (x ^ (x >> 31)) >> 1
 
 
+MIX_POINTS = ("visible", "all")  # synthesis.mix_points
+
+
 def select_anchors(batch: Mapping[str, torch.Tensor], max_points: int | None,
-                   generator: torch.Generator) -> torch.Tensor:
-    """Sorted (CPU) LongTensor of the points that may become outliers: camera-visible and
-    ID-labelled, randomly subsampled to ``max_points``."""
-    mask = batch["visible"].bool() & (batch["target"] >= 0)
+                   generator: torch.Generator, mix_points: str = "visible") -> torch.Tensor:
+    """Sorted (CPU) LongTensor of the points that may become outliers: ID-labelled and, with
+    ``mix_points='visible'``, camera-visible (``'all'``: every ID point, for models whose
+    out-of-view points carry a predicted camera feature), randomly subsampled to ``max_points``."""
+    if mix_points not in MIX_POINTS:
+        raise ValueError(f"synthesis.mix_points: {mix_points!r}: expected one of {', '.join(map(repr, MIX_POINTS))}")
+    mask = batch["target"] >= 0
+    if mix_points == "visible":
+        mask = batch["visible"].bool() & mask
     index = torch.nonzero(mask.cpu(), as_tuple=False).squeeze(1)
     if max_points is not None and index.numel() > max_points:
         keep = torch.randperm(index.numel(), generator=generator)[:max_points]
@@ -107,20 +115,21 @@ class FeatureMixing:
     draws new ones.
     """
 
-    def __init__(self, n_swap: int, seed: int = 0, max_points: int | None = None) -> None:
+    def __init__(self, n_swap: int, seed: int = 0, max_points: int | None = None, mix_points: str = "visible") -> None:
         if n_swap < 0:
             raise ValueError(f"n_swap must be >= 0, got {n_swap}")
         if max_points is not None and max_points < 1:
             raise ValueError(f"max_points must be >= 1 or None, got {max_points}")
         self.n_swap, self.seed, self.max_points = int(n_swap), int(seed), max_points
+        self.mix_points = mix_points
 
     def generator(self, step: int) -> torch.Generator:
         """The CPU generator for ``step`` (a new one each call, so calls never interfere)."""
         return torch.Generator().manual_seed(_step_seed(self.seed, step))
 
     def select(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        """Sorted LongTensor of visible, ID-labelled points, subsampled to ``max_points``."""
-        return select_anchors(batch, self.max_points, generator)
+        """Sorted LongTensor of (``mix_points``) ID-labelled points, subsampled to ``max_points``."""
+        return select_anchors(batch, self.max_points, generator, self.mix_points)
 
     def __call__(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor,
                  batch: Mapping[str, torch.Tensor], step: int

@@ -382,7 +382,7 @@ class KernelFeatureMixing:
     outlier does not depend on which other points were selected) and returns their rows.
     """
 
-    def __init__(self, n_swap: int, seed: int = 0, max_points: int | None = None) -> None:
+    def __init__(self, n_swap: int, seed: int = 0, max_points: int | None = None, mix_points: str = "visible") -> None:
         if n_swap < 0:
             raise ValueError(f"n_swap must be >= 0, got {n_swap}")
         if max_points is not None and max_points < 1:
@@ -390,10 +390,12 @@ class KernelFeatureMixing:
         if not 0 <= seed < 1 << 64:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
         self.n_swap, self.seed, self.max_points = int(n_swap), int(seed), max_points
+        self.mix_points = mix_points
 
     def select(self, batch: Mapping[str, torch.Tensor], step: int) -> torch.Tensor:
-        """Sorted LongTensor (CPU) of visible, ID-labelled points, subsampled to ``max_points``."""
-        return select_anchors(batch, self.max_points, torch.Generator().manual_seed(_step_seed(self.seed, step)))
+        """Sorted LongTensor (CPU) of (``mix_points``) ID-labelled points, subsampled to ``max_points``."""
+        return select_anchors(batch, self.max_points, torch.Generator().manual_seed(_step_seed(self.seed, step)),
+                              self.mix_points)
 
     def __call__(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor,
                  batch: Mapping[str, torch.Tensor], step: int

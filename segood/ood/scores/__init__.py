@@ -23,7 +23,7 @@ import torch
 
 from segood.config import ConfigError
 from segood.ood.scores.fitted import ASH, KNN, FittedScore, Mahalanobis, ReAct, ViM
-from segood.ood.scores.logit import anomaly_head, energy, entropy, gen, maxlogit, msp, relative_energy
+from segood.ood.scores.logit import anomaly_head, energy, entropy, gen, maxlogit, msp, rba, relative_energy
 
 __all__ = ["Score", "SCORES", "FITTED_SCORES", "get_score", "check_score_names", "score_range", "is_fitted",
            "score_options"]
@@ -74,6 +74,7 @@ SCORES: dict[str, Score] = {s.name: s for s in (
     Score("relative_energy", relative_energy),  # = -log(softmax mass of the ID logits): [0, inf)
     Score("entropy", entropy, range=lambda c, **_: (0.0, math.log(c))),
     Score("gen", gen, range=_gen_range),
+    Score("rba", rba, range=lambda c, **_: (-float(c), float(c))),
     Score("mahalanobis", fitted=Mahalanobis),
     Score("knn", fitted=KNN, range=lambda c, **_: (0.0, 2.0)),  # distance between unit vectors
     Score("vim", fitted=ViM),

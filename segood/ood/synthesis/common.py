@@ -78,6 +78,7 @@ class SynthesisContext:
     d_lidar: int
     seed: int
     max_points: int | None  # outliers per step (null = all anchors)
+    mix_points: str = "visible"  # Feature Mixing anchors: visible | all (synthesis.mix_points)
 
 
 def section_options(cfg_synthesis: Mapping, section: str, keys: tuple[str, ...]) -> dict[str, Any]:

@@ -17,10 +17,11 @@ class BlockFeatureMixing(FeatureMixing):
     of N LiDAR dims at an independent offset, the same columns for every selected point. Same
     point selection as :class:`FeatureMixing`; ``last_dims`` keeps the block of the last call."""
 
-    def __init__(self, n_min: int, n_max: int, seed: int = 0, max_points: int | None = None) -> None:
+    def __init__(self, n_min: int, n_max: int, seed: int = 0, max_points: int | None = None,
+                 mix_points: str = "visible") -> None:
         if not 1 <= n_min <= n_max:
             raise ValueError(f"block n_min/n_max must satisfy 1 <= n_min <= n_max, got {n_min}, {n_max}")
-        super().__init__(n_max, seed=seed, max_points=max_points)
+        super().__init__(n_max, seed=seed, max_points=max_points, mix_points=mix_points)
         self.n_min, self.n_max = int(n_min), int(n_max)
 
     def __call__(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor, batch: Batch, step: int) -> Outliers:
@@ -42,4 +43,5 @@ class BlockFeatureMixing(FeatureMixing):
 def build_block_feature_mixing(cfg_synthesis: Mapping, ctx: SynthesisContext) -> BlockFeatureMixing:
     """``feature_mixing_block``, options in ``synthesis.feature_mixing_block`` (n_min, n_max)."""
     opts = section_options(cfg_synthesis, "feature_mixing_block", ("n_min", "n_max"))
-    return BlockFeatureMixing(int(opts["n_min"]), int(opts["n_max"]), seed=ctx.seed, max_points=ctx.max_points)
+    return BlockFeatureMixing(int(opts["n_min"]), int(opts["n_max"]), seed=ctx.seed, max_points=ctx.max_points,
+                              mix_points=ctx.mix_points)
