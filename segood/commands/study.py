@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -27,7 +28,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="an existing data root with train/val/test sequences; default: generate the synthetic "
                         "benchmark in OUT/data")
-    p.add_argument("--benchmark", type=int, nargs=3, default=list(BENCHMARK), metavar=("TRAIN", "VAL", "TEST"),
+    p.add_argument("--benchmark", default="standard", metavar="{standard,near}",
+                   help="the generated synthetic benchmark: standard (OOD objects novel in both modalities or "
+                        "cross-modal; the README tables) or near (held-out buses and trams with ID colours and "
+                        "reflectivities, unlabelled in train, OOD in val/test: the REAL protocol)")
+    p.add_argument("--scans", type=int, nargs=3, default=list(BENCHMARK), metavar=("TRAIN", "VAL", "TEST"),
                    help="scans per split of the generated synthetic benchmark (default %(default)s)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generated benchmark (fixed across runs)")
     p.add_argument("--azimuth-columns", type=int, default=512)
@@ -52,14 +57,25 @@ def parse_arm(spec: str):
 
 
 def ensure_benchmark(args) -> Path:
-    """The data root: ``--data``, or the synthetic benchmark generated (once) in OUT/data."""
+    """The data root: ``--data``, or the synthetic benchmark generated (once) in OUT/data. A study folder
+    belongs to one benchmark: another --benchmark / --scans / --data-seed / --azimuth-columns is refused
+    (its finished runs would be reused)."""
+    from segood.atomic import write_json
     from segood.synthetic import SyntheticConfig, ensure_dataset
 
     data = Path(args.data) if args.data else Path(args.out) / "data"
     if args.data is None:
-        train, val, test = args.benchmark
-        ensure_dataset(data, SyntheticConfig(num_train=train, num_val=val, num_test=test,
-                                             azimuth_columns=args.azimuth_columns, seed=args.data_seed))
+        train, val, test = args.scans
+        spec = {"benchmark": args.benchmark, "scans": [train, val, test], "data_seed": args.data_seed,
+                "azimuth_columns": args.azimuth_columns}
+        marker = Path(args.out) / "benchmark.json"
+        if marker.is_file() and json.loads(marker.read_text()) != spec:
+            raise ConfigError(f"study: {args.out} was made for the benchmark {json.loads(marker.read_text())}, not "
+                              f"{spec}; use another --out")
+        ensure_dataset(data, SyntheticConfig(num_train=train, num_val=val, num_test=test, benchmark=args.benchmark,
+                                             azimuth_columns=args.azimuth_columns, seed=args.data_seed),
+                       progress=not args.no_progress)
+        write_json(marker, spec)
     return data
 
 
@@ -84,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     if not results:
         raise ConfigError(f"study: no finished run under {args.out}/runs")
     context = {"command": "segood study " + " ".join(args.configs) + f" --seeds {' '.join(map(str, args.seeds))}"
-                          + f" --out {args.out}", "data": str(data), "steps": steps,
+                          + f" --out {args.out}" + (f" --benchmark {args.benchmark}" if args.data is None else ""),
+               "data": str(data) + ("" if args.data else f" (synthetic {args.benchmark} benchmark, data seed "
+                                                         f"{args.data_seed})"), "steps": steps,
                "runs finished": sum(len(v) for v in results.values()), "runs planned": len(specs),
                "wall time this call (s)": round(time.time() - t0), "jobs": args.jobs}
     text = write_study_report(Path(args.out), summarize_study(results, reference), context)

@@ -190,6 +190,23 @@ def _tex_cabin(m: Material, p: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, n
     return rgb, refl
 
 
+def _tex_bus(m: Material, p: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Long vehicle body (near-OOD buses, trams): car paint with a band of dark side windows between
+    pillars and a window across both ends (color2, the car cabin's glass and its reflectivity)."""
+    lo, hi = m.params["band"]
+    period, pillar = m.params["pillars"]
+    f = value_noise(p, 1.5, m.seed)
+    rgb = _shade_by(m, 0.9 + 0.2 * f)
+    refl = np.full(len(p), m.intensity)
+    z = p[:, 2]
+    end = np.abs(n @ np.asarray(m.params["fwd"], float)) > 0.7
+    side = (np.abs(n[:, 2]) < 0.3) & ~end & (np.mod(_facade_coord(p, n), period) > pillar)
+    glass = (side | end) & (z > lo) & (z < hi)
+    rgb[glass] = m.color2[None, :] * (0.8 + 0.4 * f[glass])[:, None]
+    refl[glass] = 0.06
+    return rgb, refl
+
+
 def _tex_cloth(m: Material, p: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Clothes / matte plastic: colour with fine weave noise."""
     f = value_noise(p, 10.0, m.seed)
@@ -231,7 +248,7 @@ def _tex_rainbow(m: Material, p: np.ndarray, n: np.ndarray) -> tuple[np.ndarray,
 TEXTURES: dict[str, TextureFn] = {
     "asphalt": _tex_asphalt, "paving": _tex_paving, "parking": _tex_parking, "grass": _tex_grass,
     "facade": _tex_facade, "slats": _tex_slats, "foliage": _tex_foliage, "bark": _tex_bark,
-    "metal": _tex_metal, "sign": _tex_sign, "paint": _tex_paint, "cabin": _tex_cabin,
+    "metal": _tex_metal, "sign": _tex_sign, "paint": _tex_paint, "cabin": _tex_cabin, "bus": _tex_bus,
     "cloth": _tex_cloth, "checker": _tex_checker, "dots": _tex_dots, "diagonal": _tex_diagonal,
     "rainbow": _tex_rainbow,
 }

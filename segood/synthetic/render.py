@@ -10,6 +10,7 @@ from segood.synthetic.scene import Lighting, Scene
 from segood.synthetic.raycast import CameraRays, cast, LidarRays, sensor_rays, shade, surface
 from segood.synthetic.street import (_add_buildings, _add_clutter, _add_people, _add_roadside,
                                      _add_sidewalks, _add_vehicles, _Builder, _make_ground, _sample_street)
+from segood.synthetic.near_objects import add_near_ood
 from segood.synthetic.ood_objects import _add_ood
 
 def _sample_lighting(rng: np.random.Generator) -> Lighting:
@@ -26,7 +27,10 @@ def _sample_lighting(rng: np.random.Generator) -> Lighting:
 
 
 def generate_scene(rng: np.random.Generator, cfg: SyntheticConfig) -> Scene:
-    """Sample one street scene: layout, buildings, roadside objects, vehicles, OOD objects, people."""
+    """Sample one street scene: layout, buildings, roadside objects, vehicles, OOD objects, people.
+
+    The OOD objects are the standard benchmark's (novel and cross-modal kinds) or, with
+    ``cfg.benchmark == "near"``, the held-out buses and trams (:mod:`segood.synthetic.near_objects`)."""
     noise_seed = int(rng.integers(2**62))
     b = _Builder(rng, cfg)
     st = _sample_street(rng)
@@ -35,7 +39,7 @@ def generate_scene(rng: np.random.Generator, cfg: SyntheticConfig) -> Scene:
     _add_buildings(b, st)
     _add_roadside(b, st)
     _add_vehicles(b, st)
-    _add_ood(b, st)
+    (add_near_ood if cfg.benchmark == "near" else _add_ood)(b, st)
     _add_people(b, st)
     _add_clutter(b, st)
     return Scene(st.ground, b.prims, b.materials, _sample_lighting(rng), noise_seed, b.objects)

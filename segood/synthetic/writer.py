@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image
 
 from segood.atomic import atomic_write
-from segood.synthetic.config import (GENERATOR_VERSION, NOMINAL_SPEED, OOD_KINDS_MIXED, OOD_KINDS_NOVEL,
-                                     OOD_RAW_ID, RAW_CLASSES, SCAN_PERIOD, SyntheticConfig, TEST_SEQUENCE, TRAIN_SEQUENCE,
-                                     VAL_SEQUENCE)
+from segood.synthetic.config import (GENERATOR_VERSION, NEAR_KINDS, NOMINAL_SPEED, OOD_KIND_FAMILY, OOD_KINDS_MIXED,
+                                     OOD_KINDS_NOVEL, OOD_RAW_ID, RAW_CLASSES, SCAN_PERIOD, SyntheticConfig, TEST_SEQUENCE,
+                                     TRAIN_SEQUENCE, UNLABELED, VAL_SEQUENCE)
 from segood.synthetic.calibration import _calib_text
 from segood.synthetic.render import generate_scene, render_scan
 
@@ -41,7 +41,7 @@ def _check_out_dir(out: Path) -> None:
                          "synthetic output (no synthetic.json)")
 
 
-SCAN_FILES = (("velodyne", ".bin"), ("labels", ".label"), ("image_2", ".png"))
+SCAN_FILES = (("velodyne", ".bin"), ("labels", ".label"), ("image_2", ".png"), ("ood_kinds", ".json"))
 
 
 def _remove_stale(seq_dir: Path, count: int) -> None:
@@ -70,6 +70,20 @@ def _write_scan(seq_dir: Path, index: int, points: np.ndarray, labels: np.ndarra
     _atomic_write(seq_dir / "velodyne" / f"{name}.bin", points.astype("<f4").tobytes())
     _atomic_write(seq_dir / "labels" / f"{name}.label", labels.astype("<u4").tobytes())
     _atomic_write(seq_dir / "image_2" / f"{name}.png", _png_bytes(image))
+
+
+def ood_kinds_json(objects: list[dict]) -> bytes:
+    """``ood_kinds/NNNNNN.json`` of one scan: ``{"instances": {instance id: kind}}`` for its OOD objects
+    (the instance id is the high 16 bits of the ``.label`` entries; kinds: ``OOD_KIND_FAMILY``)."""
+    inst = {str(o["instance"]): o["kind"] for o in objects if o["label"] == OOD_RAW_ID}
+    return (json.dumps({"instances": inst}, sort_keys=True) + "\n").encode()
+
+
+def hold_out(labels: np.ndarray) -> np.ndarray:
+    """Train-split labels of the near benchmark: the held-out family (raw 20) becomes raw 0 (unlabelled,
+    ignored by training), instance bits kept."""
+    raw = labels & np.uint32(0xFFFF)
+    return np.where(raw == OOD_RAW_ID, (labels & ~np.uint32(0xFFFF)) | np.uint32(UNLABELED), labels).astype(np.uint32)
 
 
 def _drop_sequence(seq_dir: Path) -> None:
@@ -120,7 +134,10 @@ def write_dataset(out_dir: str | Path, cfg: SyntheticConfig, progress: bool = Tr
     for seq, i in tqdm(jobs, desc="synthetic scans", unit="scan", disable=not progress):
         scene = generate_scene(scan_rng(cfg.seed, seq, i), cfg)
         points, labels, image = render_scan(scene, cfg)
+        if cfg.benchmark == "near" and seq == TRAIN_SEQUENCE:
+            labels = hold_out(labels)
         _write_scan(seq_dirs[seq], i, points, labels, image)
+        _atomic_write(seq_dirs[seq] / "ood_kinds" / f"{i:06d}.json", ood_kinds_json(scene.objects))
         raw = labels & 0xFFFF
         class_points += np.bincount(raw, minlength=class_points.size)
         scans_with_ood += bool((raw == OOD_RAW_ID).any())
@@ -143,22 +160,49 @@ def _summary(cfg: SyntheticConfig, counts: dict[str, int], class_points: np.ndar
         "splits": {"train": [TRAIN_SEQUENCE], "val": [VAL_SEQUENCE], "test": [TEST_SEQUENCE]},
         "classes": {str(k): v for k, v in RAW_CLASSES.items()},
         "ood_raw_ids": [OOD_RAW_ID],
-        "ood_kinds": {"novel": list(OOD_KINDS_NOVEL), "mixed": list(OOD_KINDS_MIXED)},
+        "benchmark": cfg.benchmark,
+        "ood_kinds": {"novel": list(OOD_KINDS_NOVEL), "mixed": list(OOD_KINDS_MIXED), "near": list(NEAR_KINDS)},
+        "ood_kind_family": dict(OOD_KIND_FAMILY),
+        "ood_kind_files": "sequences/SS/ood_kinds/NNNNNN.json: {instances: {instance id: kind}} of each scan's OOD "
+                          "objects (the .label's high 16 bits are the instance id)",
         "points_per_class": {RAW_CLASSES[k]: int(class_points[k]) for k in RAW_CLASSES},
         "scans_with_ood": scans_with_ood,
         "ood_objects": dict(sorted(ood_kinds.items())),
         "notes": "Scans are independent scenes; poses.txt is a nominal straight-line trajectory only. "
-                 "Labels: instance << 16 | raw id; raw 20 (other-vehicle -> learning 5) is the OOD class.",
+                 "Labels: instance << 16 | raw id; raw 20 (other-vehicle -> learning 5) is the OOD class."
+                 + (" Near benchmark: the held-out buses and trams are raw 0 (unlabelled) in the train sequence "
+                    "and raw 20 in val and test." if cfg.benchmark == "near" else ""),
     }
+
+
+def _same_config(have: dict | None, cfg: SyntheticConfig) -> bool:
+    """Whether a ``synthetic.json`` config equals ``cfg``; fields an older output lacks count as their default."""
+    want = json.loads(json.dumps(asdict(cfg)))  # tuples as JSON lists
+    if not isinstance(have, dict) or not set(have) <= set(want):
+        return False
+    defaults = json.loads(json.dumps(asdict(SyntheticConfig())))
+    return {k: have.get(k, defaults[k]) for k in want} == want
+
+
+def _backfill_ood_kinds(out: Path, cfg: SyntheticConfig, counts: dict[str, int]) -> None:
+    """Write the ``ood_kinds`` files an older output lacks, from the scenes alone (no rendering)."""
+    for seq, n in counts.items():
+        for i in range(int(n)):
+            path = out / "sequences" / seq / "ood_kinds" / f"{i:06d}.json"
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_write(path, ood_kinds_json(generate_scene(scan_rng(cfg.seed, seq, i), cfg).objects))
 
 
 def ensure_dataset(out_dir: str | Path, cfg: SyntheticConfig, progress: bool = True) -> bool:
     """Generate the synthetic set in ``out_dir`` unless one with the same generator config is
-    already there (its ``synthetic.json``). Returns True when it generated."""
+    already there (its ``synthetic.json``); an older one without per-scan OOD kinds gets them.
+    Returns True when it generated."""
     marker = Path(out_dir) / "synthetic.json"
     if marker.exists():
-        have = json.loads(marker.read_text()).get("config")
-        if have == json.loads(json.dumps(asdict(cfg))):  # same generator settings (tuples as JSON lists)
+        summary = json.loads(marker.read_text())
+        if _same_config(summary.get("config"), cfg):
+            _backfill_ood_kinds(Path(out_dir), cfg, summary.get("counts", {}))
             return False
     write_dataset(out_dir, cfg, progress)
     return True
