@@ -192,22 +192,22 @@ def check_feature_mixing() -> list[Check]:
     """The C++ extension: built (or buildable), which CPU path, whether its CUDA kernel is registered."""
     import torch
 
-    from segood.ood import fm_kernel
+    from segood.ood.feature_mixing import build as fm_build
 
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ok = fm_kernel.load_extension()
+        ok = fm_build.load_extension()
     if not ok:
-        reason = fm_kernel._ext_state.get("reason", "")
+        reason = fm_build.extension_reason()
         fix = "install a C++ compiler (sudo apt-get install -y g++) and ninja (pip install ninja)"
         if "SEGOOD_FM_EXT" in str(reason):
             fix = "unset SEGOOD_FM_EXT"
         return [Check("core", "feature-mixing", FAIL, f"extension did not build: {reason}", fix)]
     path = torch.ops.segood.cpu_path()
     checks = [Check("core", "feature-mixing", OK,
-                    f"built in {fm_kernel._build_dir(fm_kernel._want_cuda())}, CPU path: {path}")]
+                    f"built in {fm_build.build_dir(fm_build.want_cuda())}, CPU path: {path}")]
     has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key("segood::feature_mixing", "CUDA")
     if has_cuda:
         checks.append(Check("gpu", "feature-mixing-cuda", OK, "CUDA kernel registered"))
@@ -215,7 +215,7 @@ def check_feature_mixing() -> list[Check]:
         checks.append(Check("gpu", "feature-mixing-cuda", FAIL,
                             "GPU present but the extension has no CUDA kernel (built without nvcc?)",
                             "install the CUDA toolkit matching torch, set CUDA_HOME, remove "
-                            f"{fm_kernel._build_dir(True)} and re-run"))
+                            f"{fm_build.build_dir(True)} and re-run"))
     else:
         checks.append(Check("gpu", "feature-mixing-cuda", ABSENT, "no CUDA kernel (no GPU; not needed)"))
     return checks

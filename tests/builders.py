@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from segood.data.readers.nuscenes import CAMERAS, LIDAR, TABLES
+from segood.data.readers.nuscenes_files import CAMERAS, LIDAR, TABLES
 
 # --------------------------------------------------------------------------- nuScenes
 

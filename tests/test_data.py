@@ -12,7 +12,8 @@ import pytest
 from segood.data.batching import VoxelGrid, collate, scan_to_sample
 from segood.data.errors import DataError
 from segood.data.labels import load_label_map
-from segood.data.readers.semantickitti import SemanticKittiReader, read_bin, read_calib, read_label
+from segood.data.io import read_bin, read_label
+from segood.data.readers.semantickitti import SemanticKittiReader, read_calib
 
 FIX = Path(__file__).parent / "fixtures"
 

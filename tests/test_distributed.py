@@ -20,7 +20,7 @@ from segood.synthetic import SyntheticConfig, write_dataset
 from segood.engine import checkpoint as ckpt_mod
 from segood.engine.builders import build_label_map
 from segood.engine.distributed import init_distributed
-from segood.engine.evaluate import load_model
+from segood.engine.artifacts import load_model
 from segood.engine.train import validate_miou
 
 SMALL = [

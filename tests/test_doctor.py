@@ -24,7 +24,7 @@ def by_name(checks):
 
 
 def test_reports_this_machine(capsys):
-    from segood.ood import fm_kernel
+    from segood.ood.feature_mixing import build as fm_build
 
     rc = main(["doctor"])
     out = capsys.readouterr().out
@@ -37,7 +37,7 @@ def test_reports_this_machine(capsys):
               if doctor.installed(d)]
     assert c["spconv"].status == "ok" and c["spconv"].detail.startswith(f"{spconv[0]} {md.version(spconv[0])}")
     assert c["spconv-run"].status == "ok"
-    assert fm_kernel.load_extension()
+    assert fm_build.load_extension()
     assert c["feature-mixing"].status == "ok" and torch.ops.segood.cpu_path() in c["feature-mixing"].detail
     assert (c["cuda"].status == "ok") == torch.cuda.is_available()
     for name, dist in (("open3d", "open3d-cpu"), ("rosbags", "rosbags"), ("nuscenes-devkit", "nuscenes-devkit")):

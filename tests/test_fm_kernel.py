@@ -1,4 +1,4 @@
-"""Feature Mixing kernel (cuda_ext/, segood.ood.fm_kernel): RNG, selection rule, bit-exactness,
+"""Feature Mixing kernel (cuda_ext/, segood.ood.feature_mixing): RNG, selection rule, bit-exactness,
 properties, errors.
 
 The C++ extension is built on first use (~1 min on 2 cores, then cached). It is required on the
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from segood.ood import fm_kernel
-from segood.ood.feature_mixing import FeatureMixing
-from segood.ood.fm_kernel import (KernelFeatureMixing, feature_mixing_op, philox4x32_10,
-                                  reference_feature_mixing)
+from segood.ood.feature_mixing import build as fm_build
+from segood.ood.feature_mixing.kernel import KernelFeatureMixing, feature_mixing_op, reference_feature_mixing
+from segood.ood.feature_mixing.philox import draw_dims, philox4x32_10
+from segood.ood.feature_mixing.reference import FeatureMixing
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -40,9 +40,9 @@ def ext():
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ok = fm_kernel.load_extension()
+        ok = fm_build.load_extension()
     if not ok:
-        pytest.fail(f"C++ extension did not build: {fm_kernel._ext_state.get('reason')} "
+        pytest.fail(f"C++ extension did not build: {fm_build._ext_state.get('reason')} "
                     f"{[str(w.message) for w in caught]}")
     return torch.ops.segood
 
@@ -124,7 +124,7 @@ DIMS_KAT = [
 def test_selection_known_answers(args, expected):
     seed, step, point, modality, d, n = args
     assert _spec_dims(*args) == expected
-    got = fm_kernel._draw_dims(torch.tensor([point]), d, n, seed, step, modality)
+    got = draw_dims(torch.tensor([point]), d, n, seed, step, modality)
     assert got.tolist() == [expected]
 
 
@@ -134,13 +134,13 @@ def test_selection_reference_and_select_dim_match_spec(ext, d):
     through dims_debug) and the spec agree; a full draw (n = d) is a permutation of 0..d-1."""
     n = d if d <= 100 else 100
     rows = torch.tensor([0, 1, 7, (1 << 33) + 5])
-    ref = fm_kernel._draw_dims(rows, d, n, 2**63 + 11, 99, 1)
+    ref = draw_dims(rows, d, n, 2**63 + 11, 99, 1)
     for i, point in enumerate(rows.tolist()):
         want = _spec_dims(2**63 + 11, 99, point, 1, d, n)
         assert ref[i].tolist() == want
         assert ext.dims_debug(_signed(2**63 + 11), 99, point, 1, d, n).tolist() == want
     assert (ref.sort(1).values == torch.arange(d)).all() if n == d else (ref.sort(1).values.diff(1) > 0).all()
-    full = fm_kernel._draw_dims(torch.arange(50), d, d, 3, 4, 0)
+    full = draw_dims(torch.arange(50), d, d, 3, 4, 0)
     assert (full.sort(1).values == torch.arange(d)).all()  # every row: a permutation
 
 
@@ -185,7 +185,7 @@ def test_kernel_matches_reference(ext, dtype, p, dims):
 def test_op_wrapper_matches_reference_and_fallback(ext, monkeypatch):
     c, l, mask = _inputs(50, 16, 12)
     got = feature_mixing_op(c, l, mask, 4, 2**63 + 5, 3)
-    monkeypatch.setitem(fm_kernel._ext_state, "ok", False)  # as if the build had failed
+    monkeypatch.setitem(fm_build._ext_state, "ok", False)  # as if the build had failed
     fallback = feature_mixing_op(c, l, mask, 4, 2**63 + 5, 3)
     assert torch.equal(got[0], fallback[0]) and torch.equal(got[1], fallback[1])
 
@@ -219,13 +219,13 @@ def test_stale_torch_build_lock_is_removed_not_waited_on(ext, tmp_path):
     (seen here after an interrupted test run). The cached build is copied so nothing recompiles."""
     import sys
 
-    src = fm_kernel._build_dir(False)
+    src = fm_build.build_dir(False)
     dst = tmp_path / "ext"
     shutil.copytree(src, dst / torch.__version__ / "cpu")
     (dst / torch.__version__ / "cpu" / "lock").touch()
     code = ("import warnings, torch; warnings.simplefilter('always')\n"
-            "from segood.ood import fm_kernel\n"
-            "assert fm_kernel.load_extension(), fm_kernel._ext_state\n")
+            "from segood.ood.feature_mixing import build\n"
+            "assert build.load_extension(), build.extension_reason()\n")
     run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SEGOOD_EXT_DIR": str(dst)},
                          capture_output=True, text=True, timeout=240, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -235,7 +235,7 @@ def test_stale_torch_build_lock_is_removed_not_waited_on(ext, tmp_path):
 
 _SCALAR_CHECK = """
 import torch
-from segood.ood.fm_kernel import load_extension, reference_feature_mixing
+from segood.ood.feature_mixing import load_extension, reference_feature_mixing
 assert load_extension()
 print(torch.ops.segood.cpu_path())
 g = torch.Generator().manual_seed(1)
@@ -277,11 +277,11 @@ def test_threads_do_not_change_the_result(ext):
 
 
 def test_load_extension_failure_warns_and_falls_back(monkeypatch):
-    monkeypatch.setattr(fm_kernel, "_ext_state", {})
+    monkeypatch.setattr(fm_build, "_ext_state", {})
     monkeypatch.setenv("SEGOOD_FM_EXT", "0")
     with pytest.warns(RuntimeWarning, match=r"Feature Mixing extension unavailable \(disabled by "
                                             r"SEGOOD_FM_EXT=0\); using the torch reference"):
-        assert fm_kernel.load_extension() is False
+        assert fm_build.load_extension() is False
     c, l, _ = _inputs(5, 6, 6)
     out = feature_mixing_op(c, l, None, 2, 1, 1)
     want = reference_feature_mixing(c, l, None, 2, 1, 1)
@@ -471,7 +471,7 @@ def test_cuda_compile_check():
 def test_cuda_kernel_matches_the_reference(ext):
     if not torch.cuda.is_available():
         pytest.skip("GPU-only: no CUDA device (torch.cuda.is_available() is False)")
-    assert fm_kernel._has_kernel(torch.device("cuda")), "extension built without its CUDA kernel"
+    assert fm_build.has_kernel(torch.device("cuda")), "extension built without its CUDA kernel"
     c, l, mask = _inputs(3000, 96, 64)
     want = reference_feature_mixing(c, l, mask, 8, 7, 3)
     got = ext.feature_mixing(c.cuda(), l.cuda(), mask.cuda(), 8, 7, 3)

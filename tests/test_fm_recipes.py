@@ -14,8 +14,7 @@ from segood.engine.objective import compute_losses
 from segood.engine.step import train_step
 from segood.engine.train import freeze_encoders, lr_lambda, train
 from segood.models import build_model
-from segood.ood.feature_mixing import FeatureMixing, select_anchors
-from segood.ood.fm_kernel import KernelFeatureMixing
+from segood.ood.feature_mixing import FeatureMixing, KernelFeatureMixing, select_anchors
 
 from test_engine import SMALL
 from test_models import SMALL_CFG, make_batch
@@ -112,7 +111,7 @@ def test_extra_logit_is_dropped_at_test_time(synthetic_root, tmp_path):
     metrics = evaluate(cfg, ckpt, tmp_path / "eval", progress=False)
     assert set(metrics["ood"]) == set(cfg["eval"]["scores"])
     assert 0.0 <= metrics["miou"]["all"]["miou"] <= 1.0
-    model = build_model(cfg).eval()
+    model = build_model(cfg["model"]).eval()
     model.load_state_dict(state["model"])
     with torch.no_grad():
         out = model(make_batch(300))

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from segood.bench import gpu_check
+from segood.bench import gpu_check, gpu_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,8 +26,8 @@ def test_dry_run_runs_every_stage_and_writes_one_json_and_one_table(tmp_path):
     fig = {k: v["figures"] for k, v in result["stages"].items()}
     assert fig["bitexact"]["comparisons"] > 0 and fig["bitexact"]["devices"] == ["cpu", "reference"]
     methods = {r["method"] for r in fig["bench"]["rows"]}
-    assert set(gpu_check.BENCH_METHODS) <= methods and all(r["ms"] > 0 for r in fig["bench"]["rows"])
-    assert fig["train_fp32"]["steps"] == gpu_check.DRY["steps"] and fig["train_bf16"]["amp"] == "bf16"
+    assert set(gpu_stages.BENCH_METHODS) <= methods and all(r["ms"] > 0 for r in fig["bench"]["rows"])
+    assert fig["train_fp32"]["steps"] == gpu_stages.DRY["steps"] and fig["train_bf16"]["amp"] == "bf16"
     assert Path(fig["train_fp32"]["checkpoint"]).name == "checkpoint.pt"
     assert set(fig["replay"]["sizes"]) == {"35k", "120k"} and fig["replay"]["sizes"]["120k"]["frame_ms"] > 0
     assert fig["replay"]["model"].endswith("checkpoint.pt")  # the trained fp32 model, not a fresh one

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from segood.config import CONFIG_DIR, load_config
-from segood.engine.evaluate import Binning
-from segood.engine.operating_point import choose_operating_point, default_score, headline_score, threshold_at_tpr
+from segood.engine.operating_point import choose_operating_point, threshold_at_tpr
+from segood.metrics.accumulator import Binning
+from segood.metrics.headline import default_score, headline_score
 from segood.metrics.ood import ScoreHistogram
 
 

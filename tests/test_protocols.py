@@ -184,7 +184,7 @@ def test_relative_energy_needs_extra_logits():
     rel = get_score("relative_energy", num_id_logits=3)({"logits": logits})
     expect = torch.logsumexp(logits, 1) - torch.logsumexp(logits[:, :3], 1)
     assert torch.allclose(rel, expect) and rel[0] > rel[1] > 0  # mass on the extra logit = anomalous
-    assert score_options({"eval": {}}, "relative_energy") == {"num_id_logits": None}
+    assert score_options({}, "relative_energy") == {"num_id_logits": None}
     for bad in (None, 4):
         with pytest.raises(ValueError, match="eval.score_options.relative_energy.num_id_logits"):
             get_score("relative_energy", num_id_logits=bad)({"logits": logits})

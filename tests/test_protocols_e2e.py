@@ -16,7 +16,7 @@ from segood.cli import main
 from segood.config import CONFIG_DIR, load_config
 from segood.data.labels import LABEL_DIR, load_label_map
 from segood.engine.builders import build_loader
-from segood.engine.evaluate import load_model
+from segood.engine.artifacts import load_model
 from segood.engine.train import train
 from segood.ood.scores import get_score
 from test_protocols import iou_eval_reference, real_reference, stu_reference

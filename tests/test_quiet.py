@@ -43,7 +43,7 @@ def test_a_model_forward_prints_no_fx_notice(tmp_path):
             "cfg = load_config(CONFIG_DIR / 'synthetic_baseline.yaml', ['model.lidar.channels=[8, 16]']);"
             "syn = SyntheticConfig(azimuth_columns=128, image_width=160, image_height=48);"
             "pts, _, _ = render_scan(generate_scene(np.random.default_rng(0), syn), syn);"
-            "build_model(cfg).eval()(collate([scan_to_sample(Scan(points=pts), None)], build_grid(cfg)))")
+            "build_model(cfg['model']).eval()(collate([scan_to_sample(Scan(points=pts), None)], build_grid(cfg)))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr

@@ -12,7 +12,7 @@ from segood.data.scan import Scan
 
 
 def test_a_new_score_is_one_registry_line_and_owns_its_config_section(monkeypatch) -> None:
-    from segood.engine.evaluate import load_scorers, score_params
+    from segood.engine.fit import load_scorers, score_params
     from segood.ood.scores import SCORES, Score
 
     def top2_margin(out, margin: float = 0.0):
@@ -23,14 +23,14 @@ def test_a_new_score_is_one_registry_line_and_owns_its_config_section(monkeypatc
     monkeypatch.setitem(SCORES, "top2_margin", Score("top2_margin", top2_margin))
     cfg = load_config(CONFIG_DIR / "synthetic_baseline.yaml",
                       ["eval.scores=[top2_margin, energy]", "eval.score_options.top2_margin.margin=0.5"])
-    scorers = load_scorers("never-read.pt", cfg["eval"]["scores"], cfg)  # logit scores need no checkpoint
+    scorers = load_scorers("never-read.pt", cfg["eval"]["scores"], cfg["eval"])  # logit scores need no checkpoint
     logits = torch.tensor([[4.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
     s = scorers["top2_margin"]({"logits": logits})
     assert s[1] > s[0] and s[1].item() == pytest.approx(0.5)  # a tie: gap 0, score = margin
-    assert score_params("top2_margin", cfg) == {"margin": 0.5}
+    assert score_params("top2_margin", cfg["eval"]) == {"margin": 0.5}
     with pytest.raises(ConfigError, match="did you mean 'margin'"):
-        load_scorers("never-read.pt", ["top2_margin"], {**cfg, "eval": {**cfg["eval"], "score_options": {
-            "top2_margin": {"margn": 1.0}}}})
+        load_scorers("never-read.pt", ["top2_margin"], {**cfg["eval"], "score_options": {
+            "top2_margin": {"margn": 1.0}}})
 
 
 class TinyReader:
@@ -87,12 +87,12 @@ def test_a_new_reader_is_one_registry_line_and_serves_loaders_check_data_and_viz
 def test_a_new_synthesizer_is_one_registry_line_and_is_picked_by_synthesis_method(monkeypatch) -> None:
     from segood.engine.builders import build_synthesizer
     from segood.ood.synthesis import SYNTHESIZERS
-    from segood.ood.synthesis.common import eligible_points
+    from segood.ood.feature_mixing.anchors import anchor_points
 
     def build_copy(cfg_synthesis, ctx):
         """Outliers = unchanged copies of the anchors (a do-nothing synthesizer)."""
         def synth(feat_image, feat_lidar, batch, step):
-            index = eligible_points(batch)[: ctx.max_points]
+            index = anchor_points(batch)[: ctx.max_points]
             return index, feat_image[index].clone(), feat_lidar[index].clone()
         return synth
 
@@ -106,7 +106,7 @@ def test_a_new_synthesizer_is_one_registry_line_and_is_picked_by_synthesis_metho
 
 
 def test_feature_mixing_builds_the_kernel_class() -> None:
-    from segood.ood.fm_kernel import KernelFeatureMixing
+    from segood.ood.feature_mixing import KernelFeatureMixing
     from segood.ood.synthesis import build_synthesizer
 
     assert type(build_synthesizer("feature_mixing", {"n_swap": 4}, 3, 8, 8, 0)) is KernelFeatureMixing

@@ -13,7 +13,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from segood.config import CONFIG_DIR, ConfigError, load_config
 from segood.data.labels import load_label_map
 from segood.synthetic import SyntheticConfig, write_dataset
-from segood.engine import evaluate as ev
+from segood.engine import artifacts, evaluate, fit
+from segood.engine.operating_point import threshold_at_tpr
+from segood.metrics.accumulator import EvalAccumulator
 from segood.engine.checkpoint import save_checkpoint
 from segood.report.markdown import write_eval_report
 from segood.commands.eval import add_eval_arguments, compare_runs, evaluate_and_report, run_eval
@@ -28,8 +30,8 @@ def _sklearn_fpr95(scores: np.ndarray, is_ood: np.ndarray) -> float:
     return float(fpr[np.argmax(tpr >= 0.95)])
 
 
-def _accumulate(scores: np.ndarray, is_ood: np.ndarray, rng=None, batches: int = 10) -> ev.EvalAccumulator:
-    acc = ev.EvalAccumulator(["s"], 2, {"s": rng}, BINS)
+def _accumulate(scores: np.ndarray, is_ood: np.ndarray, rng=None, batches: int = 10) -> EvalAccumulator:
+    acc = EvalAccumulator(["s"], 2, {"s": rng}, BINS)
     for part in np.array_split(np.arange(len(scores)), batches):
         acc.add_scores({"s": scores[part]}, is_ood[part], np.ones(len(part), bool))
     return acc
@@ -68,7 +70,7 @@ def test_histogram_metrics_exact_on_ties_free_crafted_case() -> None:
     assert got == pytest.approx(exact, abs=1e-12)
     assert acc.error_bounds()["s"]["all"] == {"auroc": 0.0, "fpr95": 0.0}
     # The ID point that tops the TPR-0.95 group sets the threshold.
-    op = ev.threshold_at_tpr(acc.hist["s"]["all"], acc.binning["s"], 0.95)
+    op = threshold_at_tpr(acc.hist["s"]["all"], acc.binning["s"], 0.95)
     assert 1.5 < op["threshold"] <= 2.0 and op["achieved_tpr"] == 0.95 and op["fpr"] == 0.5
 
 
@@ -77,7 +79,7 @@ def test_operating_point_reaches_the_target_recall() -> None:
     is_ood = rng.random(200_000) < 0.05
     scores = rng.normal(size=is_ood.size) + 2.0 * is_ood
     acc = _accumulate(scores, is_ood)
-    op = ev.threshold_at_tpr(acc.hist["s"]["all"], acc.binning["s"], 0.95)
+    op = threshold_at_tpr(acc.hist["s"]["all"], acc.binning["s"], 0.95)
     flagged = scores >= op["threshold"]
     recall, fpr = flagged[is_ood].mean(), flagged[~is_ood].mean()
     assert 0.95 <= recall < 0.9505 and recall == pytest.approx(op["achieved_tpr"], abs=1e-9)
@@ -97,7 +99,7 @@ def test_accumulators_merge_and_refuse_other_binnings() -> None:
 
 
 def test_subsets_and_undefined_metrics() -> None:
-    acc = ev.EvalAccumulator(["s"], 3, {"s": (0.0, 1.0)}, 64)
+    acc = EvalAccumulator(["s"], 3, {"s": (0.0, 1.0)}, 64)
     acc.add_scores({"s": np.array([0.1, 0.9, 0.2])}, np.array([0, 1, 0], bool), np.array([True, False, True]))
     acc.add_segmentation(np.array([0, 1, 2]), np.array([0, 1, -1]), np.array([True, False, True]))
     ood = acc.ood()["s"]
@@ -108,7 +110,7 @@ def test_subsets_and_undefined_metrics() -> None:
 # ------------------------------------------------------------------ reports and comparison
 
 
-def _fake_metrics(acc: ev.EvalAccumulator, name: str, shift: float) -> dict:
+def _fake_metrics(acc: EvalAccumulator, name: str, shift: float) -> dict:
     iou = {"road": 0.5 + shift, "car": 0.25}
     return {
         "checkpoint": f"/runs/{name}/checkpoint.pt", "checkpoint_sha256": "0" * 16, "config": "x.yaml",
@@ -123,7 +125,7 @@ def _fake_metrics(acc: ev.EvalAccumulator, name: str, shift: float) -> dict:
 def test_report_and_comparison_pictures(tmp_path) -> None:
     rng = np.random.default_rng(3)
     is_ood = rng.random(50_000) < 0.1
-    acc = ev.EvalAccumulator(["anomaly_head", "energy"], 2, {"anomaly_head": (0.0, 1.0), "energy": None}, 4096)
+    acc = EvalAccumulator(["anomaly_head", "energy"], 2, {"anomaly_head": (0.0, 1.0), "energy": None}, 4096)
     acc.add_scores({"anomaly_head": rng.random(is_ood.size) ** (2 - is_ood),
                     "energy": rng.normal(size=is_ood.size) - 10 + is_ood}, is_ood, rng.random(is_ood.size) < 0.5)
     runs = {}
@@ -158,13 +160,13 @@ def test_label_map_mismatch_names_both_maps(tmp_path) -> None:
     save_checkpoint(ckpt, {"label_map": "0123456789abcdef", "config": {"data": {"label_map": "nuscenes-ish.yaml"}}})
     other = load_label_map("semantickitti")
     with pytest.raises(ValueError, match=r"trained with label map 'nuscenes-ish.yaml'.*data set uses '.*semantickitti"):
-        ev.load_model(ckpt, other)
+        artifacts.load_model(ckpt, other)
 
 
 def test_unknown_score_refused_before_any_work(tmp_path) -> None:
     cfg = load_config(CONFIG_DIR / "synthetic_baseline.yaml", ["eval.scores=[msp, mahalanobi]"])
     with pytest.raises(ValueError, match="unknown score 'mahalanobi'.*mahalanobis.*msp"):
-        ev.evaluate(cfg, tmp_path / "missing.pt")
+        evaluate.evaluate(cfg, tmp_path / "missing.pt")
 
 
 # ------------------------------------------------------------------ end to end on a tiny model
@@ -199,7 +201,7 @@ def test_evaluate_fits_saves_and_reuses_scores(tiny_run, monkeypatch) -> None:
     for name, per in m["ood"].items():
         for pts in ("fov", "all"):
             assert 0.0 <= per[pts]["auroc"] <= 1.0 and per[pts]["num_ood"] > 0, (name, pts)
-    blob = ev.load_fit(ckpt)
+    blob = artifacts.load_fit(ckpt)
     assert blob["checkpoint_sha256"] == m["checkpoint_sha256"] and len(blob["bank"]["labels"]) <= 360
     assert set(blob["states"]) == {"mahalanobis", "knn", "vim", "react", "ash"}
     assert m["fit"]["points"] == len(blob["bank"]["labels"])
@@ -208,32 +210,32 @@ def test_evaluate_fits_saves_and_reuses_scores(tiny_run, monkeypatch) -> None:
     saved = json.loads((root / "run" / "eval" / "metrics.json").read_text())
     assert saved["resolved_config"]["eval"]["scores"] == cfg["eval"]["scores"]
     # Operating point stored with the model.
-    op = ev.load_operating_point(ckpt)
-    from segood.engine.operating_point import headline_score
+    op = artifacts.load_operating_point(ckpt)
+    from segood.metrics.headline import headline_score
 
     assert op["score"] == (cfg["eval"]["operating_score"] or headline_score(m["ood"], m["synthesis"])[0])
     assert op["tpr"] == 0.95 and op["achieved_tpr"] >= 0.95 and op["points"] == "all"
     # A second evaluation reuses the saved fit (no pass over the training data) and gives the same numbers.
-    monkeypatch.setattr(ev, "collect_fit_bank", lambda *a, **k: pytest.fail("refitted although a fit was saved"))
-    assert ev.evaluate(cfg, ckpt, None, progress=False)["ood"] == m["ood"]
+    monkeypatch.setattr(fit, "collect_fit_bank", lambda *a, **k: pytest.fail("refitted although a fit was saved"))
+    assert evaluate.evaluate(cfg, ckpt, None, progress=False)["ood"] == m["ood"]
 
 
 def test_replay_scorers_refuse_a_stale_fit(tiny_run, tmp_path) -> None:
     cfg, ckpt, _ = tiny_run
-    model, state = ev.load_model(ckpt)
+    model, state = artifacts.load_model(ckpt)
     other = tmp_path / "checkpoint.pt"
     save_checkpoint(other, {**state, "step": state["step"] + 1})
     with pytest.raises(FileNotFoundError, match="fit-scores"):
-        ev.load_scorers(other, ["knn"], cfg, model)
-    (tmp_path / "checkpoint.scores.pt").write_bytes(ev.scores_path(ckpt).read_bytes())
+        fit.load_scorers(other, ["knn"], cfg["eval"], model)
+    (tmp_path / "checkpoint.scores.pt").write_bytes(artifacts.scores_path(ckpt).read_bytes())
     with pytest.raises(FileNotFoundError, match="no fit for this checkpoint"):
-        ev.load_scorers(other, ["knn"], cfg, model)
+        fit.load_scorers(other, ["knn"], cfg["eval"], model)
     with pytest.raises(FileNotFoundError, match="no operating point"):
-        ev.load_operating_point(other)
+        artifacts.load_operating_point(other)
     # ASH and the logit scores need no fit; a changed score parameter is refitted from the saved bank.
-    assert set(ev.load_scorers(other, ["ash", "energy"], cfg, model)) == {"ash", "energy"}
+    assert set(fit.load_scorers(other, ["ash", "energy"], cfg["eval"], model)) == {"ash", "energy"}
     cfg2 = {**cfg, "eval": {**cfg["eval"], "score_options": {"react": {"percentile": 50.0}}}}
-    react = ev.load_scorers(ckpt, ["react"], cfg2, model)["react"]
+    react = fit.load_scorers(ckpt, ["react"], cfg2["eval"], model)["react"]
     out = model_output(model, cfg)
     assert torch.isfinite(react(out)).all()
 

@@ -13,7 +13,7 @@ import pytest
 
 from segood.config import CONFIG_DIR, load_config
 from segood.data.labels import load_label_map
-from segood.data.readers.semantickitti import read_bin, read_image
+from segood.data.io import read_bin, read_image
 from segood.engine.checkpoint import save_checkpoint
 from segood.models import build_model
 from segood.commands import replay as ros_cli
@@ -34,7 +34,7 @@ TS1, TS2 = typestore_for("ros1"), typestore_for("sqlite3")
 def make_tiny_checkpoint(path: Path, operating_point: dict | None = None) -> Path:
     """A randomly initialised small model saved as a real segood checkpoint."""
     cfg = load_config(CONFIG_DIR / "synthetic_baseline.yaml", SMALL)
-    state = {"model": build_model(cfg).state_dict(), "config": cfg,
+    state = {"model": build_model(cfg["model"]).state_dict(), "config": cfg,
              "label_map": load_label_map("semantickitti").checksum(), "step": 0}
     if operating_point:
         state["operating_point"] = operating_point

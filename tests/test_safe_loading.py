@@ -13,7 +13,7 @@ import torch
 
 from segood.cli import main
 from segood.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from segood.engine.evaluate import load_fit, scores_path
+from segood.engine.artifacts import load_fit, scores_path
 
 FIX = Path(__file__).parent / "fixtures"
 

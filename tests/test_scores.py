@@ -195,3 +195,24 @@ def test_fitted_score_without_a_fit_says_so() -> None:
         KNN()({"fused": torch.zeros(2, 3)})
     with pytest.raises(ValueError, match="variant"):
         ASH(variant="b")
+
+
+def test_the_pass_gives_each_score_exactly_the_outputs_it_declares(monkeypatch):
+    from segood.engine.evaluate import score_batch
+    from segood.ood.scores import SCORES, Score, get_score
+
+    seen = {}
+
+    def image_maxlogit(out):
+        seen["keys"] = sorted(out)
+        return -out["logits_image"].max(1).values
+
+    monkeypatch.setitem(SCORES, "image_maxlogit", Score("image_maxlogit", image_maxlogit, reads=("logits_image",)))
+    out = {"logits": torch.randn(5, 3), "logits_image": torch.randn(5, 3), "fused": torch.randn(5, 4)}
+    rows = torch.tensor([True, False, True, True, False])
+    scores = score_batch(out, {"image_maxlogit": get_score("image_maxlogit")}, rows)
+    assert seen["keys"] == ["logits_image"]
+    assert np.allclose(scores["image_maxlogit"], -out["logits_image"][rows].max(1).values.numpy())
+    with pytest.raises(KeyError, match="reads model outputs \\['logits_image'\\]"):
+        score_batch({"logits": out["logits"]}, {"image_maxlogit": get_score("image_maxlogit")}, rows)
+    assert SCORES["vim"].inputs() == ("fused", "logits") and SCORES["anomaly_head"].inputs() == ("anomaly_logit",)

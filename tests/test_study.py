@@ -154,13 +154,13 @@ def test_modality_norm_normalises_each_branch_before_fusion():
 
     cfg = load_config(CONFIG_DIR / "synthetic_feature_mixing.yaml",
                       SMALL + ["model.fusion.modality_norm=layernorm"])
-    model = build_model(cfg)
+    model = build_model(cfg["model"])
     x = torch.randn(7, 16) * 5 + 3
     y = model.norm_lidar(x)
     assert torch.allclose(y.mean(1), torch.zeros(7), atol=1e-5)
     assert torch.allclose(y.var(1, unbiased=False), torch.ones(7), atol=1e-3)
     std = build_model(load_config(CONFIG_DIR / "synthetic_feature_mixing.yaml",
-                                  SMALL + ["model.fusion.modality_norm=standardize"]))
+                                  SMALL + ["model.fusion.modality_norm=standardize"])["model"])
     for block in (std.lidar.out, std.image.decoder.smooth):
         assert not block[1].affine and isinstance(block[2], torch.nn.Identity)  # signed, per-dim standardized
     std.train()
@@ -168,7 +168,7 @@ def test_modality_norm_normalises_each_branch_before_fusion():
     assert torch.allclose(feats.mean(0), torch.zeros(feats.shape[1]), atol=1e-4)
     assert (feats < 0).any()
     with pytest.raises(ValueError, match="modality_norm"):
-        build_model(load_config(CONFIG_DIR / "synthetic_feature_mixing.yaml", ["model.fusion.modality_norm=bn"]))
+        build_model(load_config(CONFIG_DIR / "synthetic_feature_mixing.yaml", ["model.fusion.modality_norm=bn"])["model"])
 
 
 def test_study_command_trains_skips_and_reports(data_root, tmp_path, capsys):

@@ -45,7 +45,7 @@ def scene():
 def ckpt(tmp_path_factory) -> Path:
     cfg = load_config(CONFIG_DIR / "synthetic_baseline.yaml", SMALL)
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", {
-        "model": build_model(cfg).state_dict(), "config": cfg,
+        "model": build_model(cfg["model"]).state_dict(), "config": cfg,
         "label_map": load_label_map("semantickitti").checksum(), "step": 0})
 
 
@@ -148,7 +148,7 @@ def test_operating_point_sources(tmp_path, ckpt):
     assert op.above(np.r_[np.zeros(990), np.ones(10)]).sum() == 10  # ties at the quantile are not flagged
     assert resolve_operating_point(None, "x", 998.0).above(s).sum() == 2  # score >= threshold
     # the file `segood eval` writes beside the checkpoint, checked against the checkpoint's hash
-    from segood.engine.evaluate import checkpoint_sha, operating_point_path
+    from segood.engine.artifacts import checkpoint_sha, operating_point_path
 
     beside = tmp_path / "run.pt"
     beside.write_bytes(ckpt.read_bytes())
@@ -285,7 +285,7 @@ def test_run_folder_input_uses_its_config_and_checkpoint(tmp_path, capsys):
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert "_source" in cfg
-    save_checkpoint(run / "checkpoint.pt", {"model": build_model(cfg).state_dict(), "config": cfg,
+    save_checkpoint(run / "checkpoint.pt", {"model": build_model(cfg["model"]).state_dict(), "config": cfg,
                                             "label_map": load_label_map("semantickitti").checksum(), "step": 0})
     for given in (run, run / "config.yaml"):
         assert _cli(["viz", str(given), "--sequence", "08", "--ply", str(tmp_path / "r.ply")]) == 0, \

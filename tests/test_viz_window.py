@@ -138,7 +138,7 @@ def bag_and_ckpt(tmp_path_factory):
     """A ROS 1 bag of three clouds, the middle one truncated, and a small random checkpoint."""
     tmp = tmp_path_factory.mktemp("win")
     cfg = load_config(CONFIG_DIR / "synthetic_feature_mixing.yaml", SMALL)
-    ckpt = save_checkpoint(tmp / "ckpt.pt", {"model": build_model(cfg).state_dict(), "config": cfg,
+    ckpt = save_checkpoint(tmp / "ckpt.pt", {"model": build_model(cfg["model"]).state_dict(), "config": cfg,
                                              "label_map": load_label_map("semantickitti").checksum(), "step": 0})
     ts = typestore_for("ros1")
     rng = np.random.default_rng(0)

@@ -30,14 +30,14 @@ export SEGOOD_EXT_CUDA=1                          # build the .cu although no GP
 export SEGOOD_EXT_DIR="${SEGOOD_EXT_DIR:-$venv/segood-ext}"
 export MAX_JOBS="${MAX_JOBS:-2}"
 
-# segood.ood.fm_kernel needs only torch and numpy: import it from the source tree.
+# segood.ood.feature_mixing needs only torch and numpy: import it from the source tree.
 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "$venv/bin/python" - <<'PY'
 import time, torch
-from segood.ood import fm_kernel
+from segood.ood.feature_mixing import build as fm_build
 print("build_cuda_ext: torch", torch.__version__, "cuda", torch.version.cuda)
 t = time.time()
-ok = fm_kernel.load_extension(verbose=True)
-assert ok, fm_kernel._ext_state
+ok = fm_build.load_extension(verbose=True)
+assert ok, fm_build.extension_reason()
 has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key("segood::feature_mixing", "CUDA")
 print(f"build_cuda_ext: built and loaded in {time.time() - t:.0f} s; CUDA kernel registered: {has_cuda}")
 assert has_cuda

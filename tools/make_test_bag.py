@@ -15,8 +15,8 @@ and beside it a calibration YAML with ``lidar_to_camera`` (4x4) for ``segood rep
 Clouds use the float32 x, y, z, intensity layout (KITTI) or the velodyne_pointcloud driver's layout
 with padding, ring and time (nuScenes).
 
-  tools/make_test_bag.py --out tests/fixtures/bags --source kitti --formats bag --stride 4
-  tools/make_test_bag.py --out /tmp/bags --source nuscenes --formats bag,db3,mcap
+  .venv/bin/python tools/make_test_bag.py --out tests/fixtures/bags --source kitti --formats bag --stride 4
+  .venv/bin/python tools/make_test_bag.py --out /tmp/bags --source nuscenes --formats bag,db3,mcap
 """
 from __future__ import annotations
 
@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from segood.ros.export import SensorFrame, write_sensor_bag
+from segood.ros.pointcloud2 import xyzi_records
 
-from segood.ros.export import SensorFrame, write_sensor_bag  # noqa: E402
-from segood.ros.pointcloud2 import xyzi_records  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent  # fixture paths only; segood itself comes from the venv
 
 KITTI_DIR = REPO / "tests/fixtures/kitti_000008"
 NUSCENES_DIRS = (REPO.parent / "shared/data/real/nuscenes/mmdet3d_demo_scene0061", REPO / "tests/fixtures/nuscenes_scene0061")

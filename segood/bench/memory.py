@@ -51,7 +51,7 @@ def measure_step(points: int, config: str, overrides: list[str], repeats: int) -
     if cfg["data"]["max_points"]:
         sample = crop_nearest(sample, int(cfg["data"]["max_points"]), rng)
     batch = collate([sample], build_grid(cfg), cfg["data"]["max_voxels"], rng)
-    model = build_model(cfg)
+    model = build_model(cfg["model"])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     synth = build_synthesizer(cfg)
     times = []

@@ -1,17 +1,17 @@
-"""``segood bench synthesis|memory|gpu-check``: benchmarks that print figures and ratios measured in one run."""
+"""``segood bench NAME``: benchmarks that print figures and ratios measured in one run. Each lives in
+a module of :mod:`segood.bench` with ``add_parser(subparsers)`` registering its ``run(args)``."""
 from __future__ import annotations
 
 import argparse
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from segood.bench import gpu_check, memory, synthesis
+    from segood.bench import eval_memory, gpu_check, memory, probe_head, replay, sparse_backends, synthesis
 
     p = subparsers.add_parser("bench", help="benchmarks (print figures and ratios measured in one run)")
     sub = p.add_subparsers(dest="bench", required=True)
-    synthesis.add_parser(sub)
-    memory.add_parser(sub)
-    gpu_check.add_parser(sub)
+    for module in (synthesis, memory, eval_memory, replay, sparse_backends, probe_head, gpu_check):
+        module.add_parser(sub)
     p.set_defaults(run=run)
     return p
 

@@ -18,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Fit the feature-based scores of one checkpoint on its config's train split."""
     from segood.config import load_config
-    from segood.engine.evaluate import fit_scores
+    from segood.engine.fit import fit_scores
 
     path = fit_scores(load_config(args.config, args.set), args.ckpt, progress=not args.no_progress)
     print(f"fitted scores: {path}")

@@ -2,7 +2,7 @@
 large block is freed (up to 32 MiB), so the per-batch arrays of evaluation (scores, features,
 logits: 0.4-25 MiB each) move from mmap to the heap, whose fragmented free space is not given
 back; peak RSS then creeps up with the number of batches (413 -> 808 MiB from 10^6 to 10^7
-points in tools/bench_eval_memory.py). A fixed threshold keeps such blocks mmapped, so each
+points in `segood bench eval-memory`). A fixed threshold keeps such blocks mmapped, so each
 is returned to the OS when freed."""
 from __future__ import annotations
 

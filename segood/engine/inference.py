@@ -2,7 +2,7 @@
 
 Shared by the viewer (``segood viz``) and bag replay (``segood replay``). The operating point is
 the score threshold at or above which a point is called anomalous (``score >= threshold``, the
-convention of :func:`segood.engine.evaluate.load_operating_point`). Its source, in order:
+convention of :func:`segood.engine.artifacts.load_operating_point`). Its source, in order:
 
 1. ``--threshold T`` on the command line (for ``--score`` or the stored operating point's score);
 2. the operating point stored with the checkpoint: ``state["operating_point"]`` inside it, or
@@ -13,11 +13,11 @@ convention of :func:`segood.engine.evaluate.load_operating_point`). Its source, 
 
 The score, when neither ``--score`` nor a stored operating point names one, is the anomaly head for
 a model trained with synthesized outliers and MaxLogit for one trained without
-(:func:`segood.engine.operating_point.default_score`). A stored operating point also states the
+(:func:`segood.metrics.headline.default_score`). A stored operating point also states the
 share of ID points it flagged on validation (``fpr``); :meth:`OperatingPoint.warning` speaks up when
 a scan has more than ``warn_share`` (25 %) of its points flagged.
 
-Scores are computed with :func:`segood.engine.evaluate.load_scorers`, so fitted scores (Mahalanobis,
+Scores are computed with :func:`segood.engine.fit.load_scorers`, so fitted scores (Mahalanobis,
 kNN, ...) work when their fit (``checkpoint.scores.pt``) exists.
 """
 from __future__ import annotations
@@ -32,8 +32,9 @@ from segood.data.batching import collate, scan_to_sample
 from segood.data.labels import LabelMap
 from segood.data.scan import Scan
 from segood.engine.builders import build_grid, build_label_map
-from segood.engine.evaluate import load_model, load_operating_point, load_scorers, operating_point_path
-from segood.engine.operating_point import default_score
+from segood.engine.artifacts import load_model, load_operating_point, operating_point_path
+from segood.engine.fit import load_scorers
+from segood.metrics.headline import default_score
 
 TOP_FRACTION = 0.05
 WARN_SHARE = 0.25  # warn when a scan has more than this share of its points flagged
@@ -146,7 +147,7 @@ class Predictor:
                              f"{self.label_map.source} now has checksum {self.label_map.checksum()}")
         self.grid = build_grid(cfg)
         self.op = resolve_operating_point(state, score, threshold, ckpt, warn_share)
-        self.scorer = load_scorers(ckpt, [self.op.score], cfg, self.model, auto_fit=False)[self.op.score]
+        self.scorer = load_scorers(ckpt, [self.op.score], cfg["eval"], self.model)[self.op.score]
         self.source = str(ckpt)
 
     @torch.no_grad()

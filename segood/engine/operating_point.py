@@ -13,60 +13,23 @@ Chosen by ``segood eval`` on the validation split and stored beside the checkpoi
   (95 %) recall of anomalous points on validation; the share of ID points it flags there (``fpr``)
   is stored with it, so the viewer can say how many points it should flag on in-distribution data.
 
-Kept apart from :mod:`segood.engine.evaluate` (which only calls :func:`choose_operating_point`) so
-that the rule is one small, separately tested function.
+The headline rule itself is :mod:`segood.metrics.headline`; :func:`operating_point` is what
+:mod:`segood.engine.evaluate` stores.
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from segood.config import ConfigError
+from segood.engine.artifacts import checkpoint_sha
+from segood.engine.fit import eval_option
+from segood.metrics.accumulator import EvalAccumulator
+from segood.metrics.headline import POINTS, headline_score
 from segood.metrics.ood import ScoreHistogram
-
-ANOMALY_HEAD = "anomaly_head"
-POINTS = "all"  # the viewer and replay flag every point of a scan
-CRITERION = "auroc"
-# Fallback score when no operating point is stored: the anomaly head is only trained with outliers.
-FALLBACK_SCORE = {"with_synthesis": ANOMALY_HEAD, "without_synthesis": "maxlogit"}
-
-
-def default_score(synthesis: str | None) -> str:
-    """The score shown when neither ``--score`` nor a stored operating point says which: MaxLogit for
-    a model trained without synthesized outliers (``none``), else (or when unknown) the anomaly head."""
-    return FALLBACK_SCORE["without_synthesis" if synthesis == "none" else "with_synthesis"]
-
-
-def headline_score(ood: Mapping[str, Mapping[str, Mapping[str, Any]]], synthesis: str,
-                   points: str = POINTS) -> tuple[str, str]:
-    """(score name, why) of the model's headline score from ``ood[score][points]`` metrics.
-
-    Without synthesis: the post-hoc score with the highest AUROC (the anomaly head is not a
-    candidate). With synthesis: the anomaly head, unless another score is better on both counts
-    that matter here, a higher AUROC and a lower FPR95 (the ID share flagged at the operating
-    point's recall); then the best such score by AUROC. Scores with undefined metrics are skipped.
-    """
-    trained_head = synthesis != "none"
-    ok = {n: m[points] for n, m in ood.items()
-          if CRITERION in m.get(points, {}) and (trained_head or n != ANOMALY_HEAD)}
-    if not ok:
-        raise ValueError(f"no score has a defined {CRITERION} on '{points}' points (candidates: {sorted(ood)})")
-    listed = ", ".join(f"{n} {100 * m['auroc']:.1f} / {100 * m.get('fpr95', float('nan')):.1f}"
-                       for n, m in sorted(ok.items(), key=lambda kv: -kv[1]["auroc"]))
-    listed = f"val AUROC / FPR95 on {points} points: {listed}"
-    if not trained_head or ANOMALY_HEAD not in ok:
-        best = max(ok, key=lambda n: (ok[n]["auroc"], -ok[n].get("fpr95", 1.0)))
-        why = "no synthesis: the anomaly head is untrained" if not trained_head else "the anomaly head is undefined"
-        return best, f"best post-hoc score by AUROC ({why}); {listed}"
-    head = ok[ANOMALY_HEAD]
-    better = [n for n, m in ok.items() if n != ANOMALY_HEAD and m["auroc"] > head["auroc"]
-              and m.get("fpr95", 1.0) < head.get("fpr95", 1.0)]
-    if not better:
-        return ANOMALY_HEAD, f"the anomaly head of a model trained with outliers (no score has both a higher AUROC " \
-                             f"and a lower FPR95); {listed}"
-    best = max(better, key=lambda n: ok[n]["auroc"])
-    return best, f"{best} has both a higher AUROC and a lower FPR95 than the anomaly head; {listed}"
 
 
 def threshold_at_tpr(hist: ScoreHistogram, binning: Any, tpr: float = 0.95) -> dict[str, float]:
@@ -104,3 +67,18 @@ def choose_operating_point(hist: Mapping[str, Mapping[str, ScoreHistogram]], bin
     except ValueError:
         return None
     return {"score": name, "chosen_by": why, **found, "tpr": tpr, "points": POINTS, "synthesis": synthesis}
+
+
+def operating_point(acc: EvalAccumulator, eval_cfg: Mapping[str, Any], sequences: list, ckpt_path: str | Path,
+                    split: str, synthesis: str = "none") -> dict | None:
+    """The operating point of one evaluation on all points: ``eval.operating_score`` if set, else the
+    model's headline score on this split (``sequences``), with its provenance."""
+    try:
+        op = choose_operating_point(acc.hist, acc.binning, acc.ood(), synthesis,
+                                    eval_option(eval_cfg, "operating_score"),
+                                    float(eval_option(eval_cfg, "operating_tpr")))
+    except KeyError as e:
+        raise ConfigError(f"eval.operating_score: {e.args[0]}") from None
+    if op is None:
+        return None
+    return {**op, "split": split, "sequences": list(sequences), "checkpoint_sha256": checkpoint_sha(ckpt_path)}

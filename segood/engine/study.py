@@ -77,7 +77,7 @@ def trained_to(run_dir: Path, steps: int) -> bool:
 
 def run_is_finished(spec: RunSpec, steps: int) -> bool:
     """True when both splits' metrics exist and were computed from a checkpoint at ``steps``."""
-    from segood.engine.evaluate import checkpoint_sha
+    from segood.engine.artifacts import checkpoint_sha
 
     ckpt = spec.dir / "checkpoint.pt"
     if not (ckpt.is_file() and trained_to(spec.dir, steps)):

@@ -174,7 +174,7 @@ class Trainer:
         self.run = Run(out_dir, info, int(self.tcfg["keep_last"]))
         self.total = int(self.tcfg["steps"])
         self.accumulate = int(self.tcfg["accumulate"])
-        self.model = build_model(cfg).to(info.device)
+        self.model = build_model(cfg["model"]).to(info.device)
         if info.enabled and cfg["train"]["sync_bn"]:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.ddp = DistributedDataParallel(self.model, find_unused_parameters=True) if info.enabled else None

@@ -95,9 +95,9 @@ def get_protocol(name: str) -> Protocol:
     return PROTOCOLS[name]
 
 
-def protocol_names(cfg: Mapping[str, Any]) -> list[str]:
-    """``eval.protocol`` as a list (a name or a list of names), each checked."""
-    value = (cfg.get("eval") or {}).get("protocol") or "segood"
+def protocol_names(eval_cfg: Mapping[str, Any]) -> list[str]:
+    """``eval.protocol`` of the ``eval`` section as a list (a name or a list of names), each checked."""
+    value = (eval_cfg or {}).get("protocol") or "segood"
     names = [value] if isinstance(value, str) else [str(v) for v in value]
     for n in names:
         get_protocol(n)

@@ -1,6 +1,6 @@
 """Models: sparse LiDAR U-Net, ResNet image branch, fusion segmenter.
 
-``build_model(cfg)`` turns the ``model:`` section of an experiment config into
+``build_model(cfg["model"])`` turns the ``model:`` section of an experiment config into
 a :class:`FusionSegmenter`.  spconv is imported only when the LiDAR backend
 (``model.lidar.backend``, :mod:`segood.models.sparse_backend`) resolves to it,
 with its CPU guards (:mod:`segood.models.spconv_guard`) applied first.
@@ -37,60 +37,59 @@ def _choice(value: Any, allowed: tuple, name: str) -> Any:
     return value
 
 
-def _section(cfg: Mapping[str, Any], name: str) -> dict:
+def _section(model_cfg: Mapping[str, Any], name: str) -> dict:
     """Defaults for one sub-section, overridden by the config's values."""
-    given = cfg.get(name) or {}
+    given = model_cfg.get(name) or {}
     if not isinstance(given, Mapping):
         raise ValueError(f"model.{name} must be a mapping, got {type(given).__name__}")
     return {**DEFAULTS[name], **given}
 
 
-def _build_lidar(cfg: dict) -> LidarBranch:
+def _build_lidar(lidar_cfg: dict) -> LidarBranch:
     """Validated ``model.lidar`` section -> LidarBranch."""
-    channels = cfg["channels"]
+    channels = lidar_cfg["channels"]
     if not isinstance(channels, (list, tuple)) or len(channels) < 1:
         raise ValueError(f"model.lidar.channels must be a non-empty list, got {channels!r}")
     channels = [_positive_int(c, "lidar.channels[]") for c in channels]
     return LidarBranch(
-        in_channels=_positive_int(cfg["in_channels"], "lidar.in_channels"),
+        in_channels=_positive_int(lidar_cfg["in_channels"], "lidar.in_channels"),
         channels=channels,
-        out_channels=_positive_int(cfg["out_channels"], "lidar.out_channels"),
-        point_hidden=_positive_int(cfg["point_hidden"], "lidar.point_hidden"),
-        skip=_choice(cfg["skip"], ("add", "concat"), "lidar.skip"),
-        backend=_choice(cfg["backend"], BACKENDS, "lidar.backend"),
+        out_channels=_positive_int(lidar_cfg["out_channels"], "lidar.out_channels"),
+        point_hidden=_positive_int(lidar_cfg["point_hidden"], "lidar.point_hidden"),
+        skip=_choice(lidar_cfg["skip"], ("add", "concat"), "lidar.skip"),
+        backend=_choice(lidar_cfg["backend"], BACKENDS, "lidar.backend"),
     )
 
 
-def _build_image(cfg: dict) -> ImageBranch:
+def _build_image(image_cfg: dict) -> ImageBranch:
     """Validated ``model.image`` section -> ImageBranch (loads ImageNet weights if given)."""
-    depth = cfg["depth"]
+    depth = image_cfg["depth"]
     if depth not in (18, 34) or isinstance(depth, bool):
         raise ValueError(f"model.image.depth must be 18 or 34, got {depth!r}")
-    scale = cfg["width_scale"]
+    scale = image_cfg["width_scale"]
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
         raise ValueError(f"model.image.width_scale must be a positive number, got {scale!r}")
-    if cfg["pretrained"] and float(scale) != 1.0:
+    if image_cfg["pretrained"] and float(scale) != 1.0:
         raise ValueError(
-            f"model.image.pretrained ({cfg['pretrained']}) holds full-width ImageNet weights: "
+            f"model.image.pretrained ({image_cfg['pretrained']}) holds full-width ImageNet weights: "
             f"set model.image.width_scale to 1.0 (got {scale})"
         )
-    branch = ImageBranch(depth, _positive_int(cfg["out_channels"], "image.out_channels"), float(scale))
-    if cfg["pretrained"]:
-        load_pretrained(branch.encoder, cfg["pretrained"])
+    branch = ImageBranch(depth, _positive_int(image_cfg["out_channels"], "image.out_channels"), float(scale))
+    if image_cfg["pretrained"]:
+        load_pretrained(branch.encoder, image_cfg["pretrained"])
     return branch
 
 
-def build_model(cfg: Mapping[str, Any]) -> FusionSegmenter:
-    """Build a FusionSegmenter from a config dict (the ``model:`` section, or a
-    whole config containing one). Missing keys take :data:`DEFAULTS` (configs/base.yaml); invalid
-    values raise ValueError."""
-    if "model" in cfg and isinstance(cfg["model"], Mapping):
-        cfg = cfg["model"]
-    num_classes = _positive_int(cfg.get("num_classes", DEFAULTS["num_classes"]), "num_classes")
-    fusion = _section(cfg, "fusion")
+def build_model(model_cfg: Mapping[str, Any]) -> FusionSegmenter:
+    """Build a FusionSegmenter from the ``model:`` section of a config (``cfg["model"]``, not the whole
+    config). Missing keys take :data:`DEFAULTS` (configs/base.yaml); invalid values raise ValueError."""
+    if "model" in model_cfg:
+        raise TypeError("build_model takes the model section (cfg['model']), not the whole config")
+    num_classes = _positive_int(model_cfg.get("num_classes", DEFAULTS["num_classes"]), "num_classes")
+    fusion = _section(model_cfg, "fusion")
     return FusionSegmenter(
-        lidar=_build_lidar(_section(cfg, "lidar")),
-        image=_build_image(_section(cfg, "image")),
+        lidar=_build_lidar(_section(model_cfg, "lidar")),
+        image=_build_image(_section(model_cfg, "image")),
         num_classes=num_classes,
         hidden=_positive_int(fusion["hidden"], "fusion.hidden"),
         modality_norm=_choice(fusion["modality_norm"], ("none", "layernorm", "standardize"), "fusion.modality_norm"),

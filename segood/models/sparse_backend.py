@@ -7,7 +7,7 @@
 - ``auto``: spconv when it is importable and can run where the model will (a CPU, or a GPU with
   spconv's CUDA build); otherwise ``torch`` (no spconv installed, as on the GPU check machine, or
   a GPU with a CPU-only spconv). Why spconv stays first on the CPU: measured on the 2-core
-  development machine (demo model, one run, variants interleaved, ``tools/bench_sparse_backends.py``),
+  development machine (demo model, one run, variants interleaved, ``segood bench sparse-backends``),
   the torch backend is on par with spconv at one thread but loses at two threads when the
   machine is oversubscribed (its ~30 small ops per conv each pay an OpenMP barrier), while
   spconv's guard keeps its sparse part single-threaded; see DEVELOPERS.md for the figures.

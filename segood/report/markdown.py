@@ -112,7 +112,7 @@ def write_eval_report(out_dir: str | Path, metrics: Mapping[str, Any], hists: Ma
 def format_metrics(m: Mapping[str, Any]) -> str:
     """Console summary of one evaluation: segood's numbers, and each reference protocol's beside them
     (those in % with 4 decimals, i.e. 6 digits of the fraction, for comparison with the reference code)."""
-    from segood.engine.evaluate import headline
+    from segood.metrics.headline import headline
 
     lines = [f"ID mIoU (segood): FOV {100 * m['miou']['fov']['miou']:.1f}  all {100 * m['miou']['all']['miou']:.1f}"]
     for name, block in (m.get("protocols") or {}).items():

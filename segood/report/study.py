@@ -3,7 +3,7 @@ seeds, paired differences to the reference configuration with 95 % intervals; Ma
 one picture. Dicts in, files out (nothing here trains or evaluates).
 
 The headline score is chosen with the same rule as the viewer's operating point
-(:func:`segood.engine.operating_point.headline_score`), on the seed-mean **val** metrics of
+(:func:`segood.metrics.headline.headline_score`), on the seed-mean **val** metrics of
 camera-visible points (the paper-comparable subset); the test split is only reported."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from segood.atomic import write_json, write_text
-from segood.engine.operating_point import headline_score
+from segood.metrics.headline import headline_score
 from segood.metrics.stats import paired_difference, summarize
 
 __all__ = ["choose_scores", "summarize_study", "study_markdown", "write_study_report"]

@@ -21,7 +21,8 @@ import numpy as np
 from segood.synthetic.calibration import _rot_z
 from segood.synthetic.config import NEAR_KINDS, OOD_RAW_ID
 from segood.synthetic.primitives import Cylinder, frame_from_axis, make_box, make_segment, Tag
-from segood.synthetic.street import _Builder, _rect, _Street, CAR_COLORS, GLASS, POLE_COLORS, RUBBER
+from segood.synthetic.builder import CAR_COLORS, GLASS, POLE_COLORS, RUBBER
+from segood.synthetic.builder import SceneBuilder as _Builder, StreetLayout as _Street, footprint as _rect
 
 
 @dataclass

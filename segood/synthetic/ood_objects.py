@@ -11,8 +11,10 @@ from segood.synthetic.config import CAR, OOD_KINDS, OOD_RAW_ID, TRUCK
 from segood.synthetic.calibration import _rot_x, _rot_z
 from segood.synthetic.primitives import Ellipsoid, make_box, make_hull, make_segment, SphereCluster, Tag
 from segood.synthetic.scene import REGION_CODES
-from segood.synthetic.street import (_Builder, _car_geometry, _car_shape, _facade_material, FOLIAGE_COLORS,
-                                     NOVEL_COLORS, _rect, ROAD_GREY, _Street)
+from segood.synthetic.builder import (FOLIAGE_COLORS, NOVEL_COLORS, ROAD_GREY, SceneBuilder, StreetLayout,
+                                      footprint)
+from segood.synthetic.road_users import car_geometry, car_shape
+from segood.synthetic.street import facade_material
 
 OOD_SIZE = {"tetra": (0.6, 3.0), "pyramid": (0.6, 3.0), "ring": (0.8, 3.0), "tilted_slab": (1.0, 3.5),
             "stack": (0.8, 2.5), "big_sphere": (0.5, 3.0), "veg_car": (2.5, 4.0), "road_pole": (1.5, 4.0),
@@ -29,7 +31,7 @@ def _mixed_intensity(rng: np.random.Generator, id_range: tuple[float, float]) ->
     return rng.uniform(*id_range) if rng.random() < 0.7 else _ood_intensity(rng)
 
 
-def _novel_material(b: _Builder) -> int:
+def _novel_material(b: SceneBuilder) -> int:
     """Saturated colours in a pattern no ID class uses, with out-of-range LiDAR intensity."""
     rng = b.rng
     kind = ("checker", "dots", "diagonal", "rainbow", "metal")[int(rng.integers(5))]
@@ -39,7 +41,7 @@ def _novel_material(b: _Builder) -> int:
                       cell=rng.uniform(0.15, 0.6))
 
 
-def _ood_tetra(b: _Builder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
+def _ood_tetra(b: SceneBuilder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
     rng = b.rng
     ang = yaw + np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3]) + rng.normal(0.0, 0.2, 3)
     rad = 0.5 * size * rng.uniform(0.7, 1.0, 3)
@@ -48,7 +50,7 @@ def _ood_tetra(b: _Builder, inst: int, x: float, y: float, z0: float, yaw: float
     b.add(make_hull(np.vstack([base, apex]), Tag(OOD_RAW_ID, inst, _novel_material(b))))
 
 
-def _ood_pyramid(b: _Builder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
+def _ood_pyramid(b: SceneBuilder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
     rot = _rot_z(yaw)
     half = 0.35 * size
     base = [np.array([x, y, z0]) + rot @ np.array([sx * half, sy * half, 0.0]) for sx in (-1, 1) for sy in (-1, 1)]
@@ -56,7 +58,7 @@ def _ood_pyramid(b: _Builder, inst: int, x: float, y: float, z0: float, yaw: flo
     b.add(make_hull(np.vstack(base + [apex]), Tag(OOD_RAW_ID, inst, _novel_material(b))))
 
 
-def _ood_ring(b: _Builder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
+def _ood_ring(b: SceneBuilder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
     """Torus-like ring of spheres, standing upright or lying flat."""
     rng = b.rng
     r = size * rng.uniform(0.08, 0.14)
@@ -72,7 +74,7 @@ def _ood_ring(b: _Builder, inst: int, x: float, y: float, z0: float, yaw: float,
     b.add(SphereCluster(tag=Tag(OOD_RAW_ID, inst, _novel_material(b)), centres=centres, radii=np.full(n, r)))
 
 
-def _ood_tilted_slab(b: _Builder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
+def _ood_tilted_slab(b: SceneBuilder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
     rng = b.rng
     dims = np.array([size, rng.uniform(0.08, 0.3), size * rng.uniform(0.4, 0.9)])
     tilt = math.radians(rng.uniform(15.0, 45.0)) * (1 if rng.random() < 0.5 else -1)
@@ -82,7 +84,7 @@ def _ood_tilted_slab(b: _Builder, inst: int, x: float, y: float, z0: float, yaw:
     b.add(make_box((x, y, z0 - 0.05 - low), dims, rot, Tag(OOD_RAW_ID, inst, _novel_material(b))))
 
 
-def _ood_stack(b: _Builder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
+def _ood_stack(b: SceneBuilder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
     """2-4 irregular boxes piled up, each with its own novel material."""
     rng = b.rng
     n = int(rng.integers(2, 5))
@@ -94,24 +96,24 @@ def _ood_stack(b: _Builder, inst: int, x: float, y: float, z0: float, yaw: float
         z += dims[2]
 
 
-def _ood_big_sphere(b: _Builder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
+def _ood_big_sphere(b: SceneBuilder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
     rng = b.rng
     radii = 0.5 * size * np.array([rng.uniform(0.7, 1.0), rng.uniform(0.7, 1.0), rng.uniform(0.55, 1.0)])
     b.add(Ellipsoid(tag=Tag(OOD_RAW_ID, inst, _novel_material(b)), centre=np.array([x, y, z0 + 0.92 * radii[2]]),
                     rot=_rot_z(yaw), radii=radii))
 
 
-def _ood_veg_car(b: _Builder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
+def _ood_veg_car(b: SceneBuilder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
     """Car geometry (and car-like intensity) wearing a foliage texture."""
     rng = b.rng
     color = b.pick(FOLIAGE_COLORS)
     mat = b.material("foliage", color, color2=np.clip(color * 1.6, 0, 1), intensity=_mixed_intensity(rng, (0.2, 0.55)))
     tag = Tag(OOD_RAW_ID, inst, mat)
-    shape = _car_shape(rng, scale=size / 4.3)
-    _car_geometry(b, shape, x, y, z0, yaw, tag, tag, tag)
+    shape = car_shape(rng, scale=size / 4.3)
+    car_geometry(b, shape, x, y, z0, yaw, tag, tag, tag)
 
 
-def _ood_road_pole(b: _Builder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
+def _ood_road_pole(b: SceneBuilder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
     """Pole geometry (and pole-like intensity) with the colour and grain of asphalt."""
     rng = b.rng
     g = rng.uniform(*ROAD_GREY)
@@ -119,19 +121,19 @@ def _ood_road_pole(b: _Builder, inst: int, x: float, y: float, z0: float, yaw: f
     b.add(make_segment((x, y, z0), (x, y, z0 + size), rng.uniform(0.1, 0.3), Tag(OOD_RAW_ID, inst, mat)))
 
 
-def _ood_novel_wall(b: _Builder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
+def _ood_novel_wall(b: SceneBuilder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
     """Building-like wall slab (facade texture, building intensity) in a saturated novel colour."""
     rng = b.rng
-    mat = _facade_material(b, color=b.pick(NOVEL_COLORS), intensity=_mixed_intensity(rng, (0.22, 0.38)))
+    mat = facade_material(b, color=b.pick(NOVEL_COLORS), intensity=_mixed_intensity(rng, (0.22, 0.38)))
     height = rng.uniform(1.5, 3.5)
     b.add(make_box((x, y, z0 + height / 2), (size, rng.uniform(0.2, 0.5), height), _rot_z(yaw),
                    Tag(OOD_RAW_ID, inst, mat)))
 
 
-def _ood_brick_bush(b: _Builder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
+def _ood_brick_bush(b: SceneBuilder, inst: int, x: float, y: float, z0: float, yaw: float, size: float) -> None:
     """Bush geometry (bumpy spheres, foliage range jitter and intensity) wearing a brick-wall texture."""
     rng = b.rng
-    mat = _facade_material(b, windows=False, intensity=_mixed_intensity(rng, (0.38, 0.52)), depth_jitter=0.08)
+    mat = facade_material(b, windows=False, intensity=_mixed_intensity(rng, (0.38, 0.52)), depth_jitter=0.08)
     b.materials[mat].params["course"] = rng.uniform(0.08, 0.2)
     k = int(rng.integers(5, 11))
     centres = np.array([x, y, z0 + 0.35 * size]) + rng.normal(0.0, 0.2 * size, (k, 3)) * [1.0, 1.0, 0.6]
@@ -151,7 +153,7 @@ def _ood_half_size(kind: str, size: float) -> tuple[float, float]:
             "novel_wall": (size / 2, 0.3)}.get(kind, (size / 2, size / 2))
 
 
-def _ood_spot(b: _Builder, st: _Street, in_fov: bool) -> tuple[float, float] | None:
+def _ood_spot(b: SceneBuilder, st: StreetLayout, in_fov: bool) -> tuple[float, float] | None:
     """A candidate (x, y) on road / parking / sidewalk at the configured distance."""
     rng, cfg = b.rng, b.cfg
     d0, d1 = cfg.ood_distance
@@ -172,9 +174,9 @@ def _ood_spot(b: _Builder, st: _Street, in_fov: bool) -> tuple[float, float] | N
     return x, y
 
 
-def _place_ood(b: _Builder, st: _Street, kind: str, size: float, x: float, y: float, occluded: bool) -> bool:
+def _place_ood(b: SceneBuilder, st: StreetLayout, kind: str, size: float, x: float, y: float, occluded: bool) -> bool:
     yaw = b.rng.uniform(0.0, 2 * np.pi)
-    rect = _rect(x, y, *_ood_half_size(kind, size), yaw)
+    rect = footprint(x, y, *_ood_half_size(kind, size), yaw)
     if not b.free(rect, margin=0.4):
         return False
     inst = b.thing()
@@ -185,7 +187,7 @@ def _place_ood(b: _Builder, st: _Street, kind: str, size: float, x: float, y: fl
     return True
 
 
-def _place_behind_car(b: _Builder, st: _Street) -> bool:
+def _place_behind_car(b: SceneBuilder, st: StreetLayout) -> bool:
     """Put a small OOD object right behind a car ahead, so it is partly hidden (occlusion matters)."""
     rng, cfg = b.rng, b.cfg
     limit = math.radians(cfg.camera_hfov_deg / 2 - 8.0)
@@ -207,7 +209,7 @@ def _place_behind_car(b: _Builder, st: _Street) -> bool:
     return False
 
 
-def _add_ood(b: _Builder, st: _Street) -> None:
+def add_ood(b: SceneBuilder, st: StreetLayout) -> None:
     """``ood_min``-``ood_max`` OOD objects, mostly ahead in the camera view on road or sidewalk, plus
     sometimes an extra small one hidden behind a car ahead (occlusion)."""
     rng, cfg = b.rng, b.cfg

@@ -8,10 +8,12 @@ import numpy as np
 from segood.synthetic.config import OUTLIER, SyntheticConfig
 from segood.synthetic.scene import Lighting, Scene
 from segood.synthetic.raycast import CameraRays, cast, LidarRays, sensor_rays, shade, surface
-from segood.synthetic.street import (_add_buildings, _add_clutter, _add_people, _add_roadside,
-                                     _add_sidewalks, _add_vehicles, _Builder, _make_ground, _sample_street)
+from segood.synthetic.builder import SceneBuilder
+from segood.synthetic.road_users import add_clutter, add_people, add_vehicles
+from segood.synthetic.roadside import add_roadside
+from segood.synthetic.street import add_buildings, add_sidewalks, make_ground, sample_street
 from segood.synthetic.near_objects import add_near_ood
-from segood.synthetic.ood_objects import _add_ood
+from segood.synthetic.ood_objects import add_ood
 
 def _sample_lighting(rng: np.random.Generator) -> Lighting:
     el, az = math.radians(rng.uniform(20.0, 65.0)), rng.uniform(0.0, 2 * np.pi)
@@ -32,16 +34,16 @@ def generate_scene(rng: np.random.Generator, cfg: SyntheticConfig) -> Scene:
     The OOD objects are the standard benchmark's (novel and cross-modal kinds) or, with
     ``cfg.benchmark == "near"``, the held-out buses and trams (:mod:`segood.synthetic.near_objects`)."""
     noise_seed = int(rng.integers(2**62))
-    b = _Builder(rng, cfg)
-    st = _sample_street(rng)
-    st.ground = _make_ground(b, st)
-    _add_sidewalks(b, st)
-    _add_buildings(b, st)
-    _add_roadside(b, st)
-    _add_vehicles(b, st)
-    (add_near_ood if cfg.benchmark == "near" else _add_ood)(b, st)
-    _add_people(b, st)
-    _add_clutter(b, st)
+    b = SceneBuilder(rng, cfg)
+    st = sample_street(rng)
+    st.ground = make_ground(b, st)
+    add_sidewalks(b, st)
+    add_buildings(b, st)
+    add_roadside(b, st)
+    add_vehicles(b, st)
+    (add_near_ood if cfg.benchmark == "near" else add_ood)(b, st)
+    add_people(b, st)
+    add_clutter(b, st)
     return Scene(st.ground, b.prims, b.materials, _sample_lighting(rng), noise_seed, b.objects)
 
 

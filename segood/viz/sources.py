@@ -12,7 +12,7 @@ from segood.data.labels import LabelMap
 from segood.data.projection import assign_cameras, check_projection_matrix
 from segood.data.scan import Scan
 from segood.data.readers import open_reader
-from segood.data.readers.semantickitti import read_bin, read_image
+from segood.data.io import read_bin, read_image
 
 POINT_SUFFIXES = (".bin", ".pcd", ".ply")
 

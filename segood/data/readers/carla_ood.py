@@ -28,7 +28,7 @@ from segood.data.errors import DataError
 from segood.data.labels import LabelMap
 from segood.data.projection import assign_cameras, check_projection_matrix
 from segood.data.scan import Scan
-from segood.data.readers.semantickitti import read_image
+from segood.data.io import read_image
 
 DEFAULT_LAYOUT: dict[str, str] = {
     "points": "sequences/{sequence}/lidar/{frame}.bin",

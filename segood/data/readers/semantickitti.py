@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from segood.data.errors import DataError
+from segood.data.io import read_bin, read_image, read_label, read_poses
 from segood.data.labels import LabelMap
 from segood.data.projection import assign_cameras, check_projection_matrix
 from segood.data.scan import Scan
@@ -31,40 +32,6 @@ SPLITS = {
     "val": ["08"],
     "test": [f"{s:02d}" for s in range(11, 22)],
 }
-
-
-def read_bin(path: Path) -> np.ndarray:
-    """Read a KITTI velodyne ``.bin``: (N, 4) float32, finite."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: point file is missing")
-    size = path.stat().st_size
-    if size % 16:
-        raise DataError(
-            f"{path}: file size {size} bytes is not a multiple of 16 "
-            "(expected float32 records x, y, z, intensity)"
-        )
-    pts = np.fromfile(path, dtype=np.float32).reshape(-1, 4)
-    bad = ~np.isfinite(pts).all(axis=1)
-    if bad.any():
-        raise DataError(
-            f"{path}: {int(bad.sum())} point(s) have NaN or inf values (first at index {int(np.argmax(bad))})"
-        )
-    return pts
-
-
-def read_label(path: Path, num_points: int) -> np.ndarray:
-    """Read a ``.label`` file and return the semantic raw ids (N,) uint32."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: label file is missing")
-    size = path.stat().st_size
-    if size % 4:
-        raise DataError(f"{path}: file size {size} bytes is not a multiple of 4 (expected uint32 labels)")
-    labels = np.fromfile(path, dtype=np.uint32)
-    if len(labels) != num_points:
-        raise DataError(f"{path}: {len(labels)} labels but the scan has {num_points} points (expected one per point)")
-    return labels & 0xFFFF
 
 
 def read_calib(path: Path) -> dict[str, np.ndarray]:
@@ -88,19 +55,6 @@ def read_calib(path: Path) -> dict[str, np.ndarray]:
         if key not in out:
             raise DataError(f"{path}: field '{key}' is missing (found {sorted(out)})")
     return out
-
-
-def read_poses(path: Path) -> np.ndarray | None:
-    """Read ``poses.txt`` as (S, 4, 4), or None when the file does not exist."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    rows = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    if rows.shape[1] != 12:
-        raise DataError(f"{path}: {rows.shape[1]} values per line, expected 12 (3x4 pose)")
-    poses = np.tile(np.eye(4), (len(rows), 1, 1))
-    poses[:, :3, :] = rows.reshape(-1, 3, 4)
-    return poses
 
 
 def read_times(path: Path) -> np.ndarray | None:
@@ -133,20 +87,6 @@ def write_predictions(out_root: str | Path, sequence: str, frame: str, train_ids
     label_map.train_to_raw(train_ids).astype("<u4").tofile(tmp)
     tmp.replace(path)
     return path
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Read an RGB image as (H, W, 3) uint8."""
-    from PIL import Image
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: camera image is missing")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except OSError as e:
-        raise DataError(f"{path}: not a readable image ({e})") from e
 
 
 def lidar_to_image_matrix(calib: dict[str, np.ndarray], camera: str, source: str) -> np.ndarray:

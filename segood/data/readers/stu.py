@@ -31,7 +31,7 @@ import yaml
 
 from segood.data.errors import DataError
 from segood.data.labels import LabelMap
-from segood.data.readers.semantickitti import read_bin, read_image, read_label, read_poses
+from segood.data.io import read_bin, read_image, read_label, read_poses
 from segood.data.scan import Scan
 
 CAMERA = "port_a_camera_0"
@@ -67,7 +67,7 @@ def read_intrinsics(path: Path, camera: str) -> dict:
 
 def read_extrinsics(path: Path, camera: str, parent: str = LIDAR_FRAME) -> tuple[np.ndarray, np.ndarray]:
     """(translation (3,), rotation (3, 3)) of ``parent`` -> ``camera`` from a tf YAML file."""
-    from segood.data.readers.nuscenes import pose_matrix
+    from segood.data.readers.nuscenes_files import pose_matrix
 
     path = Path(path)
     if not path.is_file():

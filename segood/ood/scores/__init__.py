@@ -26,22 +26,38 @@ from segood.ood.scores.fitted import ASH, KNN, FittedScore, Mahalanobis, ReAct, 
 from segood.ood.scores.logit import anomaly_head, energy, entropy, gen, maxlogit, msp, rba, relative_energy
 
 __all__ = ["Score", "SCORES", "FITTED_SCORES", "get_score", "check_score_names", "score_range", "is_fitted",
-           "score_options"]
+           "score_options", "score_reads"]
 
 Output = Mapping[str, torch.Tensor]
 ScoreFn = Callable[..., torch.Tensor]
 RangeFn = Callable[..., "tuple[float, float] | None"]
+WhyNotFn = Callable[..., "str | None"]
 
 
 @dataclass(frozen=True)
 class Score:
-    """One registry entry: a logit function ``fn`` or a ``fitted`` class, and optionally the score's
-    known range ``range(num_classes, **options) -> (lo, hi)`` (None = unbounded, squash-binned)."""
+    """One registry entry: a logit function ``fn`` or a ``fitted`` class; ``reads``, the model outputs
+    it reads (the evaluation pass hands it exactly those keys; default ``logits``, or the fitted
+    class' ``reads``); optionally the score's known range ``range(num_classes, **options)
+    -> (lo, hi)`` (None = unbounded, squash-binned) and ``why_not(num_classes, **options) -> str |
+    None``, why it cannot run on a model with ``num_classes`` logits (None: it can)."""
 
     name: str
     fn: ScoreFn | None = None
     fitted: type[FittedScore] | None = None
     range: RangeFn | None = None
+    reads: tuple[str, ...] | None = None
+    why_not: WhyNotFn | None = None
+
+    def inputs(self) -> tuple[str, ...]:
+        """The model output keys this score reads."""
+        if self.reads is not None:
+            return tuple(self.reads)
+        return tuple(self.fitted.reads) if self.fitted is not None else ("logits",)
+
+    def unavailable(self, num_classes: int, **options: Any) -> str | None:
+        """Why this score cannot run on a model with ``num_classes`` logits, or None when it can."""
+        return None if self.why_not is None else self.why_not(num_classes, **options)
 
     def defaults(self) -> dict[str, Any]:
         """The options of ``eval.score_options.<name>`` with their defaults (the keyword parameters)."""
@@ -56,7 +72,7 @@ class Score:
             return self.fn(out, **options)
         if fit is None:
             raise ValueError(f"score '{self.name}' is fitted on ID training features: pass fit=... "
-                             "(segood.engine.evaluate.load_scorers, or `segood fit-scores`)")
+                             "(segood.engine.fit.load_scorers, or `segood fit-scores`)")
         return fit(out)
 
 
@@ -66,12 +82,20 @@ def _gen_range(num_classes: int, gamma: float = 0.1, top_m: int | None = None) -
     return 0.0, m * 0.25**gamma
 
 
+def _needs_extra_logits(num_classes: int, num_id_logits: int | None = None) -> str | None:
+    """relative_energy: defined only for a model with logits beyond its ID classes."""
+    if num_id_logits is None or not 0 < int(num_id_logits) < num_classes:
+        return (f"needs a model with extra logits (eval.score_options.relative_energy.num_id_logits = "
+                f"{num_id_logits!r}, the model has {num_classes} logits)")
+    return None
+
+
 SCORES: dict[str, Score] = {s.name: s for s in (
-    Score("anomaly_head", anomaly_head, range=lambda c, **_: (0.0, 1.0)),
+    Score("anomaly_head", anomaly_head, range=lambda c, **_: (0.0, 1.0), reads=("anomaly_logit",)),
     Score("msp", msp, range=lambda c, **_: (-1.0, -1.0 / c)),
     Score("maxlogit", maxlogit),
     Score("energy", energy),
-    Score("relative_energy", relative_energy),  # = -log(softmax mass of the ID logits): [0, inf)
+    Score("relative_energy", relative_energy, why_not=_needs_extra_logits),  # = -log(softmax mass of the ID logits): [0, inf)
     Score("entropy", entropy, range=lambda c, **_: (0.0, math.log(c))),
     Score("gen", gen, range=_gen_range),
     Score("rba", rba, range=lambda c, **_: (-float(c), float(c))),
@@ -121,13 +145,19 @@ def score_range(name: str, num_classes: int, **options: Any) -> tuple[float, flo
     return None if score.range is None else score.range(num_classes, **options)
 
 
-def score_options(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """The options of one score: its defaults, overridden by ``cfg['eval']['score_options'][name]``.
+def score_reads(names: list[str]) -> tuple[str, ...]:
+    """The model output keys the scores ``names`` read together, in first-use order."""
+    return tuple(dict.fromkeys(k for n in names for k in SCORES[n].inputs()))
+
+
+def score_options(eval_cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The options of one score: its defaults, overridden by ``eval_cfg['score_options'][name]``
+    (``eval_cfg``: the ``eval`` section of a config).
 
     Unknown scores and unknown option keys are refused (ConfigError naming the key, the valid keys
     and the closest one).
     """
-    given = dict(((cfg.get("eval") or {}).get("score_options") or {}))
+    given = dict((eval_cfg or {}).get("score_options") or {})
     for other in given:
         if other not in SCORES:
             close = difflib.get_close_matches(str(other), list(SCORES), n=1)

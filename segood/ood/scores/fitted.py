@@ -107,6 +107,7 @@ class FittedScore:
 
     name: ClassVar[str] = ""
     needs_data: ClassVar[bool] = True
+    reads: ClassVar[tuple[str, ...]] = (FEATURE_KEY,)  # the model outputs it scores from
     fit_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, state: Mapping[str, torch.Tensor] | None = None) -> None:
@@ -192,6 +193,7 @@ class ViM(FittedScore):
     """Virtual-logit matching: alpha * ||residual off the principal subspace|| - logsumexp(logits)."""
 
     name = "vim"
+    reads = (FEATURE_KEY, "logits")
     fit_params = ("dim",)
 
     def __init__(self, state: Mapping[str, torch.Tensor] | None = None, dim: int | None = None) -> None:

@@ -8,8 +8,8 @@ Every synthesizer is a callable
 
 An outlier is an (image part, LiDAR part) pair, so the model sends it through its own ``fuse``
 and heads (``FusionSegmenter.score_outliers``). ``index`` names the batch point each outlier is
-attached to (bookkeeping only; for bank-based methods: the anchor point). Anchors are
-camera-visible (``batch['visible']``), ID-labelled (``batch['target'] >= 0``) points. ``M`` may
+attached to (bookkeeping only; for bank-based methods: the anchor point). Anchors follow the one
+rule of :mod:`segood.ood.feature_mixing.anchors` (camera-visible, ID-labelled points). ``M`` may
 be 0 (the caller skips the outlier losses then). All randomness comes from a CPU
 ``torch.Generator`` seeded from ``(seed, step)``: the same seed, step (and, for bank-based
 methods, the same history of calls) give the same outliers.
@@ -24,23 +24,25 @@ its fusion layer). Any convex combination or Gaussian sample of such vectors spl
 (image, LiDAR) pair that our fusion consumes like a real point; banking the fused vector instead
 would bypass the fusion MLP and give outliers the modality heads could not score.
 
+Feature Mixing (all variants) lives in :mod:`segood.ood.feature_mixing`; the baselines in this package.
 To add a synthesizer: write its class and a builder ``build(cfg_synthesis, ctx: SynthesisContext)
--> synth`` in a file of this package (or anywhere) and add one line to :data:`SYNTHESIZERS`; then
-``synthesis.method: <name>`` trains with it (``bench synthesis`` times it through the same builder).
+-> synth`` in a module (of this package, or anywhere) and add one line to :data:`SYNTHESIZERS`; then
+``synthesis.method: <name>`` trains with it and ``segood bench synthesis`` times it (it iterates
+this registry, through the same builder).
 """
 from __future__ import annotations
 
 import functools
 from typing import Callable, Mapping
 
+from segood.ood.feature_mixing.block import BlockFeatureMixing, build_block_feature_mixing
+from segood.ood.feature_mixing.synthesizers import (SharedIndexFeatureMixing, build_feature_mixing,
+                                                    build_shared_feature_mixing, shared_feature_mixing)
 from segood.ood.synthesis.bank import ClassBank
-from segood.ood.synthesis.common import SynthesisContext
-from segood.ood.synthesis.feature_mixing import (SharedIndexFeatureMixing, build_feature_mixing,
-                                                 build_shared_feature_mixing, shared_feature_mixing)
-from segood.ood.synthesis.feature_mixing_block import BlockFeatureMixing, build_block_feature_mixing
 from segood.ood.synthesis.mixup import Mixup, build_mixup
 from segood.ood.synthesis.npmix import NPMix, build_npmix, nearest_classes
 from segood.ood.synthesis.vos import VOS, build_vos
+from segood.ood.synthesis_context import SynthesisContext
 
 __all__ = ["SYNTHESIZERS", "build_synthesizer", "SynthesisContext", "SharedIndexFeatureMixing", "BlockFeatureMixing",
            "shared_feature_mixing", "ClassBank", "nearest_classes", "NPMix", "VOS", "Mixup"]

@@ -5,8 +5,9 @@ from typing import Mapping
 
 import torch
 
-from segood.ood.synthesis.common import (Batch, Outliers, SynthesisContext, _check_rows, _empty, beta_sample,
-                                         eligible_points, section_options, step_generator, subsample)
+from segood.ood.feature_mixing.anchors import Batch, Outliers, anchor_points, check_rows, step_generator, subsample
+from segood.ood.synthesis.common import beta_sample, no_outliers
+from segood.ood.synthesis_context import SynthesisContext, section_options
 
 
 # ------------------------------------------------------------------ Mixup
@@ -42,10 +43,10 @@ class Mixup:
         return order[r + skip * counts[c]]
 
     def __call__(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor, batch: Batch, step: int) -> Outliers:
-        _check_rows(feat_image, feat_lidar, batch)
-        eligible = eligible_points(batch)
+        check_rows(feat_image, feat_lidar, batch)
+        eligible = anchor_points(batch)
         if eligible.numel() == 0:
-            return _empty(feat_image, feat_lidar)
+            return no_outliers(feat_image, feat_lidar)
         g = step_generator(self.seed, step)
         pos = subsample(torch.arange(eligible.numel()), self.max_points, g)
         partner = eligible[self.partners(batch["target"].cpu()[eligible], pos, g)]

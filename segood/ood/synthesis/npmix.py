@@ -7,8 +7,9 @@ from typing import Mapping
 import torch
 
 from segood.ood.synthesis.bank import ClassBank
-from segood.ood.synthesis.common import (Batch, Outliers, SynthesisContext, _bank_rows, _check_rows, _empty, _split,
-                                         beta_sample, eligible_points, section_options, step_generator, subsample)
+from segood.ood.feature_mixing.anchors import Batch, Outliers, anchor_points, check_rows, step_generator, subsample
+from segood.ood.synthesis.common import bank_rows, beta_sample, no_outliers, split_rows
+from segood.ood.synthesis_context import SynthesisContext, section_options
 
 
 # ------------------------------------------------------------------ NP-Mix
@@ -105,21 +106,21 @@ class NPMix:
         return table
 
     def __call__(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor, batch: Batch, step: int) -> Outliers:
-        _check_rows(feat_image, feat_lidar, batch)
-        eligible = eligible_points(batch)
+        check_rows(feat_image, feat_lidar, batch)
+        eligible = anchor_points(batch)
         labels = batch["target"].cpu()[eligible]
         if self.faithful:
-            self.update_bank(_bank_rows(feat_image, feat_lidar, eligible), labels)
+            self.update_bank(bank_rows(feat_image, feat_lidar, eligible), labels)
         else:
             new = self.bank.newest(labels)
-            self.update_bank_fast(_bank_rows(feat_image, feat_lidar, eligible[new]), labels[new])
+            self.update_bank_fast(bank_rows(feat_image, feat_lidar, eligible[new]), labels[new])
         table = self.neighbour_table()
         if table.shape[1] == 0:
-            return _empty(feat_image, feat_lidar)
+            return no_outliers(feat_image, feat_lidar)
         g = step_generator(self.seed, step)
         ok = table[labels, 0] >= 0
         anchors = subsample(eligible[ok], self.max_points, g)
-        return _split(self._mix(batch["target"].cpu()[anchors], table, g), anchors, feat_image)
+        return split_rows(self._mix(batch["target"].cpu()[anchors], table, g), anchors, feat_image)
 
     def _mix(self, cls: torch.Tensor, table: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """(M, D) outliers for anchors of classes ``cls``: random entry of c mixed with one of s."""

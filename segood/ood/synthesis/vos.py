@@ -7,8 +7,9 @@ from typing import Mapping
 import torch
 
 from segood.ood.synthesis.bank import ClassBank
-from segood.ood.synthesis.common import (_bank_rows, Batch, _check_rows, _empty, Outliers, _split,
-                                         SynthesisContext, eligible_points, section_options, step_generator)
+from segood.ood.feature_mixing.anchors import Batch, Outliers, anchor_points, check_rows, step_generator
+from segood.ood.synthesis.common import bank_rows, no_outliers, split_rows
+from segood.ood.synthesis_context import SynthesisContext, section_options
 
 
 # ------------------------------------------------------------------ VOS
@@ -50,25 +51,25 @@ class VOS:
         return means, cov + self.ridge * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
 
     def __call__(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor, batch: Batch, step: int) -> Outliers:
-        _check_rows(feat_image, feat_lidar, batch)
+        check_rows(feat_image, feat_lidar, batch)
         if feat_image.shape[1] + feat_lidar.shape[1] != self.dim:
             raise ValueError(f"VOS: d_c + d_l must equal dim={self.dim}, "
                              f"got {feat_image.shape[1]} + {feat_lidar.shape[1]}")
-        eligible = eligible_points(batch)
+        eligible = anchor_points(batch)
         labels = batch["target"].cpu()[eligible]
         new = self.bank.newest(labels)
-        self.bank.push_fast(_bank_rows(feat_image, feat_lidar, eligible[new]), labels[new])
+        self.bank.push_fast(bank_rows(feat_image, feat_lidar, eligible[new]), labels[new])
         avail = torch.nonzero(self.bank.count >= self.min_entries).squeeze(1)
         present = avail[torch.bincount(labels, minlength=self.bank.num_classes)[avail] > 0]
         if step < self.start_after or present.numel() == 0:
-            return _empty(feat_image, feat_lidar)
+            return no_outliers(feat_image, feat_lidar)
         g = step_generator(self.seed, step)
         per_class = self.select or max(1, self.max_points // present.numel())
         index, rows = self._sample(avail, present, labels, eligible, min(per_class, self.sample_from), g)
         if self.max_points is not None and index.numel() > self.max_points:
             keep = torch.randperm(index.numel(), generator=g)[: self.max_points]
             index, rows = index[keep], rows[keep.to(rows.device)]
-        return _split(rows, index, feat_image)
+        return split_rows(rows, index, feat_image)
 
     def _sample(self, avail, present, labels, eligible, k, g) -> tuple[torch.Tensor, torch.Tensor]:
         """Lowest-likelihood ``k`` of ``sample_from`` candidates per present class, + anchors.

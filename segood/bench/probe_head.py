@@ -1,4 +1,4 @@
-"""What does a Feature Mixing model's anomaly head key on?
+"""``segood bench probe-head``: what does a Feature Mixing model's anomaly head key on?
 
 Prints, for camera-visible points of the first batches of a split: per-modality feature statistics
 (exact zeros, spread of the per-dim means), how often a value swapped from one modality lands
@@ -6,7 +6,7 @@ outside the 1st-99th percentile range of the receiving dim (2 % by chance), and 
 logits and AUROC on ID points, real OOD points and freshly mixed ID points. A head that separates
 mixed points far better than real OOD points has learned a cue of the mixing itself.
 
-    python tools/probe_anomaly_head.py RUN/checkpoint.pt [--data ROOT] [--split val] [--batches 4] [--n-swap 16]
+    segood bench probe-head RUN/checkpoint.pt [--data ROOT] [--split val] [--batches 4] [--n-swap 16]
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import argparse
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
+from segood.config import add_overrides, apply_overrides
+from segood.engine.artifacts import load_model
 from segood.engine.builders import build_label_map, build_loader
-from segood.engine.evaluate import load_model
-from segood.ood.feature_mixing import feature_mixing
+from segood.ood.feature_mixing import anchor_mask, feature_mixing
 
 
 def out_of_range_share(src: torch.Tensor, dst: torch.Tensor, draws: int = 20000, seed: int = 0) -> float:
@@ -33,11 +33,13 @@ def out_of_range_share(src: torch.Tensor, dst: torch.Tensor, draws: int = 20000,
 
 
 @torch.no_grad()
-def probe(ckpt: str, data_root: str | None, split: str, batches: int, n_swap: int) -> None:
+def probe(ckpt: str, data_root: str | None, split: str, batches: int, n_swap: int,
+          overrides: list[str] = ()) -> dict[str, float]:
+    """Print the statistics (module docstring) and return the anomaly head's AUROCs vs ID points."""
+    from sklearn.metrics import roc_auc_score
+
     model, state = load_model(ckpt)
-    cfg = state["config"]
-    if data_root:
-        cfg["data"]["root"] = data_root
+    cfg = apply_overrides(state["config"], [*([f"data.root={data_root}"] if data_root else []), *overrides])
     loader = build_loader(cfg, split, build_label_map(cfg), shuffle=False)
     g = torch.Generator().manual_seed(0)
     feats = {"image": [], "lidar": []}
@@ -49,7 +51,7 @@ def probe(ckpt: str, data_root: str | None, split: str, batches: int, n_swap: in
         vis, ood = batch["visible"], batch["ood_target"]
         head["ID"].append(out["anomaly_logit"][vis & (ood == 0)])
         head["real OOD"].append(out["anomaly_logit"][vis & (ood == 1)])
-        sel = torch.nonzero(vis & (ood == 0)).squeeze(1)[:4000]
+        sel = torch.nonzero(anchor_mask(batch)).squeeze(1)[:4000]
         fi, fl = out["feat_image"][sel], out["feat_lidar"][sel]
         feats["image"].append(fi)
         feats["lidar"].append(fl)
@@ -66,23 +68,30 @@ def probe(ckpt: str, data_root: str | None, split: str, batches: int, n_swap: in
         if v.size:
             print(f"anomaly logit {k:9s} n={v.size:6d}  q10 {np.quantile(v, .1):7.2f}  median {np.median(v):7.2f}  "
                   f"q90 {np.quantile(v, .9):7.2f}")
+    aurocs = {}
     for k in ("mixed ID", "real OOD"):
         pos, neg = logits[k], logits["ID"]
         if pos.size and neg.size:
-            auc = roc_auc_score(np.r_[np.ones(pos.size), np.zeros(neg.size)], np.r_[pos, neg])
+            aurocs[k] = auc = float(roc_auc_score(np.r_[np.ones(pos.size), np.zeros(neg.size)], np.r_[pos, neg]))
             print(f"anomaly head AUROC, {k} vs ID (FOV): {auc:.3f}")
+    return aurocs
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``probe-head`` on the ``segood bench`` sub-parsers."""
+    p = subparsers.add_parser("probe-head", help="what a Feature Mixing model's anomaly head keys on",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ckpt")
     p.add_argument("--data", default=None, help="data root (default: the checkpoint's)")
     p.add_argument("--split", default="val", choices=("val", "test"))
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--n-swap", type=int, default=16)
-    a = p.parse_args()
-    probe(a.ckpt, a.data, a.split, a.batches, a.n_swap)
+    add_overrides(p, "eval.batch_size=1")
+    p.set_defaults(func=run)
+    return p
 
 
-if __name__ == "__main__":
-    main()
+def run(args: argparse.Namespace) -> int:
+    """Probe the checkpoint; returns the exit code."""
+    probe(args.ckpt, args.data, args.split, args.batches, args.n_swap, args.set)
+    return 0

@@ -1,5 +1,5 @@
-#!/usr/bin/env python3
-"""Training-step time of the demo model with each sparse backend, measured side by side.
+"""``segood bench sparse-backends``: training-step time of the demo model with each sparse backend,
+measured side by side.
 
 One process, one fixed set of training batches (the config's data pipeline), one model whose
 weights are copied into every variant. Variants run interleaved step by step (A B C A B C ...),
@@ -9,35 +9,28 @@ each to the first variant.
 Variants (``--variants``): ``spconv`` (sparse part single-threaded by its guard, the rest on
 ``--threads``), ``torch`` (``--threads``), ``spconv1`` / ``torch1`` (1 thread in total).
 
-  tools/bench_sparse_backends.py --data /tmp/sparse_syn --steps 10 [--threads 2] [--out DIR]
+  segood bench sparse-backends --data /tmp/sparse_syn --steps 10 [--threads 2] [--out DIR] [--set KEY=VALUE]
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from segood.atomic import write_json  # noqa: E402
-from segood.config import CONFIG_DIR, load_config  # noqa: E402
-from segood.data.batching import collate  # noqa: E402
-from segood.engine.builders import build_dataset, build_grid, build_label_map, build_synthesizer  # noqa: E402
-from segood.engine.objective import compute_losses  # noqa: E402
-from segood.models import build_model  # noqa: E402
+from segood.config import CONFIG_DIR, add_overrides
 
 VARIANTS = {"spconv": ("spconv", None), "torch": ("torch", None), "spconv1": ("spconv", 1), "torch1": ("torch", 1)}
 
 
 def batches(cfg: dict, n: int) -> list[dict]:
     """``n`` training batches (augmented, FOV-cropped as in training), fixed for every variant."""
+    import numpy as np
+
+    from segood.data.batching import collate
+    from segood.engine.builders import build_dataset, build_grid, build_label_map
+
     label_map = build_label_map(cfg)
     dataset = build_dataset(cfg, "train", label_map, training=True)
     bs, grid = int(cfg["train"]["batch_size"]), build_grid(cfg)
@@ -51,6 +44,12 @@ def batches(cfg: dict, n: int) -> list[dict]:
 
 def make_step(cfg: dict, backend: str, state: dict):
     """A closure running one full training step (forward, losses, backward, AdamW) on a batch."""
+    import torch
+
+    from segood.engine.builders import build_synthesizer
+    from segood.engine.objective import compute_losses
+    from segood.models import build_model
+
     model_cfg = copy.deepcopy(cfg["model"])
     model_cfg["lidar"]["backend"] = backend
     model = build_model(model_cfg)
@@ -71,16 +70,36 @@ def make_step(cfg: dict, backend: str, state: dict):
     return step
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(CONFIG_DIR / "synthetic_feature_mixing.yaml"))
-    ap.add_argument("--data", default=None, help="data.root (e.g. from `segood make-synthetic`)")
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per variant (after 2 warm-up steps)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--out", type=Path, default=None, help="folder for bench_sparse_backends.json")
-    args = ap.parse_args(argv)
-    cfg = load_config(args.config, [f"data.root={args.data}"] if args.data else [])
+def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The benchmark's options."""
+    p.add_argument("--config", default=str(CONFIG_DIR / "synthetic_feature_mixing.yaml"))
+    p.add_argument("--data", default=None, help="data.root (e.g. from `segood make-synthetic`)")
+    add_overrides(p, "model.lidar.channels=[8,16]")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant (after 2 warm-up steps)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--out", type=Path, default=None, help="folder for bench_sparse_backends.json")
+    return p
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``sparse-backends`` on the ``segood bench`` sub-parsers."""
+    p = subparsers.add_parser("sparse-backends", help="training-step time with each sparse backend, interleaved",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure_parser(p).set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Time every variant, interleaved; prints the table (and writes JSON with ``--out``)."""
+    import numpy as np
+    import torch
+
+    from segood.atomic import write_json
+    from segood.config import load_config
+    from segood.models import build_model
+
+    cfg = load_config(args.config, ([f"data.root={args.data}"] if args.data else []) + args.set)
     torch.manual_seed(0)
     state = build_model(cfg["model"] | {"lidar": cfg["model"]["lidar"] | {"backend": "torch"}}).state_dict()
     data = batches(cfg, 4)
@@ -110,7 +129,3 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         print(f"wrote {write_json(args.out / 'bench_sparse_backends.json', {'points': points, 'voxels': voxels, 'rows': rows})}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

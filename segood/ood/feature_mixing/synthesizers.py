@@ -1,13 +1,15 @@
-"""Feature Mixing synthesizers: the per-point reference / kernel (:mod:`segood.ood.feature_mixing`,
-:mod:`segood.ood.fm_kernel`) and the shared-index variant."""
+"""Feature Mixing synthesizers for :data:`segood.ood.synthesis.SYNTHESIZERS`: the per-point one (the
+kernel, :mod:`segood.ood.feature_mixing.kernel`, else the reference,
+:mod:`segood.ood.feature_mixing.reference`) and the shared-index variant."""
 from __future__ import annotations
 
 from typing import Mapping
 
 import torch
 
-from segood.ood.feature_mixing import FeatureMixing, _check_mixing_inputs
-from segood.ood.synthesis.common import Batch, Outliers, SynthesisContext, _check_rows
+from segood.ood.feature_mixing.anchors import Batch, Outliers, check_rows
+from segood.ood.feature_mixing.reference import FeatureMixing, check_mixing_inputs
+from segood.ood.synthesis_context import SynthesisContext
 
 
 # ------------------------------------------------------------------ Feature Mixing, shared indices
@@ -28,8 +30,8 @@ class SharedIndexFeatureMixing(FeatureMixing):
     selection as :class:`FeatureMixing`; the dims of the last call are kept in ``last_dims``."""
 
     def __call__(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor, batch: Batch, step: int) -> Outliers:
-        _check_rows(feat_image, feat_lidar, batch)
-        _check_mixing_inputs(feat_image, feat_lidar, self.n_swap)
+        check_rows(feat_image, feat_lidar, batch)
+        check_mixing_inputs(feat_image, feat_lidar, self.n_swap)
         generator = self.generator(step)
         index = self.select(batch, generator).to(feat_image.device)
         dims_image = torch.randperm(feat_image.shape[1], generator=generator)[: self.n_swap]
@@ -43,7 +45,7 @@ class SharedIndexFeatureMixing(FeatureMixing):
 def build_feature_mixing(cfg_synthesis: Mapping, ctx: SynthesisContext):
     """``feature_mixing``: the kernel-backed Feature Mixing when its module imports, else the torch reference."""
     try:
-        from segood.ood.fm_kernel import KernelFeatureMixing as cls
+        from segood.ood.feature_mixing.kernel import KernelFeatureMixing as cls
     except ImportError:
         cls = FeatureMixing
     return cls(int(cfg_synthesis["n_swap"]), seed=ctx.seed, max_points=ctx.max_points, mix_points=ctx.mix_points)

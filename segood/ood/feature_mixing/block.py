@@ -5,9 +5,10 @@ from typing import Mapping
 
 import torch
 
-from segood.ood.feature_mixing import FeatureMixing, _check_mixing_inputs
-from segood.ood.synthesis.common import Batch, Outliers, SynthesisContext, _check_rows, section_options
-from segood.ood.synthesis.feature_mixing import shared_feature_mixing
+from segood.ood.feature_mixing.anchors import Batch, Outliers, check_rows
+from segood.ood.feature_mixing.reference import FeatureMixing, check_mixing_inputs
+from segood.ood.feature_mixing.synthesizers import shared_feature_mixing
+from segood.ood.synthesis_context import SynthesisContext, section_options
 
 
 class BlockFeatureMixing(FeatureMixing):
@@ -25,8 +26,8 @@ class BlockFeatureMixing(FeatureMixing):
         self.n_min, self.n_max = int(n_min), int(n_max)
 
     def __call__(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor, batch: Batch, step: int) -> Outliers:
-        _check_rows(feat_image, feat_lidar, batch)
-        _check_mixing_inputs(feat_image, feat_lidar, self.n_max)
+        check_rows(feat_image, feat_lidar, batch)
+        check_mixing_inputs(feat_image, feat_lidar, self.n_max)
         generator = self.generator(step)
         index = self.select(batch, generator).to(feat_image.device)
         n = int(torch.randint(self.n_min, self.n_max + 1, (1,), generator=generator))

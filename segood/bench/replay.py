@@ -1,37 +1,23 @@
-#!/usr/bin/env python3
-"""Benchmark ``segood replay`` on this CPU: frames per second for a nuScenes-size (~35k points,
+"""``segood bench replay``: ``segood replay`` on this machine: frames per second for a nuScenes-size (~35k points,
 32 beams) and a KITTI-size (~120k points, 64 beams) cloud, LiDAR-only and with a 1242x375 camera,
 and the share of each frame spent decoding and encoding messages.
 
 Model: the ``model:`` section of configs/base.yaml (or --config), randomly initialised (timing only).
 Clouds: synthetic streets (segood.synthetic), written to an MCAP bag with the camera as JPEG.
 
-  tools/bench_replay.py --frames 5 [--out runs/bench_replay] [--threads 2] [--set model.lidar.backend=torch]
+  segood bench replay --frames 5 [--out runs/bench_replay] [--threads 2] [--set model.lidar.backend=torch]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from segood.atomic import write_json  # noqa: E402
-from segood.config import CONFIG_DIR, load_config  # noqa: E402
-from segood.data.labels import load_label_map  # noqa: E402
-from segood.synthetic import SyntheticConfig, generate_scene, lidar_to_image, render_scan  # noqa: E402
-from segood.engine.checkpoint import save_checkpoint  # noqa: E402
-from segood.models import build_model  # noqa: E402
-from segood.ros.export import SensorFrame, write_sensor_bag  # noqa: E402
-from segood.ros.pointcloud2 import xyzi_records  # noqa: E402
-from segood.ros.replay import ReplayOptions, replay  # noqa: E402
-from segood.engine.inference import Predictor  # noqa: E402
+from segood.config import CONFIG_DIR, add_overrides
 
 SIZES = {  # name -> synthetic LiDAR geometry
     "nuscenes_35k": dict(beams=32, fov_up_deg=10.0, fov_down_deg=-30.0, azimuth_columns=1220),
@@ -40,6 +26,11 @@ SIZES = {  # name -> synthetic LiDAR geometry
 
 
 def make_bag(path: Path, size: str, frames: int) -> tuple[int, np.ndarray]:
+    """An MCAP bag of ``frames`` synthetic scans of one size (camera as JPEG); (mean points, LiDAR-to-image)."""
+    from segood.ros.export import SensorFrame, write_sensor_bag
+    from segood.ros.pointcloud2 import xyzi_records
+    from segood.synthetic import SyntheticConfig, generate_scene, lidar_to_image, render_scan
+
     cfg = SyntheticConfig(image_width=1242, image_height=375, **SIZES[size])
     out = []
     for k in range(frames):
@@ -49,16 +40,36 @@ def make_bag(path: Path, size: str, frames: int) -> tuple[int, np.ndarray]:
     return int(np.mean([len(f.records) for f in out])), lidar_to_image(cfg)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", type=int, default=5)
-    ap.add_argument("--config", default=str(CONFIG_DIR / "base.yaml"))
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override, e.g. --set model.lidar.backend=torch")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--out", type=Path, default=None, help="folder for bench_replay.json")
-    args = ap.parse_args(argv)
+def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The benchmark's options."""
+    p.add_argument("--frames", type=int, default=5)
+    p.add_argument("--config", default=str(CONFIG_DIR / "base.yaml"))
+    add_overrides(p, "model.lidar.backend=torch")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES), help="cloud sizes to time")
+    p.add_argument("--out", type=Path, default=None, help="folder for bench_replay.json")
+    return p
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``replay`` on the ``segood bench`` sub-parsers."""
+    p = subparsers.add_parser("replay", help="frames per second of `segood replay` on synthetic bags",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure_parser(p).set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Time replay of every size, LiDAR-only and with the camera; prints one line per run."""
     import torch
+
+    from segood.atomic import write_json
+    from segood.config import load_config
+    from segood.data.labels import load_label_map
+    from segood.engine.checkpoint import save_checkpoint
+    from segood.engine.inference import Predictor
+    from segood.models import build_model
+    from segood.ros.replay import ReplayOptions, replay
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cfg = load_config(args.config, args.set)
-        ckpt = save_checkpoint(tmp / "bench.pt", {"model": build_model(cfg).state_dict(), "config": cfg,
+        ckpt = save_checkpoint(tmp / "bench.pt", {"model": build_model(cfg["model"]).state_dict(), "config": cfg,
                                                   "label_map": load_label_map(cfg["data"]["label_map"]).checksum(),
                                                   "step": 0})
         predictor = Predictor(ckpt)
-        for size in SIZES:
+        for size in args.sizes:
             bag = tmp / f"{size}.mcap"
             n, matrix = make_bag(bag, size, args.frames)
             (tmp / "calib.json").write_text(json.dumps({"lidar_to_image": matrix.tolist()}))
@@ -96,7 +107,3 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         print(f"wrote {write_json(args.out / 'bench_replay.json', results)}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

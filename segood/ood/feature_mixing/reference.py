@@ -14,16 +14,14 @@ distribution and properties, not bit for bit.
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import torch
 
-__all__ = ["feature_mixing", "FeatureMixing"]
+from segood.ood.feature_mixing.anchors import Batch, check_rows, select_anchors, step_generator
 
-_MASK64 = (1 << 64) - 1
+__all__ = ["feature_mixing", "FeatureMixing", "check_mixing_inputs"]
 
 
-def _check_mixing_inputs(feat_image: torch.Tensor, feat_lidar: torch.Tensor, n_swap: int) -> None:
+def check_mixing_inputs(feat_image: torch.Tensor, feat_lidar: torch.Tensor, n_swap: int) -> None:
     """Raise ValueError for shapes, dtypes or ``n_swap`` that make the swap ill-defined."""
     if feat_image.dim() != 2 or feat_lidar.dim() != 2:
         raise ValueError(f"features must be 2-D (M, d), got {tuple(feat_image.shape)} "
@@ -64,7 +62,7 @@ def feature_mixing(feat_image: torch.Tensor, feat_lidar: torch.Tensor, n_swap: i
         ``mixed_image[p, ic[p, k]] = feat_lidar[p, il[p, k]]`` and
         ``mixed_lidar[p, il[p, k]] = feat_image[p, ic[p, k]]``. Inputs are not modified.
     """
-    _check_mixing_inputs(feat_image, feat_lidar, n_swap)
+    check_mixing_inputs(feat_image, feat_lidar, n_swap)
     if n_swap == 0:
         return feat_image.clone(), feat_lidar.clone()
     rows, device = feat_image.shape[0], feat_image.device
@@ -77,39 +75,11 @@ def feature_mixing(feat_image: torch.Tensor, feat_lidar: torch.Tensor, n_swap: i
     return mixed_image, mixed_lidar
 
 
-def _step_seed(seed: int, step: int) -> int:
-    """Mix (seed, step) into one 63-bit seed (splitmix64 finaliser), distinct per step."""
-    x = (int(seed) * 0x9E3779B97F4A7C15 + int(step) + 0x632BE59BD9B4E019) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return (x ^ (x >> 31)) >> 1
-
-
-MIX_POINTS = ("visible", "all")  # synthesis.mix_points
-
-
-def select_anchors(batch: Mapping[str, torch.Tensor], max_points: int | None,
-                   generator: torch.Generator, mix_points: str = "visible") -> torch.Tensor:
-    """Sorted (CPU) LongTensor of the points that may become outliers: ID-labelled and, with
-    ``mix_points='visible'``, camera-visible (``'all'``: every ID point, for models whose
-    out-of-view points carry a predicted camera feature), randomly subsampled to ``max_points``."""
-    if mix_points not in MIX_POINTS:
-        raise ValueError(f"synthesis.mix_points: {mix_points!r}: expected one of {', '.join(map(repr, MIX_POINTS))}")
-    mask = batch["target"] >= 0
-    if mix_points == "visible":
-        mask = batch["visible"].bool() & mask
-    index = torch.nonzero(mask.cpu(), as_tuple=False).squeeze(1)
-    if max_points is not None and index.numel() > max_points:
-        keep = torch.randperm(index.numel(), generator=generator)[:max_points]
-        index = index[keep.sort().values]
-    return index
-
-
 class FeatureMixing:
     """Outlier synthesis for one training step: select points, then :func:`feature_mixing`.
 
-    Points used are those that are camera-visible (``batch['visible']``) and ID-labelled
-    (``batch['target'] >= 0``), optionally subsampled to ``max_points``. A fresh CPU
+    Points used are the anchors (:func:`segood.ood.feature_mixing.anchors.select_anchors`:
+    camera-visible, ID-labelled), optionally subsampled to ``max_points``. A fresh CPU
     ``torch.Generator`` seeded from ``(seed, step)`` drives both the subsampling and the
     swapped dims, so the same (seed, step) reproduces the same outliers and a new step
     draws new ones.
@@ -121,18 +91,18 @@ class FeatureMixing:
         if max_points is not None and max_points < 1:
             raise ValueError(f"max_points must be >= 1 or None, got {max_points}")
         self.n_swap, self.seed, self.max_points = int(n_swap), int(seed), max_points
-        self.mix_points = mix_points
+        self.mix_points = mix_points  # synthesis.mix_points: visible | all (the anchor rule)
 
     def generator(self, step: int) -> torch.Generator:
         """The CPU generator for ``step`` (a new one each call, so calls never interfere)."""
-        return torch.Generator().manual_seed(_step_seed(self.seed, step))
+        return step_generator(self.seed, step)
 
-    def select(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        """Sorted LongTensor of (``mix_points``) ID-labelled points, subsampled to ``max_points``."""
+    def select(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+        """Sorted LongTensor of the anchors, subsampled to ``max_points``."""
         return select_anchors(batch, self.max_points, generator, self.mix_points)
 
     def __call__(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor,
-                 batch: Mapping[str, torch.Tensor], step: int
+                 batch: Batch, step: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (index, mixed_image, mixed_lidar) for the selected points of ``batch``.
 
@@ -140,10 +110,7 @@ class FeatureMixing:
         points of the batch; the outputs have one row per entry of ``index`` (on the features'
         device).
         """
-        num_points = batch["target"].shape[0]
-        if feat_image.shape[0] != num_points or feat_lidar.shape[0] != num_points:
-            raise ValueError(f"features must have one row per point ({num_points}), got "
-                             f"{feat_image.shape[0]} (image) and {feat_lidar.shape[0]} (lidar)")
+        check_rows(feat_image, feat_lidar, batch)
         generator = self.generator(step)
         index = self.select(batch, generator).to(feat_image.device)
         mixed_image, mixed_lidar = feature_mixing(feat_image[index], feat_lidar[index],
