@@ -15,7 +15,7 @@ from PIL import Image
 from segood.metrics.ood import auroc
 from segood.synthetic import OOD_RAW_ID, SyntheticConfig, ensure_dataset, generate_scene, scan_rng, write_dataset
 from segood.synthetic.config import NEAR_KINDS, OOD_KINDS
-from segood.synthetic.street import CAR_COLORS, GLASS, POLE_COLORS, RUBBER
+from segood.synthetic.builder import CAR_COLORS, GLASS, POLE_COLORS, RUBBER
 
 # The standard benchmark's scans at this config, digested before the near benchmark and the kind files
 # existed (labels exactly, points rounded to 1 mm, decoded image pixels; robust to zlib versions).
