@@ -88,6 +88,13 @@ SCHEMA: dict[str, Any] = {
             "modality_norm": Opt("none", str, "make both modalities' features alike before heads, fusion and "
                                               "synthesis: per point, or per dim with no final ReLU",
                                  choices=("none", "layernorm", "standardize")),
+            "out_of_view": Opt("placeholder", str, "camera feature of points the camera does not see: placeholder "
+                                                   "(one learned vector) | predicted (MSeg3D-style: an MLP predicts it "
+                                                   "from the point's LiDAR feature, fitted to the detached camera "
+                                                   "features of visible points with weight loss.out_of_view_mse)",
+                               choices=("placeholder", "predicted")),
+            "extra_logit": Opt(False, bool, "a (K+1)-th 'outlier class' logit (needed by loss.outlier: k_plus_one); "
+                                            "scores and mIoU read the K ID logits"),
         },
     },
     "synthesis": {
@@ -97,6 +104,9 @@ SCHEMA: dict[str, Any] = {
         "max_points": Opt(4096, int, "outliers per step (anchors: camera-visible ID points); null = all",
                           min=1, nullable=True),
         "start_fraction": Opt(0.0, _NUMBER, "share of training steps before synthesis starts", **_RATE),
+        "mix_points": Opt("visible", str, "anchors of Feature Mixing outliers: visible (camera-visible ID points) | "
+                                          "all (every ID point; needs model.fusion.out_of_view: predicted)",
+                          choices=("visible", "all")),
         MEMBERS: Opt({}, dict, "synthesis.<method>: that synthesizer's own options"),
     },
     "loss": {
@@ -105,8 +115,17 @@ SCHEMA: dict[str, Any] = {
         "lovasz_sort": Opt("keys", str, "how its errors are sorted; the same loss (README \"Performance\")",
                            choices=("torch", "keys")),
         "modality": Opt(0.5, _NUMBER, "weight of CE on each per-modality head", min=0.0),
-        "entropy": Opt(0.5, _NUMBER, "weight of entropy maximisation on outliers (fused head)", min=0.0),
-        "anomaly": Opt(1.0, _NUMBER, "weight of BCE on the anomaly head (ID 0, outliers 1)", min=0.0),
+        "outlier": Opt("entropy", str, "outlier loss on the fused logits (segood/ood/outlier_losses: the "
+                                       "OUTLIER_LOSSES registry; segood config --show loss lists them)"),
+        "outlier_options": {
+            MEMBERS: Opt({}, dict, "loss.outlier_options.<loss>: that outlier loss's own options"),
+        },
+        "entropy": Opt(0.5, _NUMBER, "weight of entropy maximisation on outliers (fused head; loss.outlier: "
+                                     "entropy)", min=0.0),
+        "anomaly": Opt(1.0, _NUMBER, "weight of BCE on the anomaly head (ID 0, outliers 1), with every outlier "
+                                     "loss", min=0.0),
+        "out_of_view_mse": Opt(1.0, _NUMBER, "weight of the MSE of predicted camera features on visible points "
+                                             "(model.fusion.out_of_view: predicted)", min=0.0),
         "a2d": Opt(0.0, _NUMBER, "A2D on ID points: maximise modality discrepancy without the GT class "
                                  "(MultiOOD: 0.5)", min=0.0),
         "discrepancy": Opt(0.0, _NUMBER, "outliers: maximise Hellinger distance between modality heads "
@@ -136,6 +155,10 @@ SCHEMA: dict[str, Any] = {
                                     "(0 = only at the end)", min=0),
         "keep_last": Opt(2, int, "numbered checkpoints kept (0 = all)", min=0),
         "val_every": Opt(0, int, ">0: validation mIoU every N steps, best.pt keeps the best", min=0),
+        "outlier_phase": Opt(0, int, "last K of train.steps: encoders frozen (eval mode), only fusion + heads "
+                                     "train, with outliers; the main cosine schedule ends before it", min=0),
+        "outlier_phase_lr": Opt(0.1, _NUMBER, "learning rate of the outlier phase, as a fraction of train.lr "
+                                              "(constant)", min=0.0),
         "monitor": Opt(True, bool, "shortcut monitor at every validation step and the last step: each cheap score's "
                        "AUROC on the step's synthetic outliers vs its val AUROC on real OOD (monitor.jsonl)"),
     },

@@ -19,6 +19,7 @@ from pathlib import Path
 from segood import config
 from segood.config import Family
 from segood.data.readers import READERS
+from segood.ood.outlier_losses import OUTLIER_LOSSES
 from segood.ood.scores import SCORES
 from segood.ood.synthesis import SYNTHESIZERS
 
@@ -28,6 +29,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("score", "eval.score_options.<member>", "eval.scores", lambda: {n: s.options for n, s in SCORES.items()}),
     Family("synthesizer", "synthesis.<member>", "synthesis.method",
            lambda: {n: getattr(s, "options", {}) for n, s in SYNTHESIZERS.items()}),
+    Family("outlier loss", "loss.outlier_options.<member>", "loss.outlier",
+           lambda: {n: dict(m.options) for n, m in OUTLIER_LOSSES.items()}),
     Family("reader", "data.reader_options", "data.dataset", lambda: {n: getattr(r, "OPTIONS", {}) for n, r in READERS.items()}),
 )
 

@@ -25,6 +25,7 @@ from segood.engine.builders import build_dataset, build_grid, build_label_map, b
 from segood.atomic import check_writable, write_json, write_text
 from segood.engine.checkpoint import load_checkpoint, save_checkpoint
 from segood.engine.model_config import check_resume_model
+from segood.engine.objective import check_objective
 from segood.engine.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, gather_objects,
                                        init_distributed, shutdown, weights_checksum)
 from segood.engine.interrupt import SIGNALS, Interrupted, StopRequest, ignore_signals
@@ -53,10 +54,14 @@ class ResumableSampler(DistributedSampler):
         return iter(indices[self.start_batch * self.batch_size:])
 
 
-def lr_lambda(warmup: int, total: int):
-    """Linear warm-up, then cosine decay to 1% of the base rate."""
+def lr_lambda(warmup: int, total: int, phase: int = 0, phase_lr: float = 0.1):
+    """Linear warm-up, then cosine decay to 1% of the base rate over ``total - phase`` steps; the
+    last ``phase`` steps (``train.outlier_phase``) run at the constant ``phase_lr`` times the base."""
+    total = total - phase
 
     def f(step: int) -> float:
+        if phase and step >= total:
+            return phase_lr
         if step < warmup:
             return (step + 1) / warmup
         t = (step - warmup) / max(1, total - warmup)
@@ -161,6 +166,7 @@ class Trainer:
         seed_everything(int(cfg["seed"]), bool(cfg["deterministic"]))
         self.label_map = build_label_map(cfg)
         check_num_classes(cfg, self.label_map)
+        check_objective(cfg)
         self.run = Run(out_dir, info, int(self.tcfg["keep_last"]))
         self.total = int(self.tcfg["steps"])
         self.accumulate = int(self.tcfg["accumulate"])
@@ -170,7 +176,9 @@ class Trainer:
         self.ddp = DistributedDataParallel(self.model, find_unused_parameters=True) if info.enabled else None
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=float(self.tcfg["lr"]),
                                      weight_decay=float(self.tcfg["weight_decay"]))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(int(self.tcfg["warmup_steps"]), self.total))
+        self.phase = int(self.tcfg["outlier_phase"])
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(
+            int(self.tcfg["warmup_steps"]), self.total, self.phase, float(self.tcfg["outlier_phase_lr"])))
         apply_train_runtime(self.tcfg, self.model)
         self.amp_dtype, use_scaler = amp_settings(self.tcfg["amp"], info.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -315,8 +323,14 @@ class Trainer:
             if signum is not None and self.step < self.total:  # on the last step: finish normally
                 self._interrupt(signum)
 
+    def in_outlier_phase(self) -> bool:
+        """True during the last ``train.outlier_phase`` steps."""
+        return self.phase > 0 and self.step >= self.total - self.phase
+
     def _optimizer_step(self, batches: list[dict]) -> dict[str, float]:
-        synth = self.synthesizer if (self.synthesizer is not None and self.step >= self.synth_start) else None
+        phase = self.in_outlier_phase()
+        freeze_encoders(self.model, phase)
+        synth = self.synthesizer if (self.synthesizer is not None and (phase or self.step >= self.synth_start)) else None
         step = self.step
         sums = train_step(self.ddp or self.model, batches, self.opt, self.cfg["loss"], float(self.tcfg["grad_clip"]),
                           synthesize=(lambda fi, fl, b: synth(fi, fl, b, step)) if synth else None,
@@ -384,6 +398,14 @@ def trim_history(path: Path, step: int) -> None:
             keep.append(line if line.endswith("\n") else line + "\n")
     if keep != lines:
         write_text(path, "".join(keep))
+
+
+def freeze_encoders(model: torch.nn.Module, frozen: bool) -> None:
+    """Outlier phase: the encoders (``model.encoders()``) get no gradient and run in eval mode
+    (BatchNorm uses and keeps its running statistics, as at test time); off: trainable, train mode."""
+    for encoder in model.encoders():
+        encoder.requires_grad_(not frozen)
+        encoder.train(not frozen and model.training)
 
 
 @torch.no_grad()

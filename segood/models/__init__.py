@@ -93,4 +93,6 @@ def build_model(model_cfg: Mapping[str, Any]) -> FusionSegmenter:
         num_classes=num_classes,
         hidden=_positive_int(fusion["hidden"], "fusion.hidden"),
         modality_norm=_choice(fusion["modality_norm"], ("none", "layernorm", "standardize"), "fusion.modality_norm"),
+        out_of_view=_choice(fusion["out_of_view"], ("placeholder", "predicted"), "fusion.out_of_view"),
+        extra_logit=_choice(fusion["extra_logit"], (False, True), "fusion.extra_logit"),
     )

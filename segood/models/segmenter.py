@@ -8,6 +8,13 @@ and sends its outliers through the same ``fuse`` and ``heads``.
 The fusion MLP and the heads use LayerNorm, not BatchNorm: outliers pass
 through them in a separate call, and BatchNorm would mix outlier statistics
 into its running estimates and make eval behave differently from training.
+
+Points the camera does not see (``visible`` False, or a batch without images) get their camera
+feature from ``out_of_view``: ``placeholder`` (one learned vector shared by all of them, the image
+branch's) or ``predicted`` (MSeg3D-style completion: a small MLP predicts a pseudo-camera feature
+from each point's LiDAR feature; the objective fits it to the detached real camera features on
+visible points, ``loss.out_of_view_mse``). Either way the same forward serves training, evaluation,
+the viewer and replay of LiDAR-only frames.
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ class FusionSegmenter(nn.Module):
     """
 
     def __init__(self, lidar: LidarBranch, image: ImageBranch, num_classes: int, hidden: int,
-                 modality_norm: str) -> None:
+                 modality_norm: str, out_of_view: str = "placeholder", extra_logit: bool = False) -> None:
         super().__init__()
         self.lidar = lidar
         self.image = image
@@ -65,6 +72,13 @@ class FusionSegmenter(nn.Module):
         d_l, d_c = lidar.out_channels, image.out_channels
         self.fusion = _ln_mlp(d_c + d_l + 1, hidden, hidden)
         self.seg_head = nn.Linear(hidden, num_classes)
+        # A (K+1)-th "outlier class" logit for the k_plus_one outlier loss: its own linear layer on the
+        # fused feature (together with seg_head, one (K+1)-way classifier), so ``logits`` stay the K ID
+        # logits every score, the mIoU and the fitted scores read; the extra one is ``extra_logit``.
+        self.extra_head = nn.Linear(hidden, 1) if extra_logit else None
+        # Pseudo-camera features for points without a projection (MSeg3D's completion).
+        self.camera_completion = (nn.Sequential(nn.Linear(d_l, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, d_c))
+                                  if out_of_view == "predicted" else None)
         self.anomaly_head = nn.Sequential(
             nn.Linear(hidden, hidden // 2), nn.ReLU(inplace=True), nn.Linear(hidden // 2, 1)
         )
@@ -94,12 +108,30 @@ class FusionSegmenter(nn.Module):
         flag = visible.to(feat_lidar.dtype).view(-1, 1)
         return self.fusion(torch.cat([feat_image, feat_lidar, flag], dim=1))
 
+    def encoders(self) -> list[nn.Module]:
+        """The per-modality encoders (frozen in ``train.outlier_phase``); the rest is fusion and heads."""
+        return [self.lidar, self.image]
+
     def heads(self, fused: torch.Tensor) -> dict:
-        """Fused segmentation logits (P, C) and anomaly logit (P,)."""
-        return {
+        """Fused segmentation logits (P, C), anomaly logit (P,), and with an extra head its logit (P,)."""
+        out = {
             "logits": self.seg_head(fused),
             "anomaly_logit": self.anomaly_head(fused).squeeze(1),
         }
+        if self.extra_head is not None:
+            out["extra_logit"] = self.extra_head(fused).squeeze(1)
+        return out
+
+    def complete_camera(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor,
+                        visible: torch.Tensor) -> dict:
+        """Camera features of every point: the real ones where visible, else (``predicted``) the
+        completion MLP's prediction from the LiDAR feature; ``feat_image_predicted`` (P, d_c) is
+        returned for the objective's MSE on visible points. No-op for ``placeholder``."""
+        if self.camera_completion is None:
+            return {"feat_image": feat_image}
+        predicted = self.camera_completion(feat_lidar)
+        return {"feat_image": torch.where(visible.view(-1, 1), feat_image, predicted),
+                "feat_image_predicted": predicted}
 
     def _visible(self, batch: dict, n_points: int, device: torch.device) -> torch.Tensor:
         """Visibility mask; all False when the batch has no images."""
@@ -110,15 +142,18 @@ class FusionSegmenter(nn.Module):
     def forward(self, batch: dict, synthesize: Optional[Synthesizer] = None) -> dict:
         """Encode, fuse and run all heads; optionally synthesize and score outliers."""
         out = self.encode(batch)
-        fi, fl = out["feat_image"], out["feat_lidar"]
+        fl = out["feat_lidar"]
         visible = self._visible(batch, fl.shape[0], fl.device)
+        out.update(self.complete_camera(out["feat_image"], fl, visible))
+        fi = out["feat_image"]
         fused = self.fuse(fi, fl, visible)
         out.update(self.heads(fused))
         out["fused"] = fused
         out["logits_lidar"] = self.lidar_head(fl)
         out["logits_image"] = self.image_head(fi)
         if synthesize is not None:
-            out.update(self.score_outliers(*synthesize(fi, fl, batch)))
+            index, mixed_image, mixed_lidar = synthesize(fi, fl, batch)
+            out.update(self.score_outliers(index, mixed_image, mixed_lidar, visible[index]))
         return out
 
     def infer(self, batch: dict, stage: Callable[[str], ContextManager] | None = None) -> "LazyOutput":
@@ -134,7 +169,12 @@ class FusionSegmenter(nn.Module):
         with stage("fusion"):
             common = torch.promote_types(fi.dtype, fl.dtype)
             fi, fl = fi.to(common), fl.to(common)
-            fused = self._fuse_split(fi, fl, self._visible(batch, fl.shape[0], fl.device))
+            visible = self._visible(batch, fl.shape[0], fl.device)
+            if self.camera_completion is None:
+                fused = self._fuse_split(fi, fl, visible)
+            else:  # predicted camera features differ per point: no shared placeholder to split out
+                fi = self.complete_camera(fi, fl, visible)["feat_image"]
+                fused = self.fuse(fi, fl, visible)
         return LazyOutput(self, {"feat_image": fi, "feat_lidar": fl, "fused": fused})
 
     def _fuse_split(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
@@ -155,17 +195,23 @@ class FusionSegmenter(nn.Module):
             h.index_add_(0, rows, seen - F.linear(placeholder, w_image) if unseen.numel() else seen)
         return self.fusion[1:](h)
 
-    def score_outliers(self, index: torch.Tensor, mixed_image: torch.Tensor, mixed_lidar: torch.Tensor) -> dict:
-        """Send synthesized outliers through fuse (visible=True) and the heads."""
-        visible = torch.ones(index.shape[0], dtype=torch.bool, device=mixed_lidar.device)
+    def score_outliers(self, index: torch.Tensor, mixed_image: torch.Tensor, mixed_lidar: torch.Tensor,
+                       visible: Optional[torch.Tensor] = None) -> dict:
+        """Send synthesized outliers through fuse and the heads, each with its anchor's visibility
+        flag (``visible``, (M,); None: all visible, as every anchor was before ``mix_points: all``)."""
+        if visible is None:
+            visible = torch.ones(index.shape[0], dtype=torch.bool, device=mixed_lidar.device)
         heads = self.heads(self.fuse(mixed_image, mixed_lidar, visible))
-        return {
+        out = {
             "outlier_index": index,
             "outlier_logits": heads["logits"],
             "outlier_anomaly_logit": heads["anomaly_logit"],
             "outlier_logits_image": self.image_head(mixed_image),
             "outlier_logits_lidar": self.lidar_head(mixed_lidar),
         }
+        if "extra_logit" in heads:
+            out["outlier_extra_logit"] = heads["extra_logit"]
+        return out
 
 
 class LazyOutput(Mapping):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["cross_entropy", "focal_loss", "lovasz_softmax", "entropy_maximization", "anomaly_bce",
-           "hellinger_distance", "a2d_loss", "discrepancy_loss"]
+           "margin_hinge", "hellinger_distance", "a2d_loss", "discrepancy_loss"]
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:
@@ -120,6 +120,18 @@ def anomaly_bce(id_logit: torch.Tensor, outlier_logit: torch.Tensor) -> torch.Te
     if not terms:
         return _zero(id_logit) + _zero(outlier_logit)
     return torch.stack(terms).mean()
+
+
+def margin_hinge(score_in: torch.Tensor, score_out: torch.Tensor, m_in: float, m_out: float) -> torch.Tensor:
+    """``mean relu(score_in - m_in)^2 + mean relu(m_out - score_out)^2``: the squared hinge of the
+    energy (Liu et al. 2020) and RbA outlier losses, for a score that is high on anomalies. ID scores
+    are pushed below ``m_in``, outlier scores above ``m_out``; an empty side contributes 0."""
+    terms = [_zero(score_in) + _zero(score_out)]
+    if score_in.numel():
+        terms.append(F.relu(score_in - m_in).pow(2).mean())
+    if score_out.numel():
+        terms.append(F.relu(m_out - score_out).pow(2).mean())
+    return sum(terms)
 
 
 # ------------------------------------------------------------------ MultiOOD: A2D and discrepancy

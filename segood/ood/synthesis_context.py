@@ -21,6 +21,7 @@ class SynthesisContext:
     seed: int
     max_points: int | None  # outliers per step (null = all anchors)
     options: Mapping[str, Any] = field(default_factory=dict)  # synthesis.<name>, checked, defaults filled
+    mix_points: str = "visible"  # Feature Mixing anchors: visible | all (synthesis.mix_points)
 
 
 Builder = Callable[[Mapping, SynthesisContext], Callable]

@@ -1,8 +1,10 @@
 """Which points become outliers, and the per-step randomness every synthesizer shares.
 
 The anchor rule (the one place it is written): a point may be mixed, or anchor an outlier, when it
-is camera-visible (``batch['visible']``) and ID-labelled (``batch['target'] >= 0``). Ignored and OOD
-points (target -1) and points outside the camera never are. A step's randomness is a fresh CPU
+is ID-labelled (``batch['target'] >= 0``) and, with ``mix_points='visible'`` (the default),
+camera-visible (``batch['visible']``). ``mix_points='all'`` (``synthesis.mix_points``) admits
+out-of-view points too, for models that give them a predicted camera feature
+(``model.fusion.out_of_view: predicted``). Ignored and OOD points (target -1) never are. A step's randomness is a fresh CPU
 ``torch.Generator`` seeded from ``(seed, step)``, so the same seed and step give the same draw.
 """
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Mapping
 
 import torch
 
-__all__ = ["Batch", "Outliers", "anchor_mask", "anchor_points", "subsample", "select_anchors", "step_seed",
+__all__ = ["MIX_POINTS", "Batch", "Outliers", "anchor_mask", "anchor_points", "subsample", "select_anchors", "step_seed",
            "step_generator", "check_rows"]
 
 Outliers = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (index (M,), image part (M, d_c), LiDAR part (M, d_l))
@@ -20,14 +22,21 @@ Batch = Mapping[str, torch.Tensor]
 _MASK64 = (1 << 64) - 1
 
 
-def anchor_mask(batch: Batch) -> torch.Tensor:
-    """(P,) bool on the batch's device: the points that may be mixed (camera-visible, ID-labelled)."""
-    return batch["visible"].bool() & (batch["target"] >= 0)
+MIX_POINTS = ("visible", "all")  # synthesis.mix_points
 
 
-def anchor_points(batch: Batch) -> torch.Tensor:
+def anchor_mask(batch: Batch, mix_points: str = "visible") -> torch.Tensor:
+    """(P,) bool on the batch's device: the points that may be mixed (ID-labelled; camera-visible
+    unless ``mix_points='all'``)."""
+    if mix_points not in MIX_POINTS:
+        raise ValueError(f"synthesis.mix_points: {mix_points!r}: expected one of {', '.join(map(repr, MIX_POINTS))}")
+    labelled = batch["target"] >= 0
+    return labelled if mix_points == "all" else batch["visible"].bool() & labelled
+
+
+def anchor_points(batch: Batch, mix_points: str = "visible") -> torch.Tensor:
     """Sorted CPU LongTensor of the points of :func:`anchor_mask`."""
-    return torch.nonzero(anchor_mask(batch).cpu(), as_tuple=False).squeeze(1)
+    return torch.nonzero(anchor_mask(batch, mix_points).cpu(), as_tuple=False).squeeze(1)
 
 
 def subsample(index: torch.Tensor, max_points: int | None, generator: torch.Generator) -> torch.Tensor:
@@ -38,9 +47,10 @@ def subsample(index: torch.Tensor, max_points: int | None, generator: torch.Gene
     return index[keep.sort().values]
 
 
-def select_anchors(batch: Batch, max_points: int | None, generator: torch.Generator) -> torch.Tensor:
+def select_anchors(batch: Batch, max_points: int | None, generator: torch.Generator,
+                   mix_points: str = "visible") -> torch.Tensor:
     """Sorted (CPU) LongTensor of the anchors, randomly subsampled to ``max_points``."""
-    return subsample(anchor_points(batch), max_points, generator)
+    return subsample(anchor_points(batch, mix_points), max_points, generator)
 
 
 def step_seed(seed: int, step: int) -> int:

@@ -22,10 +22,11 @@ class BlockFeatureMixing(FeatureMixing):
     OPTIONS = {"n_min": Opt(8, int, "shortest block of swapped dims", min=1),
                "n_max": Opt(32, int, "longest block of swapped dims (>= n_min, <= min(d_c, d_l))", min=1)}
 
-    def __init__(self, n_min: int, n_max: int, seed: int = 0, max_points: int | None = None) -> None:
+    def __init__(self, n_min: int, n_max: int, seed: int = 0, max_points: int | None = None,
+                 mix_points: str = "visible") -> None:
         if not 1 <= n_min <= n_max:
             raise ValueError(f"block n_min/n_max must satisfy 1 <= n_min <= n_max, got {n_min}, {n_max}")
-        super().__init__(n_max, seed=seed, max_points=max_points)
+        super().__init__(n_max, seed=seed, max_points=max_points, mix_points=mix_points)
         self.n_min, self.n_max = int(n_min), int(n_max)
 
     def __call__(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor, batch: Batch, step: int) -> Outliers:
@@ -46,4 +47,5 @@ class BlockFeatureMixing(FeatureMixing):
 
 def build_block_feature_mixing(cfg_synthesis: Mapping, ctx: SynthesisContext) -> BlockFeatureMixing:
     """``feature_mixing_block``, options (:attr:`BlockFeatureMixing.OPTIONS`) in ``synthesis.feature_mixing_block``."""
-    return BlockFeatureMixing(ctx.options["n_min"], ctx.options["n_max"], seed=ctx.seed, max_points=ctx.max_points)
+    return BlockFeatureMixing(ctx.options["n_min"], ctx.options["n_max"], seed=ctx.seed, max_points=ctx.max_points,
+                              mix_points=ctx.mix_points)

@@ -158,13 +158,14 @@ def _mix_rows(feat_image: torch.Tensor, feat_lidar: torch.Tensor, index: torch.T
 class KernelFeatureMixing:
     """Drop-in for :class:`segood.ood.feature_mixing.reference.FeatureMixing`, backed by the kernel.
 
-    Selects the anchors (:func:`segood.ood.feature_mixing.anchors.select_anchors`: camera-visible,
+    Selects the anchors (:func:`segood.ood.feature_mixing.anchors.select_anchors`: ``mix_points``,
     ID-labelled points), optionally subsampled to ``max_points`` with a CPU generator seeded from (seed, step), mixes
     them with :func:`feature_mixing_op` (RNG counter = row index in the batch, so a point's
     outlier does not depend on which other points were selected) and returns their rows.
     """
 
-    def __init__(self, n_swap: int, seed: int = 0, max_points: int | None = None, rows_only: bool = True) -> None:
+    def __init__(self, n_swap: int, seed: int = 0, max_points: int | None = None, mix_points: str = "visible",
+                 rows_only: bool = True) -> None:
         if n_swap < 0:
             raise ValueError(f"n_swap must be >= 0, got {n_swap}")
         if max_points is not None and max_points < 1:
@@ -173,10 +174,11 @@ class KernelFeatureMixing:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
         self.n_swap, self.seed, self.max_points = int(n_swap), int(seed), max_points
         self.rows_only = rows_only  # a subset of anchors: mix those rows alone (_mix_rows, bit-equal)
+        self.mix_points = mix_points  # synthesis.mix_points: visible | all (the anchor rule)
 
     def select(self, batch: Mapping[str, torch.Tensor], step: int) -> torch.Tensor:
         """Sorted LongTensor (CPU) of visible, ID-labelled points, subsampled to ``max_points``."""
-        return select_anchors(batch, self.max_points, step_generator(self.seed, step))
+        return select_anchors(batch, self.max_points, step_generator(self.seed, step), self.mix_points)
 
     def __call__(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor,
                  batch: Mapping[str, torch.Tensor], step: int

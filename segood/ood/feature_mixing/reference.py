@@ -85,12 +85,13 @@ class FeatureMixing:
     draws new ones.
     """
 
-    def __init__(self, n_swap: int, seed: int = 0, max_points: int | None = None) -> None:
+    def __init__(self, n_swap: int, seed: int = 0, max_points: int | None = None, mix_points: str = "visible") -> None:
         if n_swap < 0:
             raise ValueError(f"n_swap must be >= 0, got {n_swap}")
         if max_points is not None and max_points < 1:
             raise ValueError(f"max_points must be >= 1 or None, got {max_points}")
         self.n_swap, self.seed, self.max_points = int(n_swap), int(seed), max_points
+        self.mix_points = mix_points  # synthesis.mix_points: visible | all (the anchor rule)
 
     def generator(self, step: int) -> torch.Generator:
         """The CPU generator for ``step`` (a new one each call, so calls never interfere)."""
@@ -98,7 +99,7 @@ class FeatureMixing:
 
     def select(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         """Sorted LongTensor of the anchors, subsampled to ``max_points``."""
-        return select_anchors(batch, self.max_points, generator)
+        return select_anchors(batch, self.max_points, generator, self.mix_points)
 
     def __call__(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor,
                  batch: Batch, step: int

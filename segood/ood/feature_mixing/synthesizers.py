@@ -48,9 +48,10 @@ def build_feature_mixing(cfg_synthesis: Mapping, ctx: SynthesisContext):
         from segood.ood.feature_mixing.kernel import KernelFeatureMixing as cls
     except ImportError:
         cls = FeatureMixing
-    return cls(int(cfg_synthesis["n_swap"]), seed=ctx.seed, max_points=ctx.max_points)
+    return cls(int(cfg_synthesis["n_swap"]), seed=ctx.seed, max_points=ctx.max_points, mix_points=ctx.mix_points)
 
 
 def build_shared_feature_mixing(cfg_synthesis: Mapping, ctx: SynthesisContext) -> SharedIndexFeatureMixing:
     """``feature_mixing_shared``: one set of swapped dims per call."""
-    return SharedIndexFeatureMixing(int(cfg_synthesis["n_swap"]), seed=ctx.seed, max_points=ctx.max_points)
+    return SharedIndexFeatureMixing(int(cfg_synthesis["n_swap"]), seed=ctx.seed, max_points=ctx.max_points,
+                                    mix_points=ctx.mix_points)

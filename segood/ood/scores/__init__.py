@@ -25,7 +25,7 @@ import torch
 from segood.config import ConfigError
 from segood.ood.scores.fitted import ASH, KNN, FittedScore, Mahalanobis, ReAct, ViM
 from segood.ood.scores.logit import (ENERGY_OPTIONS, GEN_OPTIONS, RELATIVE_ENERGY_OPTIONS, anomaly_head, energy, entropy,
-                                     gen, maxlogit, msp, relative_energy)
+                                     gen, maxlogit, msp, rba, relative_energy)
 from segood.options import Opt, OptionError, check_options
 
 __all__ = ["Score", "SCORES", "FITTED_SCORES", "get_score", "check_score_names", "score_range", "is_fitted",
@@ -101,6 +101,7 @@ SCORES: dict[str, Score] = {s.name: s for s in (
           options=RELATIVE_ENERGY_OPTIONS),  # = -log(softmax mass of the ID logits): [0, inf)
     Score("entropy", entropy, range=lambda c, **_: (0.0, math.log(c))),
     Score("gen", gen, range=_gen_range, options=GEN_OPTIONS),
+    Score("rba", rba, range=lambda c, **_: (-float(c), float(c))),
     Score("mahalanobis", fitted=Mahalanobis),
     Score("knn", fitted=KNN, range=lambda c, **_: (0.0, 2.0), options=KNN.OPTIONS),  # distance between unit vectors
     Score("vim", fitted=ViM, options=ViM.OPTIONS),

@@ -19,7 +19,7 @@ import torch
 from segood.ood.scores.fitted import free_energy
 from segood.options import Opt
 
-__all__ = ["anomaly_head", "msp", "maxlogit", "energy", "relative_energy", "entropy", "gen"]
+__all__ = ["anomaly_head", "msp", "maxlogit", "energy", "relative_energy", "entropy", "gen", "rba", "rba_score"]
 
 Output = Mapping[str, torch.Tensor]
 
@@ -85,3 +85,13 @@ def gen(out: Output, gamma: float = GEN_OPTIONS["gamma"].default,
     if top_m is not None:
         p = p.topk(min(int(top_m), p.shape[1]), dim=1).values
     return (p.pow(gamma) * (1.0 - p).pow(gamma)).sum(dim=1)
+
+
+def rba_score(logits: torch.Tensor) -> torch.Tensor:
+    """``-sum_k tanh(logit_k)`` per row, in [-K, K]: high when every class rejects the point."""
+    return -torch.tanh(logits).sum(dim=1)
+
+
+def rba(out: Output) -> torch.Tensor:
+    """Rejected by All (Nayal et al., ICCV 2023): :func:`rba_score` of the segmentation logits."""
+    return rba_score(out["logits"])

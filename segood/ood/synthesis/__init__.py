@@ -86,5 +86,6 @@ def build_synthesizer(name: str, cfg_synthesis: Mapping, num_classes: int, d_ima
         return None
     max_points = cfg_synthesis.get("max_points")
     ctx = SynthesisContext(int(num_classes), int(d_image), int(d_lidar), int(seed),
-                           None if max_points is None else int(max_points), synthesizer_options(name, cfg_synthesis))
+                           None if max_points is None else int(max_points), synthesizer_options(name, cfg_synthesis),
+                           cfg_synthesis.get("mix_points", "visible"))
     return entry.build(cfg_synthesis, ctx)
