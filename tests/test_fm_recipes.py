@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from segood.config import CONFIG_DIR, load_config
+from segood.config import CONFIG_DIR
+from segood.engine.families import load_config
 from segood.engine.checkpoint import load_checkpoint
 from segood.engine.evaluate import evaluate
 from segood.engine.objective import compute_losses
@@ -16,7 +17,7 @@ from segood.engine.train import freeze_encoders, lr_lambda, train
 from segood.models import build_model
 from segood.ood.feature_mixing import FeatureMixing, KernelFeatureMixing, select_anchors
 
-from test_engine import SMALL
+from builders import SMALL
 from test_models import SMALL_CFG, make_batch
 
 PREDICTED = {**SMALL_CFG, "fusion": {"hidden": 32, "out_of_view": "predicted"}}
