@@ -11,6 +11,7 @@ The key logic (:class:`ViewerState`, :func:`load_skipping`) is plain Python, tes
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -205,13 +206,23 @@ class _Window:
         self.panel.update_geometry(self.legend)
 
     def loop(self, poll_s: float = 0.01) -> None:
-        """Poll both windows until one is closed or Q is pressed (Ctrl-C raises KeyboardInterrupt here)."""
-        while self.open:
-            for vis in (self.vis, self.panel):
-                if not vis.poll_events():
-                    self.open = False
-                vis.update_renderer()
-            time.sleep(poll_s)
+        """Poll both windows until one is closed or Q is pressed; Ctrl-C raises KeyboardInterrupt here.
+
+        SIGINT only sets a flag while the loop runs: raised inside a key callback (open3d calls it from
+        C++ during ``poll_events``) the exception would be swallowed there and the viewer would go on."""
+        interrupted = []
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+        try:
+            while self.open and not interrupted:
+                for vis in (self.vis, self.panel):
+                    if not vis.poll_events():
+                        self.open = False
+                    vis.update_renderer()
+                time.sleep(poll_s)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if interrupted:
+            raise KeyboardInterrupt
 
     def close(self) -> None:
         for vis in (self.panel, self.vis):
