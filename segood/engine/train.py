@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from pathlib import Path
 from typing import Callable
@@ -16,13 +15,13 @@ import numpy as np
 import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segood.config import ConfigError
 from segood.data.batching import collate
 from segood.engine.builders import build_dataset, build_grid, build_label_map, build_loader, build_synthesizer
-from segood.atomic import check_writable, write_json, write_text
+from segood.atomic import check_writable, write_json
 from segood.engine.checkpoint import load_checkpoint, save_checkpoint
 from segood.engine.model_config import check_resume_model
 from segood.engine.objective import check_objective
@@ -31,27 +30,12 @@ from segood.engine.distributed import (DistInfo, all_reduce_sum, barrier, broadc
 from segood.engine.interrupt import SIGNALS, Interrupted, StopRequest, ignore_signals
 from segood.engine.monitor import Monitor
 from segood.engine.runtime import amp_settings, apply_train_runtime
+from segood.engine.resume import ResumableSampler, rng_state, seed_everything, set_rng_state, trim_history
 from segood.engine.step import train_step
 from segood.metrics.iou import ConfusionMatrix
 from segood.models import build_model
 
 LOG = logging.getLogger("segood.train")
-
-
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler (shuffled by seed + epoch, as torch does) that can start mid-epoch, so a
-    resumed run sees exactly the batches the interrupted one would have, without loading the
-    skipped ones."""
-
-    def __init__(self, dataset, info: DistInfo, seed: int, batch_size: int):
-        super().__init__(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed,
-                         drop_last=len(dataset) >= info.world_size)
-        self.batch_size = batch_size
-        self.start_batch = 0
-
-    def __iter__(self):
-        indices = list(super().__iter__())
-        return iter(indices[self.start_batch * self.batch_size:])
 
 
 def lr_lambda(warmup: int, total: int, phase: int = 0, phase_lr: float = 0.1):
@@ -76,30 +60,6 @@ def check_num_classes(cfg: dict, label_map) -> None:
             f"model.num_classes is {cfg['model']['num_classes']} but label map '{label_map.source}' has "
             f"{label_map.num_classes} in-distribution classes"
         )
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -380,24 +340,6 @@ class Trainer:
             self.monitor.record(self.step, miou, parts)
         self.monitor.reset()
         return miou
-
-
-def trim_history(path: Path, step: int) -> None:
-    """Keep only the records of ``history.jsonl`` up to ``step`` (and drop a half-written last
-    line): a resumed run logs the steps after its checkpoint again."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    keep = []
-    for line in lines:
-        try:
-            rec_step = int(json.loads(line)["step"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        if rec_step <= step:
-            keep.append(line if line.endswith("\n") else line + "\n")
-    if keep != lines:
-        write_text(path, "".join(keep))
 
 
 def freeze_encoders(model: torch.nn.Module, frozen: bool) -> None:
