@@ -154,7 +154,7 @@ def _config_and_checkpoint(args: argparse.Namespace) -> tuple[dict | None, Path]
     if config is None and (args.set or args.split or args.sequences):
         raise ValueError("--set / --split / --sequences are for a data root: give a config YAML as INPUT")
     model_sets = [a for a in args.set or [] if a.strip().startswith("model.")]
-    if model_sets:  # until the config branch's model_config_from_checkpoint refuses only the disagreeing ones
+    if model_sets:  # predict takes the whole model from the checkpoint (no per-key comparison here)
         raise ValueError(f"--set {model_sets[0]}: the model is built from the checkpoint's own config; model keys "
                          "cannot be changed here")
     if config is not None and (args.image or args.calib):

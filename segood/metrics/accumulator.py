@@ -140,7 +140,7 @@ class EvalAccumulator:
 
     def ood(self) -> dict[str, dict[str, dict]]:
         """``{score: {subset: {auroc, aupr, fpr95, num_id, num_ood}}}``, or an error entry when undefined."""
-        return {n: {s: _safe_metrics(self.hist[n][s]) if n in self.hist else _undefined(0, 0) for s in SUBSETS}
+        return {n: {s: safe_metrics(self.hist[n][s]) if n in self.hist else _undefined(0, 0) for s in SUBSETS}
                 for n in self.names}
 
     def error_bounds(self) -> dict[str, dict[str, dict[str, float]]]:
@@ -160,7 +160,7 @@ def _undefined(num_id: int, num_ood: int) -> dict:
     return {"error": "no ID or no OOD point in this subset: metrics undefined", "num_id": num_id, "num_ood": num_ood}
 
 
-def _safe_metrics(hist: ScoreHistogram) -> dict:
+def safe_metrics(hist: ScoreHistogram) -> dict:
     """Histogram metrics, or a dict saying why they are undefined (e.g. no OOD point in the split)."""
     try:
         return hist.metrics()

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from segood.metrics.accumulator import EvalAccumulator, _safe_metrics, bin_error_bounds
+from segood.metrics.accumulator import EvalAccumulator, safe_metrics, bin_error_bounds
 from segood.metrics.ood import ScoreHistogram
 
 __all__ = ["KindHistograms", "add_kinds", "kind_metrics"]
@@ -101,7 +101,7 @@ def kind_metrics(kinds: KindHistograms | None, acc: EvalAccumulator) -> dict[str
     per_kind, per_family = kinds.histograms(acc.hist)
 
     def block(tree: Mapping[str, Mapping[str, Mapping[str, ScoreHistogram]]]) -> dict:
-        return {n: {k: {s: {**_safe_metrics(h), "bin_error_bound": bin_error_bounds(h.counts)} for s, h in per.items()}
+        return {n: {k: {s: {**safe_metrics(h), "bin_error_bound": bin_error_bounds(h.counts)} for s, h in per.items()}
                     for k, per in by.items()} for n, by in tree.items()}
 
     seen = sorted({k for by in per_kind.values() for k in by})
