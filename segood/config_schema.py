@@ -93,6 +93,9 @@ SCHEMA: dict[str, Any] = {
                                                    "from the point's LiDAR feature, fitted to the detached camera "
                                                    "features of visible points with weight loss.out_of_view_mse)",
                                choices=("placeholder", "predicted")),
+            "completion_trains_lidar": Opt(True, bool, "out_of_view: predicted: the MSE of the completion also trains "
+                                                       "the LiDAR branch (true, MSeg3D) or only the completion MLP "
+                                                       "(false: the LiDAR branch keeps learning segmentation alone)"),
             "extra_logit": Opt(False, bool, "a (K+1)-th 'outlier class' logit (needed by loss.outlier: k_plus_one); "
                                             "scores and mIoU read the K ID logits"),
         },
@@ -158,7 +161,11 @@ SCHEMA: dict[str, Any] = {
         "outlier_phase": Opt(0, int, "last K of train.steps: encoders frozen (eval mode), only fusion + heads "
                                      "train, with outliers; the main cosine schedule ends before it", min=0),
         "outlier_phase_lr": Opt(0.1, _NUMBER, "learning rate of the outlier phase, as a fraction of train.lr "
-                                              "(constant)", min=0.0),
+                                              "(constant; with outlier_phase_schedule: overlay, its floor)", min=0.0),
+        "outlier_phase_schedule": Opt("own", str, "own: the main cosine ends before the outlier phase; overlay: the "
+                                                  "main cosine spans all train.steps, as without a phase, and the "
+                                                  "phase runs at max(cosine, outlier_phase_lr)",
+                                      choices=("own", "overlay")),
         "monitor": Opt(True, bool, "shortcut monitor at every validation step and the last step: each cheap score's "
                        "AUROC on the step's synthetic outliers vs its val AUROC on real OOD (monitor.jsonl)"),
     },

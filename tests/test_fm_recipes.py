@@ -73,6 +73,22 @@ def test_completion_mse_is_on_visible_points_against_detached_camera_features():
                                                            "out_of_view_mse": 2.0})["out_of_view_mse"], hand.detach())
 
 
+@pytest.mark.parametrize("trains_lidar", [True, False])
+def test_completion_trains_lidar_decides_whether_the_mse_reaches_the_lidar_branch(trains_lidar):
+    batch = make_batch(800)
+    torch.manual_seed(0)
+    model = build_model({**SMALL_CFG, "fusion": {"hidden": 32, "out_of_view": "predicted",
+                                                 "completion_trains_lidar": trains_lidar}})
+    out = model(batch)
+    model.zero_grad()
+    compute_losses(out, batch, {**load_config(CONFIG_DIR / "base.yaml")["loss"], "lovasz": 0.0, "modality": 0.0,
+                                "anomaly": 0.0})["out_of_view_mse"].backward()
+    lidar_grad = sum(float(p.grad.abs().sum()) for p in model.lidar.parameters() if p.grad is not None)
+    assert (lidar_grad > 0) == trains_lidar
+    assert model.camera_completion[0].weight.grad.abs().sum() > 0
+    torch.testing.assert_close(out["feat_image_predicted"], model.camera_completion(out["feat_lidar"]))
+
+
 def test_mix_points_all_mixes_out_of_view_points_and_keeps_their_flag():
     batch = make_batch(800)
     labelled, vis = batch["target"] >= 0, batch["visible"]
@@ -143,3 +159,10 @@ def test_outlier_phase_schedule_ends_the_cosine_before_the_phase():
     assert [plain(s) for s in range(100)] == [lr_lambda(5, 100, 0, 0.5)(s) for s in range(100)]
     assert phased(79) == pytest.approx(lr_lambda(5, 80)(79)) and phased(79) < 0.02
     assert [phased(s) for s in (80, 90, 99)] == [0.1, 0.1, 0.1]
+
+
+def test_overlay_phase_schedule_keeps_the_main_cosine_and_floors_the_phase():
+    plain, overlay = lr_lambda(5, 100), lr_lambda(5, 100, phase=20, phase_lr=0.1, schedule="overlay")
+    assert [overlay(s) for s in range(80)] == [plain(s) for s in range(80)]
+    assert overlay(80) == pytest.approx(max(plain(80), 0.1)) and overlay(80) > 0.1
+    assert overlay(99) == 0.1 and plain(99) < 0.1

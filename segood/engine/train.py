@@ -38,18 +38,24 @@ from segood.models import build_model
 LOG = logging.getLogger("segood.train")
 
 
-def lr_lambda(warmup: int, total: int, phase: int = 0, phase_lr: float = 0.1):
-    """Linear warm-up, then cosine decay to 1% of the base rate over ``total - phase`` steps; the
-    last ``phase`` steps (``train.outlier_phase``) run at the constant ``phase_lr`` times the base."""
-    total = total - phase
+def lr_lambda(warmup: int, total: int, phase: int = 0, phase_lr: float = 0.1, schedule: str = "own"):
+    """Linear warm-up, then cosine decay to 1% of the base rate. ``schedule`` of the last ``phase`` steps
+    (``train.outlier_phase``): ``own``: the cosine ends ``phase`` steps early and the phase runs at the
+    constant ``phase_lr`` times the base; ``overlay``: the cosine spans all ``total`` steps and the phase
+    runs at ``max(cosine, phase_lr)`` (the ID schedule is the one a run without a phase has)."""
+    start = total - phase
+    cosine_end = start if schedule == "own" else total
 
-    def f(step: int) -> float:
-        if phase and step >= total:
-            return phase_lr
+    def cosine(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        t = (step - warmup) / max(1, total - warmup)
+        t = (step - warmup) / max(1, cosine_end - warmup)
         return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+    def f(step: int) -> float:
+        if phase and step >= start:
+            return phase_lr if schedule == "own" else max(cosine(step), phase_lr)
+        return cosine(step)
 
     return f
 
@@ -138,7 +144,8 @@ class Trainer:
                                      weight_decay=float(self.tcfg["weight_decay"]))
         self.phase = int(self.tcfg["outlier_phase"])
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(
-            int(self.tcfg["warmup_steps"]), self.total, self.phase, float(self.tcfg["outlier_phase_lr"])))
+            int(self.tcfg["warmup_steps"]), self.total, self.phase, float(self.tcfg["outlier_phase_lr"]),
+            self.tcfg["outlier_phase_schedule"]))
         apply_train_runtime(self.tcfg, self.model)
         self.amp_dtype, use_scaler = amp_settings(self.tcfg["amp"], info.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)

@@ -95,4 +95,6 @@ def build_model(model_cfg: Mapping[str, Any]) -> FusionSegmenter:
         modality_norm=_choice(fusion["modality_norm"], ("none", "layernorm", "standardize"), "fusion.modality_norm"),
         out_of_view=_choice(fusion["out_of_view"], ("placeholder", "predicted"), "fusion.out_of_view"),
         extra_logit=_choice(fusion["extra_logit"], (False, True), "fusion.extra_logit"),
+        completion_trains_lidar=_choice(fusion["completion_trains_lidar"], (False, True),
+                                        "fusion.completion_trains_lidar"),
     )

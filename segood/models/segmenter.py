@@ -64,7 +64,8 @@ class FusionSegmenter(nn.Module):
     """
 
     def __init__(self, lidar: LidarBranch, image: ImageBranch, num_classes: int, hidden: int,
-                 modality_norm: str, out_of_view: str = "placeholder", extra_logit: bool = False) -> None:
+                 modality_norm: str, out_of_view: str = "placeholder", extra_logit: bool = False,
+                 completion_trains_lidar: bool = True) -> None:
         super().__init__()
         self.lidar = lidar
         self.image = image
@@ -79,6 +80,7 @@ class FusionSegmenter(nn.Module):
         # Pseudo-camera features for points without a projection (MSeg3D's completion).
         self.camera_completion = (nn.Sequential(nn.Linear(d_l, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, d_c))
                                   if out_of_view == "predicted" else None)
+        self.completion_trains_lidar = completion_trains_lidar
         self.anomaly_head = nn.Sequential(
             nn.Linear(hidden, hidden // 2), nn.ReLU(inplace=True), nn.Linear(hidden // 2, 1)
         )
@@ -126,12 +128,16 @@ class FusionSegmenter(nn.Module):
                         visible: torch.Tensor) -> dict:
         """Camera features of every point: the real ones where visible, else (``predicted``) the
         completion MLP's prediction from the LiDAR feature; ``feat_image_predicted`` (P, d_c) is
-        returned for the objective's MSE on visible points. No-op for ``placeholder``."""
+        returned for the objective's MSE on visible points (in training without
+        ``completion_trains_lidar``: predicted from the detached LiDAR feature, so that the MSE trains the
+        completion MLP only). No-op for ``placeholder``."""
         if self.camera_completion is None:
             return {"feat_image": feat_image}
         predicted = self.camera_completion(feat_lidar)
+        fitted = (self.camera_completion(feat_lidar.detach()) if self.training and not self.completion_trains_lidar
+                  else predicted)
         return {"feat_image": torch.where(visible.view(-1, 1), feat_image, predicted),
-                "feat_image_predicted": predicted}
+                "feat_image_predicted": fitted}
 
     def _visible(self, batch: dict, n_points: int, device: torch.device) -> torch.Tensor:
         """Visibility mask; all False when the batch has no images."""
