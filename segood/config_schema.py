@@ -166,6 +166,9 @@ SCHEMA: dict[str, Any] = {
                                                   "main cosine spans all train.steps, as without a phase, and the "
                                                   "phase runs at max(cosine, outlier_phase_lr)",
                                       choices=("own", "overlay")),
+        "outlier_phase_trains": Opt("fusion_and_heads", str, "what the outlier phase trains: the fusion MLP (and "
+                                                             "camera completion) and the heads, or the heads only",
+                                    choices=("fusion_and_heads", "heads")),
         "monitor": Opt(True, bool, "shortcut monitor at every validation step and the last step: each cheap score's "
                        "AUROC on the step's synthetic outliers vs its val AUROC on real OOD (monitor.jsonl)"),
     },

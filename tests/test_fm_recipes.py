@@ -154,6 +154,22 @@ def test_outlier_phase_freezes_exactly_the_encoders():
     assert model.lidar.training and all(p.requires_grad for p in model.parameters())
 
 
+def test_a_heads_only_outlier_phase_also_freezes_fusion_and_completion():
+    batch = make_batch(600)
+    torch.manual_seed(0)
+    model = build_model(PREDICTED).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    freeze_encoders(model, True, heads_only=True)
+    synth = FeatureMixing(4, seed=0)
+    train_step(model, [batch], opt, load_config(CONFIG_DIR / "base.yaml")["loss"], 10.0,
+               synthesize=lambda fi, fl, b: synth(fi, fl, b, 0))
+    changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"seg_head", "anomaly_head", "lidar_head", "image_head"}
+    freeze_encoders(model, False, heads_only=True)
+    assert model.fusion.training and all(p.requires_grad for p in model.parameters())
+
+
 def test_outlier_phase_schedule_ends_the_cosine_before_the_phase():
     plain, phased = lr_lambda(5, 100), lr_lambda(5, 100, phase=20, phase_lr=0.1)
     assert [plain(s) for s in range(100)] == [lr_lambda(5, 100, 0, 0.5)(s) for s in range(100)]

@@ -296,7 +296,7 @@ class Trainer:
 
     def _optimizer_step(self, batches: list[dict]) -> dict[str, float]:
         phase = self.in_outlier_phase()
-        freeze_encoders(self.model, phase)
+        freeze_encoders(self.model, phase, self.tcfg["outlier_phase_trains"] == "heads")
         synth = self.synthesizer if (self.synthesizer is not None and (phase or self.step >= self.synth_start)) else None
         step = self.step
         sums = train_step(self.ddp or self.model, batches, self.opt, self.cfg["loss"], float(self.tcfg["grad_clip"]),
@@ -349,12 +349,13 @@ class Trainer:
         return miou
 
 
-def freeze_encoders(model: torch.nn.Module, frozen: bool) -> None:
-    """Outlier phase: the encoders (``model.encoders()``) get no gradient and run in eval mode
-    (BatchNorm uses and keeps its running statistics, as at test time); off: trainable, train mode."""
-    for encoder in model.encoders():
-        encoder.requires_grad_(not frozen)
-        encoder.train(not frozen and model.training)
+def freeze_encoders(model: torch.nn.Module, frozen: bool, heads_only: bool = False) -> None:
+    """Outlier phase: the encoders (``model.encoders()``; with ``heads_only`` also the fusion MLP and
+    the camera completion, ``model.fusion_modules()``) get no gradient and run in eval mode (BatchNorm
+    uses and keeps its running statistics, as at test time); off: trainable, train mode."""
+    for module in model.encoders() + (model.fusion_modules() if heads_only else []):
+        module.requires_grad_(not frozen)
+        module.train(not frozen and model.training)
 
 
 @torch.no_grad()

@@ -114,6 +114,11 @@ class FusionSegmenter(nn.Module):
         """The per-modality encoders (frozen in ``train.outlier_phase``); the rest is fusion and heads."""
         return [self.lidar, self.image]
 
+    def fusion_modules(self) -> list[nn.Module]:
+        """What lies between the encoders and the heads: the fusion MLP and the camera completion
+        (also frozen in an outlier phase that trains the heads only)."""
+        return [m for m in (self.fusion, self.camera_completion) if m is not None]
+
     def heads(self, fused: torch.Tensor) -> dict:
         """Fused segmentation logits (P, C), anomaly logit (P,), and with an extra head its logit (P,)."""
         out = {
