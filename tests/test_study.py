@@ -118,6 +118,15 @@ def test_scores_are_chosen_on_val_and_reported_on_test():
     assert summary["diffs"]["fm"]["fov"]["fpr95"]["wins"] == 2
 
 
+def test_each_configuration_is_paired_on_its_own_seeds_shared_with_the_reference():
+    """An unfinished configuration (one seed) must not shrink the other configurations' paired seeds."""
+    run = {"val": _metrics({"energy": 0.8}), "test": _metrics({"energy": 0.7})}
+    ref = {"val": _metrics({"energy": 0.6}), "test": _metrics({"energy": 0.6})}
+    results = {"ref": {0: ref, 1: ref, 2: ref}, "fm": {0: run, 1: run, 2: run}, "late": {0: run}}
+    diffs = summarize_study(results, "ref")["diffs"]
+    assert diffs["fm"]["fov"]["fpr95"]["wins"] == 3 and diffs["late"]["fov"]["fpr95"]["wins"] == 1
+
+
 def test_per_kind_rows_use_the_headline_score_and_pair_by_seed():
     def with_kinds(m: dict, bus: float, tetra: float) -> dict:
         per = lambda v: {p: {"auroc": v, "fpr95": 1 - v} for p in ("fov", "all")}  # noqa: E731

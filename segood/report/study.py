@@ -58,7 +58,6 @@ def summarize_study(results: Mapping[str, Mapping[int, Mapping[str, Any]]], refe
     """Everything the report shows, as plain data (also written as summary.json)."""
     why = choose_scores(results)
     chosen = {arm: name for arm, (name, _) in why.items()}
-    common = sorted(set.intersection(*(set(v) for v in results.values()))) if results else []
     rows, every = {}, {}
     for arm, seeds in results.items():
         s_list = sorted(seeds)
@@ -76,14 +75,14 @@ def summarize_study(results: Mapping[str, Mapping[int, Mapping[str, Any]]], refe
         for arm, seeds in results.items():
             if arm == reference:
                 continue
-            paired = [s for s in common if s in seeds and s in ref]
+            paired = sorted(set(seeds) & set(ref))  # each configuration's own seeds shared with the reference
             diffs[arm] = {p: {k: paired_difference(_per_seed(seeds, chosen[arm], p, k, paired),
                                                    _per_seed(ref, chosen[reference], p, k, paired),
                                                    higher_is_better=k != "fpr95")
                               for k, _ in METRICS} for p in POINTS}
     return {"reference": reference, "chosen_on": f"val split, {CHOOSE_ON} points, mean over seeds", "rows": rows,
             "diffs": diffs,
-            "every_score": every, "kinds": summarize_kinds(results, chosen, reference, common),
+            "every_score": every, "kinds": summarize_kinds(results, chosen, reference),
             "monitor": summarize_monitor(results, chosen)}
 
 
@@ -131,7 +130,7 @@ def _kind_per_seed(seeds: Mapping[int, Mapping[str, Any]], score: str, block: st
 
 
 def summarize_kinds(results: Mapping[str, Mapping[int, Mapping[str, Any]]], chosen: Mapping[str, str],
-                    reference: str | None, common: Sequence[int]) -> dict:
+                    reference: str | None) -> dict:
     """Per configuration and kind of OOD object (and family): its headline score's test AUROC / FPR95 (each
     kind's points against every ID point), mean ± std over seeds, and the paired difference to the
     reference; empty when the data has no per-point kinds."""
@@ -146,7 +145,7 @@ def summarize_kinds(results: Mapping[str, Mapping[int, Mapping[str, Any]]], chos
             entry = {"family": fam, "values": vals,
                      "summary": {p: {m: summarize(v) for m, v in per.items()} for p, per in vals.items()}}
             if reference in results and arm != reference:
-                paired = [s for s in common if s in seeds and s in results[reference]]
+                paired = sorted(set(seeds) & set(results[reference]))
                 entry["diff"] = {p: {m: paired_difference(
                     _kind_per_seed(seeds, chosen[arm], block, key, p, m, paired),
                     _kind_per_seed(results[reference], chosen[reference], block, key, p, m, paired),
