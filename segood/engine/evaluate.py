@@ -11,6 +11,7 @@ The checkpoint and its fitted scores are read through :mod:`segood.engine.artifa
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -33,7 +34,7 @@ from segood.metrics.accumulator import SUBSETS, EvalAccumulator
 from segood.metrics.kinds import KindHistograms, add_kinds, kind_metrics
 from segood.metrics.ood import ScoreHistogram
 from segood.metrics.protocols import PROTOCOLS, ProtocolAccumulator, protocol_names
-from segood.ood.scores import SCORES, is_fitted, score_options, score_range
+from segood.ood.scores import SCORES, ModelFacts, is_fitted, score_options, score_range
 
 CONVENTIONS = {
     "anomaly": "positive class = OOD points (learning ids {ood}); higher score = more anomalous",
@@ -111,6 +112,14 @@ def run_pass(model: torch.nn.Module, loader, scorers: Mapping[str, Callable], ac
     return acc
 
 
+def unavailable_scores(eval_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any], num_classes: int) -> dict[str, str]:
+    """``{score: why}`` for the scores of ``eval.scores`` that cannot run on (or mean nothing for) the model
+    trained with ``train_cfg`` (``Score.why_not``: e.g. rba on logits no outlier loss gave a level)."""
+    outlier = "none" if train_cfg["synthesis"]["method"] == "none" else train_cfg.get("loss", {}).get("outlier")
+    model = ModelFacts(num_classes, outlier)
+    return {n: why for n in eval_cfg["scores"] if (why := SCORES[n].unavailable(model, **score_options(eval_cfg, n)))}
+
+
 @torch.no_grad()
 def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None, progress: bool = True,
              report: ReportSink | None = None, split: str = "val") -> dict:
@@ -127,11 +136,14 @@ def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None
         raise ConfigError(f"data.{split}_sequences is empty: nothing to evaluate on the {split} split")
     eval_cfg = cfg["eval"]
     label_map = build_label_map(cfg)
-    names = list(eval_cfg["scores"])
-    check_scores(names)
+    check_scores(list(eval_cfg["scores"]))
     model, state = load_model(ckpt_path, None if label_map.anomaly_only else label_map, cfg)
     cfg = model_config_from_checkpoint(state, cfg, ckpt_path)  # what metrics.json records
     model_map = model_label_map(label_map, state, ckpt_path)
+    skipped = unavailable_scores(eval_cfg, state["config"], model_map.num_classes)
+    for name, why in skipped.items():
+        print(f"[eval] {ckpt_path}: score {name} skipped: {why}", file=sys.stderr)
+    names = [n for n in eval_cfg["scores"] if n not in skipped]
     scorers = load_scorers(ckpt_path, names, eval_cfg, model, fit_cfg=cfg, progress=progress)
     loader = build_loader(cfg, split, label_map, shuffle=False)
     bins = int(eval_option(eval_cfg, "hist_bins"))
@@ -141,6 +153,7 @@ def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None
     kinds = KindHistograms(OOD_KIND_NAMES, OOD_KIND_FAMILY)
     run_pass(model, loader, scorers, acc, progress, protocols, kinds)
     metrics = assemble_metrics(cfg, ckpt_path, state, model_map, acc, len(loader.dataset), split, protocols, kinds)
+    metrics["skipped_scores"] = skipped
     if out_dir is not None:
         write_outputs(Path(out_dir), metrics, acc)
         if report is not None:

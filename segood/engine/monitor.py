@@ -31,7 +31,8 @@ import torch
 from segood.metrics.ood import auroc
 from segood.ood.scores import SCORES, get_score, score_options
 
-__all__ = ["MONITOR_FILE", "SATURATED", "Monitor", "monitor_scorers", "load_monitor", "shortcut_warning"]
+__all__ = ["MONITOR_FILE", "SATURATED", "Monitor", "monitor_scorers", "load_monitor", "read_monitor",
+           "shortcut_warning"]
 
 MONITOR_FILE = "monitor.jsonl"
 SATURATED = 0.99
