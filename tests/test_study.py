@@ -175,16 +175,18 @@ def _run_facts(config: dict, seconds: float, monitor: list | None = None) -> dic
 def _train_config(synthesis: str, outlier: str = "entropy", **loss) -> dict:
     return {"seed": 0, "data": {"root": "/x"}, "synthesis": {"method": synthesis},
             "loss": {"outlier": outlier, "anomaly": 1.0, "outlier_options": {"energy_margin": {"weight": 0.1}}, **loss},
-            "train": {"steps": 400, "outlier_phase": 0}, "_source": "cfg.yaml"}
+            "train": {"steps": 400, "outlier_phase": 0}, "model": {"num_classes": 18},
+            "eval": {"scores": ["energy"], "score_options": {}}, "_source": "cfg.yaml"}
 
 
 def test_ablation_rows_differences_time_and_headline_provenance():
     from segood.report.study_ablation import headline_provenance
 
     base, fm = _train_config("none"), _train_config("feature_mixing", "energy_margin")
-    val_ref, val_fm = _metrics({"anomaly_head": 0.5, "energy": 0.8}), _metrics({"anomaly_head": 0.7, "energy": 0.9})
+    val_fm = _metrics({"anomaly_head": 0.7, "energy": 0.9})
     val_fm["ood"]["energy"]["fov"]["fpr95"] = 0.05  # energy beats the head on both counts: the headline
-    results = {"lf": {s: {"val": val_ref, "test": _metrics({"energy": 0.6}),
+    results = {"lf": {s: {"val": _metrics({"anomaly_head": 0.5, "energy": 0.8, "rba": 0.95}),  # rba: refused
+                          "test": _metrics({"energy": 0.6, "rba": 0.1}),
                           "run": _run_facts({**base, "seed": s}, 100.0 + 20 * s)} for s in (0, 1)},
                "fm": {s: {"val": {**val_fm, "synthesis": "feature_mixing"}, "test": _metrics({"energy": 0.7}),
                           "run": _run_facts({**fm, "seed": s, "data": {"root": f"/y{s}"}}, 300.0)} for s in (0, 1)}}
@@ -207,6 +209,9 @@ def test_ablation_rows_differences_time_and_headline_provenance():
     assert "- fm: `segood study fm=fm.yaml`" in md
     assert "| fm | energy | yes | 2 |" in md and "| lf | energy | no | 2 |" in md  # headline table's column
     assert "No monitor records for lf, fm" in md and "No per-kind metrics" in md
+    # rba on a model trained without outliers: refused by its why_not even where an older eval computed it
+    assert "trained without outliers" in summary["skipped_scores"]["lf"]["rba"] and "fm" not in summary["skipped_scores"]
+    assert set(summary["every_score"]["lf"]) == {"energy"} and "## Scores skipped\n\n- lf: rba (needs" in md
     assert headline_provenance("anomaly_head", fm)["text"].startswith("yes: anomaly head trained on the feature_mixing")
     assert headline_provenance("anomaly_head", {**fm, "loss": {**fm["loss"], "anomaly": 0.0}})["shaped"] is False
     assert headline_provenance("knn", fm)["shaped"] is False

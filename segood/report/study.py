@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from segood.atomic import write_json, write_text
+from segood.config import ConfigError
+from segood.engine.evaluate import unavailable_scores
 from segood.engine.monitor import SATURATED, shortcut_warning
 from segood.metrics.headline import headline_score
 from segood.metrics.stats import paired_difference, summarize
+from segood.ood.scores import SCORES
 from segood.report.study_ablation import summarize_ablation
 
 __all__ = ["choose_scores", "summarize_study", "study_markdown", "write_study_report"]
@@ -40,13 +43,15 @@ def mean_val_ood(seeds: Mapping[int, Mapping[str, Any]]) -> dict[str, dict[str, 
                 for p in POINTS} for s in runs[0]}
 
 
-def choose_scores(results: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, tuple[str, str]]:
-    """Per configuration, (headline score, why), chosen on the seed-mean **val** FOV metrics."""
+def choose_scores(results: Mapping[str, Mapping[int, Mapping[str, Any]]],
+                  refused: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, tuple[str, str]]:
+    """Per configuration, (headline score, why), chosen on the seed-mean **val** FOV metrics among its scores
+    not ``refused[arm]`` (:func:`skipped_scores`)."""
     chosen = {}
     for arm, seeds in results.items():
         synthesis = next(iter(seeds.values()))["val"].get("synthesis", "unknown")
         ood = {s: {p: {k: v for k, v in m.items() if not math.isnan(v)} for p, m in per.items()}
-               for s, per in mean_val_ood(seeds).items()}
+               for s, per in mean_val_ood(seeds).items() if s not in (refused or {}).get(arm, {})}
         chosen[arm] = headline_score(ood, synthesis, CHOOSE_ON)
     return chosen
 
@@ -62,7 +67,8 @@ def summarize_study(results: Mapping[str, Mapping[int, Mapping[str, Any]]], refe
     the run's ``val`` / ``test`` metrics and optionally its ``run`` facts
     (:func:`segood.engine.study.run_facts`); ``arms[arm]``: its ``config``, ``chain`` and ``command``
     for the ablation table."""
-    why = choose_scores(results)
+    refused = skipped_scores(results)
+    why = choose_scores(results, refused)
     chosen = {arm: name for arm, (name, _) in why.items()}
     rows, every = {}, {}
     for arm, seeds in results.items():
@@ -72,7 +78,7 @@ def summarize_study(results: Mapping[str, Mapping[int, Mapping[str, Any]]], refe
         every[arm] = {score: {p: {k: summarize(_per_seed(seeds, score, p, k, s_list)) for k, _ in METRICS[:3]}
                               for p in POINTS} | {"val_fov_auroc": summarize(
                                   [_value(seeds[s]["val"], score, "fov", "auroc") for s in s_list])}
-                      for score in next(iter(seeds.values()))["test"]["ood"]}
+                      for score in next(iter(seeds.values()))["test"]["ood"] if score not in refused.get(arm, {})}
     for row in rows.values():
         row["summary"] = {p: {k: summarize(v) for k, v in row["values"][p].items()} for p in POINTS}
     diffs = {}
@@ -91,17 +97,26 @@ def summarize_study(results: Mapping[str, Mapping[int, Mapping[str, Any]]], refe
             "every_score": every, "kinds": summarize_kinds(results, chosen, reference),
             "monitor": summarize_monitor(results, chosen),
             "ablation": summarize_ablation(results, rows, reference, arms),
-            "skipped_scores": skipped_scores(results)}
+            "skipped_scores": refused}
 
 
 def skipped_scores(results: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, dict[str, str]]:
-    """Per configuration, the scores its evaluations skipped (``metrics.json`` ``skipped_scores``: the score
-    cannot run on that model) with the reason; configurations that skipped none are left out."""
+    """Per configuration, the scores that cannot run on (or mean nothing for) its model, with the reason
+    (``Score.why_not``): those its evaluations skipped (``metrics.json`` ``skipped_scores``) and those an
+    older evaluation still computed that its run's config.yaml now refuses (left out of every table);
+    configurations with none are left out."""
     out: dict[str, dict[str, str]] = {}
     for arm, seeds in results.items():
         for r in seeds.values():
             for split in ("val", "test"):
                 out.setdefault(arm, {}).update(r[split].get("skipped_scores") or {})
+            config = (r.get("run") or {}).get("config")
+            if config:
+                scored = {**config["eval"], "scores": [n for n in r["test"]["ood"] if n in SCORES]}
+                try:
+                    out[arm].update(unavailable_scores(scored, config, int(config["model"]["num_classes"])))
+                except ConfigError:  # an older config's score options: nothing is refused on its account
+                    pass
     return {arm: why for arm, why in out.items() if why}
 
 
