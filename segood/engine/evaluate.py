@@ -26,7 +26,7 @@ from segood.engine.allocator import bound_allocator
 from segood.engine.artifacts import checkpoint_sha, load_fit, load_model, model_label_map, operating_point_path, scores_path
 from segood.engine.builders import build_label_map, build_loader
 from segood.engine.model_config import model_config_from_checkpoint
-from segood.engine.fit import check_scores, eval_option, load_scorers, score_params
+from segood.engine.fit import check_scores, eval_option, load_scorers, score_params, unavailable_scores
 from segood.engine.monitor import load_monitor
 from segood.engine.operating_point import operating_point
 from segood.data.ood_kinds import OOD_KIND_FAMILY, OOD_KIND_NAMES
@@ -34,7 +34,7 @@ from segood.metrics.accumulator import SUBSETS, EvalAccumulator
 from segood.metrics.kinds import KindHistograms, add_kinds, kind_metrics
 from segood.metrics.ood import ScoreHistogram
 from segood.metrics.protocols import PROTOCOLS, ProtocolAccumulator, protocol_names
-from segood.ood.scores import SCORES, ModelFacts, is_fitted, score_options, score_range
+from segood.ood.scores import SCORES, is_fitted, score_options, score_range
 
 CONVENTIONS = {
     "anomaly": "positive class = OOD points (learning ids {ood}); higher score = more anomalous",
@@ -110,14 +110,6 @@ def run_pass(model: torch.nn.Module, loader, scorers: Mapping[str, Callable], ac
             p.add(batch["raw_label"], pred, every, acc.axis, visible, batch["points"], batch["batch_idx"],
                   batch["sources"][0])
     return acc
-
-
-def unavailable_scores(eval_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any], num_classes: int) -> dict[str, str]:
-    """``{score: why}`` for the scores of ``eval.scores`` that cannot run on (or mean nothing for) the model
-    trained with ``train_cfg`` (``Score.why_not``: e.g. rba on logits no outlier loss gave a level)."""
-    outlier = "none" if train_cfg["synthesis"]["method"] == "none" else train_cfg.get("loss", {}).get("outlier")
-    model = ModelFacts(num_classes, outlier)
-    return {n: why for n in eval_cfg["scores"] if (why := SCORES[n].unavailable(model, **score_options(eval_cfg, n)))}
 
 
 @torch.no_grad()

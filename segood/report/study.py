@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from segood.atomic import write_json, write_text
 from segood.config import ConfigError
-from segood.engine.evaluate import unavailable_scores
+from segood.engine.fit import unavailable_scores
 from segood.engine.monitor import SATURATED, shortcut_warning
 from segood.metrics.headline import headline_score
 from segood.metrics.stats import paired_difference, summarize
