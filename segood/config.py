@@ -257,6 +257,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None, families: 
     return cfg
 
 
+def inherit_chain(path: str | Path) -> list[str]:
+    """The file names of a config and its ``inherit`` ancestors, the config itself first (for reports:
+    ``synthetic_fm_energy.yaml < synthetic_feature_mixing.yaml < ... < base.yaml``)."""
+    return [Path(source).name for source, _ in reversed(_chain(find_config(path)))]
+
+
 def given_config(path: str | Path, overrides: list[str] | None = None) -> dict:
     """What a config file, its ancestors except ``base.yaml`` and the overrides set explicitly (the
     keys a user stated, as opposed to defaults): compared with a checkpoint's model section."""

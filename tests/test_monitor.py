@@ -77,6 +77,16 @@ def test_monitor_prints_one_warning_line(tmp_path, capsys):
     assert Monitor(cfg, tmp_path).previous["step"] == 20  # a resumed run compares with the last record
 
 
+def test_monitor_leaves_out_the_scores_the_evaluation_skips():
+    from segood.engine.monitor import monitor_scorers
+
+    scores = ["eval.scores=[anomaly_head, energy, rba, knn]"]
+    assert set(monitor_scorers(load_config(CONFIG_DIR / "synthetic_feature_mixing.yaml", scores))) == {
+        "anomaly_head", "energy"}  # rba: loss.outlier entropy leaves the logits' level free; knn: fitted
+    assert set(monitor_scorers(load_config(CONFIG_DIR / "synthetic_fm_rba.yaml", scores))) == {
+        "anomaly_head", "energy", "rba"}
+
+
 @pytest.mark.parametrize("config,synthetic", [("synthetic_feature_mixing.yaml", True), ("synthetic_baseline.yaml", False)])
 def test_training_writes_monitor_records_that_reach_the_report(study_root, tmp_path, config, synthetic):
     from segood.engine.evaluate import evaluate

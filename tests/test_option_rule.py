@@ -137,3 +137,20 @@ def test_every_family_checks_its_members_options_at_load():
         assert str(e.value) == message
     cfg = load_config(base, ["data.dataset=nuscenes", "data.reader_options.visibility=segood"])
     assert cfg["data"]["reader_options"] == {"visibility": "segood"}
+
+
+def test_operating_score_must_name_a_known_score(tmp_path):
+    from segood.engine.families import load_config
+    from segood.ood.scores import SCORES
+
+    base = CONFIG_DIR / "synthetic_baseline.yaml"
+    with pytest.raises(ConfigError) as e:
+        load_config(base, ["eval.operating_score=enrgy"])
+    assert str(e.value) == (f"eval.operating_score: 'enrgy' in --set is not a known score; did you mean 'energy'? "
+                            f"(expected null or one of {sorted(SCORES)})")
+    file = tmp_path / "op.yaml"
+    file.write_text(f"inherit: {base}\neval:\n  operating_score: head\n")
+    with pytest.raises(ConfigError, match=f"eval.operating_score: 'head' in {file} is not a known score"):
+        load_config(file)
+    assert load_config(base, ["eval.operating_score=energy"])["eval"]["operating_score"] == "energy"
+    assert load_config(base)["eval"]["operating_score"] is None

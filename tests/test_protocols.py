@@ -175,6 +175,24 @@ def test_stu_rules_by_hand():
     assert (m["ood"]["s"]["all"]["num_ood"], m["ood"]["s"]["all"]["num_id"]) == (5, 4)
 
 
+def test_rba_is_refused_on_logits_no_outlier_loss_gave_a_level():
+    import torch
+
+    from segood.ood.scores import SCORES, ModelFacts
+
+    rba = SCORES["rba"]
+    for trained in ("rba", "energy_margin", None):  # None: unknown model (a benchmark's fake one)
+        assert rba.unavailable(ModelFacts(18, trained)) is None
+    assert "trained without outliers" in rba.unavailable(ModelFacts(18, "none"))
+    why = rba.unavailable(ModelFacts(18, "k_plus_one"))
+    assert why.startswith("needs a model trained with loss.outlier rba or energy_margin") and "k_plus_one" in why
+    # why: adding a constant to every logit leaves softmax (and so cross-entropy) unchanged, but not rba
+    logits = torch.tensor([[2.0, 1.0, 0.5], [0.0, 4.0, -1.0]])
+    assert torch.allclose(torch.softmax(logits + 3.0, 1), torch.softmax(logits, 1))
+    assert not torch.allclose(rba({"logits": logits + 3.0}), rba({"logits": logits}))
+    assert "extra logits" in SCORES["relative_energy"].unavailable(ModelFacts(18), num_id_logits=None)
+
+
 def test_relative_energy_needs_extra_logits():
     import torch
 

@@ -118,13 +118,13 @@ def test_scores_are_chosen_on_val_and_reported_on_test():
     assert summary["diffs"]["fm"]["fov"]["fpr95"]["wins"] == 2
 
 
-def test_each_configuration_is_paired_on_its_own_seeds_shared_with_the_reference():
-    """An unfinished configuration (one seed) must not shrink the other configurations' paired seeds."""
+def test_each_configuration_is_paired_with_the_reference_on_the_seeds_both_ran():
     run = {"val": _metrics({"energy": 0.8}), "test": _metrics({"energy": 0.7})}
     ref = {"val": _metrics({"energy": 0.6}), "test": _metrics({"energy": 0.6})}
-    results = {"ref": {0: ref, 1: ref, 2: ref}, "fm": {0: run, 1: run, 2: run}, "late": {0: run}}
+    results = {"ref": {0: ref, 1: ref, 2: ref}, "fm": {0: run, 1: run, 2: run}, "one": {0: run}}
     diffs = summarize_study(results, "ref")["diffs"]
-    assert diffs["fm"]["fov"]["fpr95"]["wins"] == 3 and diffs["late"]["fov"]["fpr95"]["wins"] == 1
+    assert diffs["fm"]["fov"]["auroc"]["n"] == 3 and diffs["one"]["fov"]["auroc"]["n"] == 1  # a 1-seed screen arm
+    # does not cut the other configurations' pairs down to its seed
 
 
 def test_per_kind_rows_use_the_headline_score_and_pair_by_seed():
@@ -160,7 +160,64 @@ def test_monitor_summary_takes_the_last_record_of_the_headline_score_and_flags_s
     mon = summarize_study(results, "fm")["monitor"]["fm"]
     assert mon["score"] == "energy" and mon["flagged_seeds"] == [0]  # seed 0: saturated while the real AUROC fell
     assert mon["synthetic"]["mean"] == pytest.approx(97.45) and mon["real_fov"]["mean"] == pytest.approx(82.5)
-    assert "| fm | energy | 97.5 ± 3.5 | 82.5 ± 3.5 | 0 |" in study_markdown(summarize_study(results, "fm"), {})
+    assert "| fm | energy | 97.5 ± 3.5 | 82.5 ± 3.5 | 82.5 ± 3.5 | 2 | **SHORTCUT** (0) |" in study_markdown(
+        summarize_study(results, "fm"), {})
+    # the run folder's monitor.jsonl (run facts) wins over the records a metrics.json carries
+    results["fm"][1]["run"] = {"monitor": [rec(20, 0.5, 0.6)]}
+    mon = summarize_study(results, "fm")["monitor"]["fm"]
+    assert mon["synthetic"]["mean"] == pytest.approx((99.9 + 50.0) / 2) and mon["records"] == [2, 1]
+
+
+def _run_facts(config: dict, seconds: float, monitor: list | None = None) -> dict:
+    return {"seconds": seconds, "step": 400, "config": config, "monitor": monitor or []}
+
+
+def _train_config(synthesis: str, outlier: str = "entropy", **loss) -> dict:
+    return {"seed": 0, "data": {"root": "/x"}, "synthesis": {"method": synthesis},
+            "loss": {"outlier": outlier, "anomaly": 1.0, "outlier_options": {"energy_margin": {"weight": 0.1}}, **loss},
+            "train": {"steps": 400, "outlier_phase": 0}, "model": {"num_classes": 18},
+            "eval": {"scores": ["energy"], "score_options": {}}, "_source": "cfg.yaml"}
+
+
+def test_ablation_rows_differences_time_and_headline_provenance():
+    from segood.report.study_ablation import headline_provenance
+
+    base, fm = _train_config("none"), _train_config("feature_mixing", "energy_margin")
+    val_fm = _metrics({"anomaly_head": 0.7, "energy": 0.9})
+    val_fm["ood"]["energy"]["fov"]["fpr95"] = 0.05  # energy beats the head on both counts: the headline
+    results = {"lf": {s: {"val": _metrics({"anomaly_head": 0.5, "energy": 0.8, "rba": 0.95}),  # rba: refused
+                          "test": _metrics({"energy": 0.6, "rba": 0.1}),
+                          "run": _run_facts({**base, "seed": s}, 100.0 + 20 * s)} for s in (0, 1)},
+               "fm": {s: {"val": {**val_fm, "synthesis": "feature_mixing"}, "test": _metrics({"energy": 0.7}),
+                          "run": _run_facts({**fm, "seed": s, "data": {"root": f"/y{s}"}}, 300.0)} for s in (0, 1)}}
+    arms = {"fm": {"config": "configs/fm.yaml", "chain": ["fm.yaml", "base.yaml"], "command": "segood study fm=fm.yaml"}}
+    summary = summarize_study(results, "lf", arms)
+    ab = summary["ablation"]
+    assert ab["fm"]["differences"] == {"loss.outlier": ["energy_margin", "entropy"],
+                                       "synthesis.method": ["feature_mixing", "none"]}  # seed, data.root left out
+    assert ab["lf"]["differences"] == {} and ab["lf"]["train_seconds"]["mean"] == pytest.approx(110.0)
+    assert ab["fm"]["seeds"] == [0, 1] and ab["fm"]["command"] == "segood study fm=fm.yaml"
+    assert ab["fm"]["score"] == "energy" and ab["fm"]["provenance"]["shaped"] is True
+    assert "loss.outlier energy_margin (weight 0.1)" in ab["fm"]["provenance"]["text"]
+    assert ab["lf"]["provenance"] == {"shaped": False,
+                                      "text": "no: post-hoc logit score of a model trained without outliers"}
+    assert ab["fm"]["headline"]["fov"]["auroc"]["mean"] == pytest.approx(70.0)
+    md = study_markdown(summary, {})
+    assert ("| fm | fm.yaml < base.yaml | loss.outlier: energy_margin; synthesis.method: feature_mixing | 0 1 | 5.0 ± 0.0 | "
+            "energy | yes: logit score") in md
+    assert "| lf | cfg.yaml | (reference) | 0 1 | 1.8 ± 0.2 | energy | no: post-hoc" in md
+    assert "- fm: `segood study fm=fm.yaml`" in md
+    assert "| fm | energy | yes | 2 |" in md and "| lf | energy | no | 2 |" in md  # headline table's column
+    assert "No monitor records for lf, fm" in md and "No per-kind metrics" in md
+    # rba on a model trained without outliers: refused by its why_not even where an older eval computed it
+    assert "trained without outliers" in summary["skipped_scores"]["lf"]["rba"] and "fm" not in summary["skipped_scores"]
+    assert set(summary["every_score"]["lf"]) == {"energy"} and "## Scores skipped\n\n- lf: rba (needs" in md
+    assert headline_provenance("anomaly_head", fm)["text"].startswith("yes: anomaly head trained on the feature_mixing")
+    assert headline_provenance("anomaly_head", {**fm, "loss": {**fm["loss"], "anomaly": 0.0}})["shaped"] is False
+    assert headline_provenance("knn", fm)["shaped"] is False
+    phase = {**fm, "train": {"outlier_phase": 100}}
+    assert "outlier phase of 100 steps" in headline_provenance("energy", phase)["text"]
+    assert headline_provenance("energy", None)["shaped"] is None
 
 
 def test_study_folder_belongs_to_one_benchmark(tmp_path, monkeypatch):
@@ -237,6 +294,16 @@ def test_study_command_trains_skips_and_reports(data_root, tmp_path, capsys):
     assert "chosen on val" in md and "| fm |" in md
     assert "## Per kind of OOD object" in md and summary["kinds"]["fm"]  # the synthetic data has kind files
     assert "## Shortcut monitor" in md and set(summary["monitor"]) == {"ref", "fm"}  # every run's last record
+    assert summary["monitor"]["fm"]["records"] == [1, 1] and summary["monitor"]["fm"]["synthetic"]["n"] == 2
+    ablation = summary["ablation"]
+    assert ablation["fm"]["chain"] == ["synthetic_feature_mixing.yaml", "synthetic_baseline.yaml", "base.yaml"]
+    assert ablation["fm"]["differences"]["synthesis.method"] == ["feature_mixing", "none"]
+    assert "seed" not in ablation["fm"]["differences"] and ablation["ref"]["differences"] == {}
+    assert ablation["fm"]["train_seconds"]["n"] == 2 and ablation["fm"]["train_seconds"]["mean"] > 0
+    assert ablation["fm"]["command"].startswith(f"segood study fm=synthetic_feature_mixing.yaml --seeds 0 1 --out {out} "
+                                                f"--data {data_root} --steps 2 --set ")
+    assert ablation["ref"]["provenance"]["shaped"] is False and ablation["fm"]["provenance"]["shaped"] is not None
+    assert "## Ablation" in md and "| fm | synthetic_feature_mixing.yaml < synthetic_baseline.yaml < base.yaml |" in md
     for arm in ("ref", "fm"):
         for seed in (0, 1):
             m = json.loads((out / "runs" / arm / f"seed{seed}" / "eval_test" / "metrics.json").read_text())

@@ -34,9 +34,10 @@ def fake_output(n: int, g, reads: tuple[str, ...]) -> dict:
 
 def runnable(names: list[str], num_classes: int) -> tuple[list[str], dict[str, str]]:
     """(scores that can run on a model with ``num_classes`` logits, {skipped score: why}), default options."""
-    from segood.ood.scores import SCORES, score_options
+    from segood.ood.scores import SCORES, ModelFacts, score_options
 
-    skipped = {n: why for n in names if (why := SCORES[n].unavailable(num_classes, **score_options({}, n)))}
+    model = ModelFacts(num_classes)
+    skipped = {n: why for n in names if (why := SCORES[n].unavailable(model, **score_options({}, n)))}
     return [n for n in names if n not in skipped], skipped
 
 

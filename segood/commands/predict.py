@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     formats = [f.strip() for item in (args.format or ["npz"]) for f in item.split(",") if f.strip()]
     cfg, ckpt = _config_and_checkpoint(args)
     check_formats(formats, loose=cfg is None)
-    predictor = _predictor(ckpt, args)
+    predictor = _predictor(ckpt, cfg, args)
     source, entries = _dataset_source(cfg, args) if cfg is not None else (_loose_source(args), None)
     workers = int(cfg["data"]["num_workers"]) if cfg is not None else 0  # reading overlaps the model (README)
     if not args.overwrite:
@@ -116,13 +116,14 @@ def run(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _predictor(ckpt: Path, args: argparse.Namespace):
+def _predictor(ckpt: Path, cfg: dict | None, args: argparse.Namespace):
     """The model, its label map, score and operating point. The model (and its voxel grid) are built from
-    the checkpoint's own config; a data root's config only says where the scans are. (The config branch's
-    builder of the model config from a checkpoint plugs in here.)"""
+    the checkpoint's own config; a data root's config says where the scans are, and a model key it states
+    (or ``--set``) must agree with the checkpoint's, as in ``segood eval`` (runtime keys such as
+    ``model.lidar.backend`` are taken from it)."""
     from segood.engine.inference import Predictor
 
-    predictor = Predictor(ckpt, args.score, args.threshold)
+    predictor = Predictor(ckpt, args.score, args.threshold, config=cfg)
     if args.flag and predictor.op.threshold is None:
         raise ValueError(f"--flag: no threshold for score '{predictor.op.score}' ({predictor.op.source}); give "
                          "--threshold T, or run `segood eval` on the validation split to store an operating point")
@@ -153,10 +154,6 @@ def _config_and_checkpoint(args: argparse.Namespace) -> tuple[dict | None, Path]
         raise FileNotFoundError(f"{ckpt}: checkpoint not found")
     if config is None and (args.set or args.split or args.sequences):
         raise ValueError("--set / --split / --sequences are for a data root: give a config YAML as INPUT")
-    model_sets = [a for a in args.set or [] if a.strip().startswith("model.")]
-    if model_sets:  # predict takes the whole model from the checkpoint (no per-key comparison here)
-        raise ValueError(f"--set {model_sets[0]}: the model is built from the checkpoint's own config; model keys "
-                         "cannot be changed here")
     if config is not None and (args.image or args.calib):
         raise ValueError("--image / --calib are for point files; a data root's cameras come from its config")
     return (load_config(config, args.set) if config is not None else None), ckpt

@@ -81,6 +81,29 @@ def ensure_benchmark(args) -> Path:
     return data
 
 
+def arm_facts(arms, results, args: argparse.Namespace) -> dict[str, dict]:
+    """Per configuration, for the ablation table: its config file, its ``inherit`` chain and the command that
+    runs (or resumes) it alone into this study folder with the seeds it has finished."""
+    from segood.config import inherit_chain
+
+    out = {}
+    for arm in arms:
+        seeds = sorted(results.get(arm.name, {})) or args.seeds
+        config = Path(arm.config)
+        shipped = config.parent.resolve() == CONFIG_DIR.resolve()
+        cmd = ["segood", "study", f"{arm.name}={config.name if shipped else config}", "--seeds", *map(str, seeds),
+               "--out", str(args.out)]
+        if args.data:
+            cmd += ["--data", str(args.data)]
+        else:
+            cmd += ["--benchmark", args.benchmark, "--data-seed", str(args.data_seed)]
+            cmd += ["--scans", *map(str, args.scans)] if list(args.scans) != list(BENCHMARK) else []
+        cmd += ["--steps", str(args.steps)] if args.steps else []
+        cmd += [a for item in args.set for a in ("--set", item)]
+        out[arm.name] = {"config": arm.config, "chain": inherit_chain(arm.config), "command": shlex.join(cmd)}
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from segood.engine.interrupt import Interrupted
     from segood.engine.study import check_configs, load_results, plan_runs, run_study
@@ -115,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
                                                          f"{args.data_seed})"), "steps": steps,
                "runs finished": sum(len(v) for v in results.values()), "runs planned": len(specs),
                "wall time this call (s)": round(time.time() - t0), "jobs": args.jobs}
-    text = write_study_report(Path(args.out), summarize_study(results, reference), context)
+    text = write_study_report(Path(args.out), summarize_study(results, reference, arm_facts(arms, results, args)),
+                              context)
     print(text)
     print(f"[study] report: {Path(args.out) / 'summary.md'}  picture: {Path(args.out) / 'study.png'}")
     return 0 if all(s["ok"] for s in statuses) else 1

@@ -11,6 +11,7 @@ The checkpoint and its fitted scores are read through :mod:`segood.engine.artifa
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -25,7 +26,7 @@ from segood.engine.allocator import bound_allocator
 from segood.engine.artifacts import checkpoint_sha, load_fit, load_model, model_label_map, operating_point_path, scores_path
 from segood.engine.builders import build_label_map, build_loader
 from segood.engine.model_config import model_config_from_checkpoint
-from segood.engine.fit import check_scores, eval_option, load_scorers, score_params
+from segood.engine.fit import check_scores, eval_option, load_scorers, score_params, unavailable_scores
 from segood.engine.monitor import load_monitor
 from segood.engine.operating_point import operating_point
 from segood.data.ood_kinds import OOD_KIND_FAMILY, OOD_KIND_NAMES
@@ -127,11 +128,14 @@ def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None
         raise ConfigError(f"data.{split}_sequences is empty: nothing to evaluate on the {split} split")
     eval_cfg = cfg["eval"]
     label_map = build_label_map(cfg)
-    names = list(eval_cfg["scores"])
-    check_scores(names)
+    check_scores(list(eval_cfg["scores"]))
     model, state = load_model(ckpt_path, None if label_map.anomaly_only else label_map, cfg)
     cfg = model_config_from_checkpoint(state, cfg, ckpt_path)  # what metrics.json records
     model_map = model_label_map(label_map, state, ckpt_path)
+    skipped = unavailable_scores(eval_cfg, state["config"], model_map.num_classes)
+    for name, why in skipped.items():
+        print(f"[eval] {ckpt_path}: score {name} skipped: {why}", file=sys.stderr)
+    names = [n for n in eval_cfg["scores"] if n not in skipped]
     scorers = load_scorers(ckpt_path, names, eval_cfg, model, fit_cfg=cfg, progress=progress)
     loader = build_loader(cfg, split, label_map, shuffle=False)
     bins = int(eval_option(eval_cfg, "hist_bins"))
@@ -141,6 +145,7 @@ def evaluate(cfg: dict, ckpt_path: str | Path, out_dir: str | Path | None = None
     kinds = KindHistograms(OOD_KIND_NAMES, OOD_KIND_FAMILY)
     run_pass(model, loader, scorers, acc, progress, protocols, kinds)
     metrics = assemble_metrics(cfg, ckpt_path, state, model_map, acc, len(loader.dataset), split, protocols, kinds)
+    metrics["skipped_scores"] = skipped
     if out_dir is not None:
         write_outputs(Path(out_dir), metrics, acc)
         if report is not None:

@@ -14,10 +14,11 @@ options, or a ``<member>`` key for one section per member).
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from segood import config
-from segood.config import Family
+from segood.config import ConfigError, Family
 from segood.data.readers import READERS
 from segood.ood.outlier_losses import OUTLIER_LOSSES
 from segood.ood.scores import SCORES
@@ -36,5 +37,22 @@ FAMILIES: tuple[Family, ...] = (
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """An experiment config, checked against the schema and every family's member declarations."""
-    return config.load_config(path, overrides, FAMILIES)
+    """An experiment config, checked against the schema, every family's member declarations and the keys
+    that name a registry member outside a family (:func:`check_operating_score`)."""
+    cfg = config.load_config(path, overrides, FAMILIES)
+    check_operating_score(cfg)
+    return cfg
+
+
+def check_operating_score(cfg: dict) -> None:
+    """``eval.operating_score`` (null, or the score the operating point uses) must name a known score: a
+    ConfigError naming the key, the value, where it was given and the choices, before any work."""
+    name = cfg["eval"].get("operating_score")
+    if name is None or name in SCORES:
+        return
+    where = "--set" if any(str(o).strip().startswith("eval.operating_score") for o in cfg.get("_set", [])) \
+        else cfg.get("_source", "the config")
+    close = difflib.get_close_matches(str(name), list(SCORES), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"eval.operating_score: {name!r} in {where} is not a known score{hint} "
+                      f"(expected null or one of {sorted(SCORES)})")

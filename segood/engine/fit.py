@@ -16,7 +16,8 @@ from segood.engine.artifacts import (SCORES_FORMAT, checkpoint_sha, final_layer,
                                      scores_path)
 from segood.engine.builders import build_label_map, build_loader
 from segood.engine.checkpoint import save_torch
-from segood.ood.scores import FITTED_SCORES, check_score_names, get_score, is_fitted, score_options
+from segood.ood.scores import (FITTED_SCORES, SCORES, ModelFacts, check_score_names, get_score, is_fitted,
+                               score_options)
 from segood.ood.scores.fitted import FEATURE_KEY, ClassBalancedSampler, FitBank, FittedScore
 
 
@@ -35,6 +36,14 @@ def check_scores(names: list[str]) -> None:
         check_score_names(names)
     except KeyError as e:
         raise ConfigError(f"eval.scores: {e.args[0]}") from None
+
+
+def unavailable_scores(eval_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any], num_classes: int) -> dict[str, str]:
+    """``{score: why}`` for the scores of ``eval.scores`` that cannot run on (or mean nothing for) the model
+    trained with ``train_cfg`` (``Score.why_not``: e.g. rba on logits no outlier loss gave a level)."""
+    outlier = "none" if train_cfg["synthesis"]["method"] == "none" else train_cfg.get("loss", {}).get("outlier")
+    model = ModelFacts(num_classes, outlier)
+    return {n: why for n in eval_cfg["scores"] if (why := SCORES[n].unavailable(model, **score_options(eval_cfg, n)))}
 
 
 @torch.no_grad()

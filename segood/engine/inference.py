@@ -26,7 +26,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -193,10 +193,15 @@ class Predictor:
     """
 
     def __init__(self, ckpt: str | Path, score: str | None = None, threshold: float | None = None,
-                 warn_share: float = WARN_SHARE, options: InferenceOptions | None = None) -> None:
+                 warn_share: float = WARN_SHARE, options: InferenceOptions | None = None,
+                 config: Mapping[str, Any] | None = None) -> None:
         self.options = options or InferenceOptions.from_config()
-        self.model, state = load_model(ckpt)
+        # the user's config (a data root's, with --set) only has to agree on the model keys it states; the
+        # model, its label map and voxel grid are the checkpoint's (its runtime keys, e.g. the backend, are taken)
+        self.model, state = load_model(ckpt, cfg=config)
         self.config = cfg = model_config_from_checkpoint(state, None, ckpt)  # the checkpoint's, as built
+        if config is not None:
+            cfg["model"] = model_config_from_checkpoint(state, config, ckpt)["model"]
         self.label_map: LabelMap = build_label_map(cfg)
         if state["label_map"] != self.label_map.checksum():
             raise ValueError(f"{ckpt}: trained with label map checksum {state['label_map']}, but "

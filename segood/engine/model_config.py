@@ -16,17 +16,18 @@ from typing import Any, Iterator, Mapping
 
 from segood.config import ConfigError, base_defaults, given_config, merge
 
-__all__ = ["RUNTIME_KEYS", "model_config_from_checkpoint", "check_resume_model", "model_differences"]
+__all__ = ["RUNTIME_KEYS", "model_config_from_checkpoint", "check_resume_model", "model_differences", "leaves"]
 
 RUNTIME_KEYS = ("lidar.backend", "image.pretrained")
 """Model keys that do not change the trained weights: the sparse backend (same parameters) and the
 ImageNet initialisation (overwritten by the checkpoint's weights; never loaded from a checkpoint's path)."""
 
 
-def _leaves(section: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+def leaves(section: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a nested config section (an empty mapping has none)."""
     for key, value in section.items():
         if isinstance(value, Mapping):
-            yield from _leaves(value, f"{prefix}{key}.")
+            yield from leaves(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
 
@@ -41,7 +42,7 @@ def _get(section: Mapping[str, Any], dotted: str) -> Any:
 def model_differences(given: Mapping[str, Any], trained: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """(key, given value, trained value) for every model key of ``given`` that differs from ``trained``
     (runtime keys left out); keys are relative to the model section."""
-    return [(key, value, _get(trained, key)) for key, value in _leaves(given)
+    return [(key, value, _get(trained, key)) for key, value in leaves(given)
             if key not in RUNTIME_KEYS and value != _get(trained, key)]
 
 

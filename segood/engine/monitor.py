@@ -28,10 +28,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from segood.engine.fit import unavailable_scores
 from segood.metrics.ood import auroc
 from segood.ood.scores import SCORES, get_score, score_options
 
-__all__ = ["MONITOR_FILE", "SATURATED", "Monitor", "monitor_scorers", "load_monitor", "shortcut_warning"]
+__all__ = ["MONITOR_FILE", "SATURATED", "Monitor", "monitor_scorers", "load_monitor", "read_monitor",
+           "shortcut_warning"]
 
 MONITOR_FILE = "monitor.jsonl"
 SATURATED = 0.99
@@ -43,9 +45,10 @@ HEAD_OUTPUTS = frozenset({"logits", "anomaly_logit"})  # what the heads give an 
 
 def monitor_scorers(cfg: Mapping[str, Any]) -> dict[str, Callable[[Mapping], torch.Tensor]]:
     """The cheap scores of ``eval.scores``: those reading only the heads' outputs (no fitted one: they need
-    features and a fit on training points)."""
+    features and a fit on training points) that the evaluation does not skip for this model (``why_not``)."""
+    skipped = unavailable_scores(cfg["eval"], cfg, int(cfg["model"]["num_classes"]))
     return {n: get_score(n, **score_options(cfg["eval"], n)) for n in cfg["eval"]["scores"]
-            if set(SCORES[n].inputs()) <= HEAD_OUTPUTS}
+            if set(SCORES[n].inputs()) <= HEAD_OUTPUTS and n not in skipped}
 
 
 def _score_all(scorers: Mapping[str, Callable], logits: torch.Tensor, anomaly_logit: torch.Tensor) -> dict[str, np.ndarray]:

@@ -28,13 +28,15 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import yaml
 from tqdm import tqdm
 
 from segood.config import ConfigError
 from segood.engine.families import load_config
 from segood.engine.interrupt import Interrupted, StopRequest, request_stop, requested
+from segood.engine.monitor import MONITOR_FILE, read_monitor
 
-__all__ = ["Arm", "RunSpec", "plan_runs", "run_study", "load_results", "run_is_finished"]
+__all__ = ["Arm", "RunSpec", "plan_runs", "run_study", "load_results", "run_facts", "run_is_finished"]
 
 SPLITS = ("val", "test")
 
@@ -222,11 +224,25 @@ def last_logged_step(run_dir: Path) -> int:
         return int(json.loads(lines[-2])["step"]) if len(lines) > 1 else 0
 
 
+def run_facts(run_dir: Path) -> dict:
+    """What a run folder says besides its metrics, for the study's ablation and monitor tables: the
+    training wall time and step (``run_summary.json``), the resolved training config (``config.yaml``)
+    and the shortcut monitor's records (``monitor.jsonl``); None / [] where a file is missing."""
+    summary = run_dir / "run_summary.json"
+    done = json.loads(summary.read_text()) if summary.is_file() else {}
+    config = run_dir / "config.yaml"
+    return {"seconds": done.get("seconds"), "step": done.get("step"),
+            "config": yaml.safe_load(config.read_text()) if config.is_file() else None,
+            "monitor": read_monitor(run_dir / MONITOR_FILE)}
+
+
 def load_results(specs: Sequence[RunSpec]) -> dict[str, dict[int, dict[str, dict]]]:
-    """``results[arm][seed][split]`` = that run's metrics.json (missing runs are left out)."""
+    """``results[arm][seed][split]`` = that run's metrics.json, and ``results[arm][seed]["run"]`` its
+    :func:`run_facts` (runs without both splits' metrics are left out)."""
     out: dict[str, dict[int, dict[str, dict]]] = {}
     for spec in specs:
         paths = {s: _metrics_path(spec.dir, s) for s in SPLITS}
         if all(p.is_file() for p in paths.values()):
-            out.setdefault(spec.arm.name, {})[spec.seed] = {s: json.loads(p.read_text()) for s, p in paths.items()}
+            out.setdefault(spec.arm.name, {})[spec.seed] = {**{s: json.loads(p.read_text()) for s, p in paths.items()},
+                                                            "run": run_facts(spec.dir)}
     return out

@@ -28,7 +28,7 @@ from segood.ood.scores.logit import (ENERGY_OPTIONS, GEN_OPTIONS, RELATIVE_ENERG
                                      gen, maxlogit, msp, rba, relative_energy)
 from segood.options import Opt, OptionError, check_options
 
-__all__ = ["Score", "SCORES", "FITTED_SCORES", "get_score", "check_score_names", "score_range", "is_fitted",
+__all__ = ["Score", "ModelFacts", "SCORES", "FITTED_SCORES", "get_score", "check_score_names", "score_range", "is_fitted",
            "score_options", "score_reads"]
 
 Output = Mapping[str, torch.Tensor]
@@ -38,12 +38,22 @@ WhyNotFn = Callable[..., "str | None"]
 
 
 @dataclass(frozen=True)
+class ModelFacts:
+    """What a score's ``why_not`` may ask of the model it would run on: its number of logits, and the
+    outlier loss it was trained with (``loss.outlier``; ``"none"`` for a model trained without synthesized
+    outliers; None when unknown, e.g. a benchmark's fake model: no score is refused for it)."""
+
+    num_classes: int
+    outlier_loss: str | None = None
+
+
+@dataclass(frozen=True)
 class Score:
     """One registry entry: a logit function ``fn`` or a ``fitted`` class; ``reads``, the model outputs
     it reads (the evaluation pass hands it exactly those keys; default ``logits``, or the fitted
     class' ``reads``); optionally the score's known range ``range(num_classes, **options)
-    -> (lo, hi)`` (None = unbounded, squash-binned) and ``why_not(num_classes, **options) -> str |
-    None``, why it cannot run on a model with ``num_classes`` logits (None: it can); and its options
+    -> (lo, hi)`` (None = unbounded, squash-binned) and ``why_not(model: ModelFacts, **options) -> str |
+    None``, why it cannot run on (or means nothing for) that model (None: it can); and its options
     ``eval.score_options.<name>``, declared once (``{option: Opt}``)."""
 
     name: str
@@ -60,9 +70,9 @@ class Score:
             return tuple(self.reads)
         return tuple(self.fitted.reads) if self.fitted is not None else ("logits",)
 
-    def unavailable(self, num_classes: int, **options: Any) -> str | None:
-        """Why this score cannot run on a model with ``num_classes`` logits, or None when it can."""
-        return None if self.why_not is None else self.why_not(num_classes, **options)
+    def unavailable(self, model: ModelFacts, **options: Any) -> str | None:
+        """Why this score cannot run on ``model`` (or means nothing there), or None when it can."""
+        return None if self.why_not is None else self.why_not(model, **options)
 
     def defaults(self) -> dict[str, Any]:
         """The options of ``eval.score_options.<name>`` with their defaults."""
@@ -84,12 +94,29 @@ def _gen_range(num_classes: int, gamma: float = 0.1, top_m: int | None = None) -
     return 0.0, m * 0.25**gamma
 
 
-def _needs_extra_logits(num_classes: int, num_id_logits: int | None) -> str | None:
+def _needs_extra_logits(model: ModelFacts, num_id_logits: int | None) -> str | None:
     """relative_energy: defined only for a model with logits beyond its ID classes."""
-    if num_id_logits is None or not 0 < int(num_id_logits) < num_classes:
+    if num_id_logits is None or not 0 < int(num_id_logits) < model.num_classes:
         return (f"needs a model with extra logits (eval.score_options.relative_energy.num_id_logits = "
-                f"{num_id_logits!r}, the model has {num_classes} logits)")
+                f"{num_id_logits!r}, the model has {model.num_classes} logits)")
     return None
+
+
+LOGIT_LEVEL_LOSSES = ("rba", "energy_margin")
+"""Outlier losses that pin the level of the logits (margins on -sum tanh(logits), on logsumexp): softmax
+cross-entropy alone (and the entropy and K+1 losses, also softmax-based) is unchanged when a constant is
+added to every logit of a point, so the logits' level is left free."""
+
+
+def _needs_logit_level(model: ModelFacts) -> str | None:
+    """rba: -sum tanh(logits) reads the logits' level, which only a level-pinning outlier loss trains; on a
+    model trained without one it is arbitrary and came out inverted (val FOV AUROC 10-17, near benchmark)."""
+    if model.outlier_loss is None or model.outlier_loss in LOGIT_LEVEL_LOSSES:
+        return None
+    trained = "without outliers" if model.outlier_loss == "none" else f"with loss.outlier {model.outlier_loss}"
+    return (f"needs a model trained with loss.outlier {' or '.join(LOGIT_LEVEL_LOSSES)} (this one was trained "
+            f"{trained}: softmax cross-entropy leaves the level of the logits free, and -sum tanh(logits) reads "
+            "exactly that level, so its number would mean nothing)")
 
 
 SCORES: dict[str, Score] = {s.name: s for s in (
@@ -101,7 +128,7 @@ SCORES: dict[str, Score] = {s.name: s for s in (
           options=RELATIVE_ENERGY_OPTIONS),  # = -log(softmax mass of the ID logits): [0, inf)
     Score("entropy", entropy, range=lambda c, **_: (0.0, math.log(c))),
     Score("gen", gen, range=_gen_range, options=GEN_OPTIONS),
-    Score("rba", rba, range=lambda c, **_: (-float(c), float(c))),
+    Score("rba", rba, range=lambda c, **_: (-float(c), float(c)), why_not=_needs_logit_level),
     Score("mahalanobis", fitted=Mahalanobis),
     Score("knn", fitted=KNN, range=lambda c, **_: (0.0, 2.0), options=KNN.OPTIONS),  # distance between unit vectors
     Score("vim", fitted=ViM, options=ViM.OPTIONS),
