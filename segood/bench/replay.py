@@ -289,7 +289,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds of the switch table (default 5)")
     p.add_argument("--config", default=None, help="model config (default configs/base.yaml)")
     add_overrides(p, "model.lidar.backend=torch")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads, and numpy BLAS threads with threadpoolctl (default: torch's); 1 makes CPU time one core's")
     p.add_argument("--top", type=int, default=15, help="profiler rows")
     p.add_argument("--full", action="store_true", help="both sizes (120k and 35k points), 10 frames, 9 rounds")
     p.add_argument("--out", type=Path, default=None, help="folder for bench_replay.json")
