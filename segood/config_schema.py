@@ -192,6 +192,8 @@ SCHEMA: dict[str, Any] = {
         "fold_bn": Opt(True, bool, "BatchNorm folded into the layer before it (scores equal within the tolerance of "
                                    "tests/test_speed.py)"),
         "lean_heads": Opt(True, bool, "only the heads the label and the chosen score read (exact)"),
+        "channels_last": Opt(True, bool, "the image branch in NHWC, oneDNN's layout (other conv kernels: scores "
+                                         "equal within the tolerance of tests/test_speed.py)"),
         "amp": Opt("none", str, "bf16: a CPU with native bf16; sparse U-Net and scores stay fp32",
                    choices=("none", "bf16")),
         "keep_freed_memory": Opt(True, bool, "exact: freed memory kept for the next frame"),

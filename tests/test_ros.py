@@ -122,6 +122,27 @@ def test_decode_refuses_truncated_buffer_and_missing_xyz():
         decode_xyzi(from_records(rec, TS2, make_header(TS2, 0, "l")))
 
 
+def test_common_layout_decodes_as_a_view_and_finite_rows_finds_nan_and_inf():
+    from segood.ros.frames import finite_rows
+
+    pts = np.random.default_rng(1).normal(size=(50, 4)).astype(np.float32)
+    ring, t = np.arange(50, dtype=np.uint16), np.ones(50, np.float32)
+    for extra, view in (({}, True), ({"t": t}, True), ({"t": t, "ring": ring}, False)):  # point_step 16, 20, 22
+        msg = from_records(xyzi_records(pts, extra), TS2, make_header(TS2, 0, "l"))
+        out = decode_xyzi(msg)
+        assert np.shares_memory(out, msg.data) == view  # no copy of the points where float32 rows align
+        np.testing.assert_array_equal(out, pts)
+    big = np.zeros(50, dtype=[(n, ">f4") for n in ("x", "y", "z", "intensity")])
+    for k, n in enumerate(("x", "y", "z", "intensity")):
+        big[n] = pts[:, k]
+    np.testing.assert_array_equal(decode_xyzi(from_records(big, TS2, make_header(TS2, 0, "l"))), pts)
+    assert finite_rows(pts).all()
+    bad = pts.copy()
+    bad[3, 1], bad[7, 3], bad[9, 0] = np.nan, np.inf, -np.inf
+    np.testing.assert_array_equal(finite_rows(bad), np.isfinite(bad).all(axis=1))
+    assert finite_rows(bad).sum() == 47 and finite_rows(bad[:0]).shape == (0,)
+
+
 # ---------------------------------------------------------------------------------------------
 # Round trips through the three formats
 

@@ -240,6 +240,7 @@ def test_fast_predictor_scores_equal_plain_within_tolerance(bn_checkpoint, synth
     assert (a.label == b.label).mean() > 0.999
     assert set(fast.timer.last) == {"voxelise", "lidar", "image", "fusion", "heads"}
     assert set(plain.timer.last) == {"voxelise", "model", "heads"}
+    assert fast.model.image.channels_last and not plain.model.image.channels_last  # inference.channels_last
 
 
 def test_train_step_bench_runs_small(synthetic_root):
@@ -269,7 +270,9 @@ def test_replay_bench_runs_small(monkeypatch, tmp_path):
         assert rows[0]["row"] == "plain" and len(rows) >= 5
         assert all(r["max_abs_score_diff"] <= SCORE_ATOL for r in rows if r["row"] != "+ amp=bf16")
     stages = {b["path"]: set(b["stages_ms_p50"]) for b in entry["bag"]}
-    assert {"decode", "voxelise", "lidar", "image", "fusion", "heads", "encode"} <= stages["fast"]
+    assert {"decode", "voxelise", "lidar", "image", "fusion", "heads", "encode", "write"} <= stages["fast"]
+    assert all(b["cpu_ms_per_frame"] > 0 and 0 < b["share_write"] < 1 for b in entry["bag"])
+    assert "+ channels_last" in {r["row"] for r in entry["switches"]["camera"]}
     assert (tmp_path / "bench_replay.json").is_file()
 
 

@@ -9,11 +9,15 @@ camera, written to an MCAP bag with the camera as JPEG.
 
 Part 1, the switches: one predictor per row on the same scans, rows cumulative from the plain path
 (the model as trained: every switch off) to bf16, rounds interleaved, median ms per frame of the
-predictor alone (voxelise + model + heads + score), LiDAR-only and with the camera; ``max |d|`` is
-the largest score difference from the plain path on those frames.
+predictor alone (voxelise + model + heads + score), LiDAR-only and with the camera, in wall time and
+in process CPU time (at ``--threads 1`` the time one idle core would take, whatever else the
+machine runs); ``max |d|`` is the largest score difference from the plain path on those frames.
 
-Part 2, the bag: ``segood replay`` end to end (decode, predictor, encode) with the default fast
-path and with the plain path, frames per second and the stage timer.
+Part 2, the bag: ``segood replay`` end to end (decode, predictor, encode, bag write) with the
+default fast path and with the plain path, each with a predictor that has run one frame already
+(the steady state of a long replay): frames per second, the share of decode + encode and of the bag
+write, CPU ms per frame (the whole replay call: opening the bag and copying its other messages
+included) and the stage timer.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ ROWS = (
     ("+ keep_freed_memory", {"keep_freed_memory": True}, True),
     ("+ lean_heads", {"lean_heads": True}, True),
     ("+ fold_bn", {"fold_bn": True}, False),
+    ("+ channels_last", {"channels_last": True}, False),
     ("+ threads=2", {"threads": 2}, True),
     ("+ amp=bf16", {"amp": "bf16"}, False),
 )
@@ -135,30 +140,34 @@ def switch_table(ckpt: Path, scans: list, repeats: int, warmup: int) -> list[dic
 
     preds = _predictors(ckpt)
     times: dict[str, list[float]] = {name: [] for name, _, _ in preds}
+    cpu: dict[str, list[float]] = {name: [] for name, _, _ in preds}
     diff: dict[str, float] = {name: 0.0 for name, _, _ in preds}
     stages: dict[str, dict] = {}
     for r in range(warmup + repeats):
         scan = scans[r % len(scans)]
         ref = None
         for name, _, p in preds:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             res = p(scan)
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
             score = res.scores[p.op.score]
             ref = score if ref is None else ref
             diff[name] = max(diff[name], float(np.max(np.abs(score - ref))))
             if r >= warmup:
                 times[name].append(dt)
+                cpu[name].append(dc)
                 stages[name] = dict(p.timer.last)
     rows, prev = [], None
-    base = statistics.median(times[preds[0][0]])
+    base, base_cpu, prev_cpu = statistics.median(times[preds[0][0]]), statistics.median(cpu[preds[0][0]]), None
     for name, exact, _ in preds:
-        ms = statistics.median(times[name])
+        ms, cpu_s = statistics.median(times[name]), statistics.median(cpu[name])
         rows.append({"row": name, "ms": 1e3 * ms, "old_ms": None if prev is None else 1e3 * prev,
                      "vs_previous": 1.0 if prev is None else prev / ms, "vs_plain": base / ms,
+                     "cpu_ms": 1e3 * cpu_s, "cpu_vs_previous": 1.0 if prev_cpu is None else prev_cpu / cpu_s,
+                     "cpu_vs_plain": base_cpu / cpu_s,
                      "frames_per_s": 1.0 / ms, "exact": exact, "max_abs_score_diff": diff[name],
                      "stages_ms": {k: 1e3 * v for k, v in stages[name].items()}})
-        prev = ms
+        prev, prev_cpu = ms, cpu_s
     return rows
 
 
@@ -175,17 +184,35 @@ def profile_table(ckpt: Path, scan, top: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=48)
 
 
-def bag_replay(ckpt: Path, bag: Path, tmp: Path, calib: Path | None, plain: bool) -> dict:
-    """Part 2: ``segood replay`` of ``bag`` (camera when ``calib``), fast or plain path."""
-    from segood.ros.replay import ReplayOptions, replay
+def bag_replay(ckpt: Path, bag: Path, tmp: Path, calib: Path | None, plain: bool, warm_scan) -> dict:
+    """Part 2: ``segood replay`` of ``bag`` (camera when ``calib``), fast or plain path, with a
+    predictor that has already run one frame (``warm_scan``, a scan of the same size): the steady
+    state of a long replay, without the first frame's one-off set-up (oneDNN kernels, memory)."""
+    from segood.engine.inference import Predictor
+    from segood.ros.replay import ReplayOptions, inference_options, replay
 
     out = tmp / f"out_{bag.stem}_{'cam' if calib else 'lidar'}_{'plain' if plain else 'fast'}.mcap"
     opts = ReplayOptions(bag, out, ckpt, progress=False, plain=plain, overwrite=True,
                          image_topic="/camera/image/compressed" if calib else None, calib=calib)
-    s = replay(opts)
+    predictor = Predictor(ckpt, options=inference_options(opts))
+    predictor(warm_scan)
+    c0 = time.process_time()
+    s = replay(opts, predictor)
+    frames = s["frames"]["processed"]
     return {"path": "plain" if plain else "fast", "camera": calib is not None, "frames_per_s": s["frames_per_s"],
             "latency_ms_p50": s["latency_ms"]["p50"], "share_decode_encode": s["share_decode"] + s["share_encode"],
+            "share_write": s["share_write"], "cpu_ms_per_frame": 1e3 * (time.process_time() - c0) / max(frames, 1),
             "stages_ms_p50": {k: v["p50"] for k, v in s["stages_ms"].items()}}
+
+
+def _limit_blas_threads(threads: int) -> None:
+    """numpy's BLAS to ``threads`` threads too (the projection's matmul), so that process CPU time
+    at one thread is one core's time; a no-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(threads, user_api="blas")
 
 
 def run_replay_bench(sizes=("kitti_120k",), frames: int = 4, repeats: int = 5, warmup: int = 1,
@@ -199,6 +226,7 @@ def run_replay_bench(sizes=("kitti_120k",), frames: int = 4, repeats: int = 5, w
 
     if threads:
         torch.set_num_threads(threads)
+        _limit_blas_threads(threads)
     result = {"meta": {"torch_threads": torch.get_num_threads(), "loadavg_before": os.getloadavg(),
                        "config": config or "configs/base.yaml", "overrides": overrides or [], "frames": frames,
                        "repeats": repeats}, "sizes": {}}
@@ -218,7 +246,7 @@ def run_replay_bench(sizes=("kitti_120k",), frames: int = 4, repeats: int = 5, w
                     entry["profile"] = profile_table(ckpt, scans[0], top)
                 for plain in (True, False):
                     entry["bag"].append(bag_replay(ckpt, tmp / f"{size}.mcap", tmp, tmp / "calib.json" if camera
-                                                   else None, plain))
+                                                   else None, plain, scans[-1]))
             result["sizes"][size] = entry
             say(format_size(size, entry))
     result["meta"].update(loadavg_after=os.getloadavg(), seconds=round(time.time() - t_start, 1))
@@ -236,17 +264,19 @@ def format_size(size: str, entry: dict) -> str:
     for mode, rows in entry["switches"].items():
         lines.append(f"== {size} ({entry['points']} points), {mode}: predictor ms per frame (median, rows cumulative)")
         lines.append(f"{'row':22s} {'old ms':>7} {'new ms':>7} {'ratio':>6} {'vs plain':>8} {'frames/s':>8} "
-                     f"{'exact':5s} {'max |d| score':>13}  stages ms")
+                     f"{'CPU ms':>7} {'CPU ratio':>9} {'CPU vs plain':>12} {'exact':5s} {'max |d| score':>13}  stages ms")
         for r in rows:
             old = "" if r["old_ms"] is None else f"{r['old_ms']:7.0f}"
             st = " ".join(f"{k} {v:.0f}" for k, v in r["stages_ms"].items())
             lines.append(f"{r['row']:22s} {old:>7} {r['ms']:7.0f} {r['vs_previous']:6.2f} {r['vs_plain']:8.2f} "
-                         f"{r['frames_per_s']:8.2f} {'yes' if r['exact'] else 'no':5s} {r['max_abs_score_diff']:13.2e}  {st}")
+                         f"{r['frames_per_s']:8.2f} {r['cpu_ms']:7.0f} {r['cpu_vs_previous']:9.2f} "
+                         f"{r['cpu_vs_plain']:12.2f} {'yes' if r['exact'] else 'no':5s} {r['max_abs_score_diff']:13.2e}  {st}")
     lines.append(f"== {size}: segood replay of the bag, end to end")
     for b in entry["bag"]:
         st = " ".join(f"{k} {v:.1f}" for k, v in b["stages_ms_p50"].items())
         lines.append(f"{b['path']:5s} camera={'yes' if b['camera'] else 'no ':3s} {b['frames_per_s']:6.2f} frames/s, "
-                     f"p50 {b['latency_ms_p50']:.0f} ms, decode+encode {100 * b['share_decode_encode']:.1f}% | "
+                     f"p50 {b['latency_ms_p50']:.0f} ms, CPU {b['cpu_ms_per_frame']:.0f} ms/frame, decode+encode "
+                     f"{100 * b['share_decode_encode']:.1f}%, bag write {100 * b['share_write']:.1f}% | "
                      f"stages p50 ms: {st}")
     return "\n".join(lines)
 
@@ -259,7 +289,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds of the switch table (default 5)")
     p.add_argument("--config", default=None, help="model config (default configs/base.yaml)")
     add_overrides(p, "model.lidar.backend=torch")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads, and numpy BLAS threads with threadpoolctl (default: torch's); 1 makes CPU time one core's")
     p.add_argument("--top", type=int, default=15, help="profiler rows")
     p.add_argument("--full", action="store_true", help="both sizes (120k and 35k points), 10 frames, 9 rounds")
     p.add_argument("--out", type=Path, default=None, help="folder for bench_replay.json")

@@ -72,6 +72,9 @@ def assign_cameras(
     Rule when several cameras see a point: the one where it lies closest to the image centre
     (normalised by image size), i.e. the least distorted view; ``visibility``: :class:`Visibility`. Returns (uv (N, 2), camera_id (N,) int8).
     """
+    if len(matrices) == 1:  # one camera: no rule to apply (the loop below gives the same result)
+        uv, inside = project_points(xyz, matrices[0], *sizes[0], visibility=visibility)
+        return uv, np.where(inside, 0, -1).astype(np.int8)
     n = len(xyz)
     best_uv = np.zeros((n, 2), dtype=np.float32)
     cam_id = np.full(n, -1, dtype=np.int8)

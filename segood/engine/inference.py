@@ -40,7 +40,7 @@ from segood.engine.artifacts import load_model, load_operating_point, operating_
 from segood.engine.fit import load_scorers
 from segood.engine.model_config import model_config_from_checkpoint
 from segood.metrics.headline import default_score
-from segood.engine.runtime import amp_settings, keep_freed_memory
+from segood.engine.runtime import amp_settings, keep_freed_memory, set_channels_last
 from segood.models.fold import fold_batchnorm
 
 TOP_FRACTION = 0.05
@@ -144,6 +144,7 @@ class InferenceOptions:
 
     ``fold_bn``: BatchNorm folded into the layer before it (:func:`segood.models.fold.fold_batchnorm`);
     ``lean_heads``: only the heads the label and the score read (:class:`segood.models.segmenter.LazyOutput`);
+    ``channels_last``: the image branch's convolutions in NHWC (:func:`segood.engine.runtime.set_channels_last`);
     ``amp``: ``bf16`` autocast on a CPU with native bf16 (the sparse U-Net and the scores stay fp32);
     ``keep_freed_memory``: freed memory kept for the next frame (:func:`segood.engine.runtime.keep_freed_memory`);
     ``threads``: torch threads for the torch parts (null: torch's default; spconv stays single-threaded).
@@ -151,6 +152,7 @@ class InferenceOptions:
 
     fold_bn: bool = True
     lean_heads: bool = True
+    channels_last: bool = True
     amp: str = "none"
     keep_freed_memory: bool = True
     threads: int | None = None
@@ -163,7 +165,8 @@ class InferenceOptions:
     @classmethod
     def plain(cls) -> "InferenceOptions":
         """Every switch off: the model as trained, all heads, fp32, torch's memory and threads."""
-        return cls(fold_bn=False, lean_heads=False, amp="none", keep_freed_memory=False, threads=None)
+        return cls(fold_bn=False, lean_heads=False, channels_last=False, amp="none", keep_freed_memory=False,
+                   threads=None)
 
 
 class StageTimer:
@@ -213,6 +216,7 @@ class Predictor:
         self.amp, _ = amp_settings(self.options.amp, torch.device("cpu"), "inference.amp")
         if self.options.fold_bn:  # after load_scorers: a fitted score reads the model as trained
             fold_batchnorm(self.model)
+        set_channels_last(self.model, self.options.channels_last)
         self.timer = StageTimer()
 
     @torch.inference_mode()

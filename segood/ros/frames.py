@@ -53,6 +53,14 @@ def scored_topic(reader: Any) -> str | None:
     return next((t for t, m in topics(reader).items() if m == POINTCLOUD2 and t.endswith(OUTPUT_SUFFIX)), None)
 
 
+def finite_rows(points: np.ndarray) -> np.ndarray:
+    """(N,) bool: the rows of ``points`` whose values are all finite. One min / max pass when all are
+    (the usual unorganised cloud): both are finite exactly when no value is NaN or infinite."""
+    if len(points) and np.isfinite(points.min()) and np.isfinite(points.max()):
+        return np.ones(len(points), dtype=bool)
+    return np.isfinite(points).all(axis=1)
+
+
 def scan_from_points(points: np.ndarray, image: np.ndarray | None, matrix: np.ndarray | None,
                      source: str, meta: dict | None = None) -> Scan:
     """A Scan of (N, 4) points, with one camera when ``image`` and ``matrix`` are given (else LiDAR-only)."""
@@ -104,13 +112,13 @@ class CloudDecoder:
                           "intensity 0 used for every point (--intensity zero); said once per bag")
             self.without_intensity += 1
         points = decode_xyzi(msg)
-        valid = np.isfinite(points).all(axis=1)
+        valid = finite_rows(points)
         scored = scored_fields(msg)
         if not valid.any():
             raise CloudError(f"no finite point among {len(points)}")
-        pts = points[valid]
+        pts = points if valid.all() else points[valid]  # a view of the message when every point is finite
         if self.intensity_scale != 1.0:
-            pts[:, 3] *= self.intensity_scale
+            pts = pts * np.array([1, 1, 1, self.intensity_scale], dtype=np.float32)
         stamp = stamp_ns(msg.header)
         image, note = None, ""
         if self.camera is not None:

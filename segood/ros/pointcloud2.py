@@ -82,18 +82,37 @@ def decode_xyzi(msg: Any, intensity_field: str = "intensity") -> np.ndarray:
 
     x, y, z are required; intensity is 0 when the field is missing. Non-finite points (organised
     clouds mark missing returns with NaN) are kept, so the order and count match the message.
+    The common float32 x, y, z, intensity layout comes back as a view of the message's buffer (no
+    copy; read-only when the buffer is): copy it before writing to it.
     """
     rec = point_records(msg)
     names = rec.dtype.names or ()
     missing = [n for n in "xyz" if n not in names]
     if missing:
         raise CloudError(f"fields {missing} are missing (the cloud has {list(names)}); x, y, z are required")
+    view = _xyzi_view(rec, intensity_field)
+    if view is not None:
+        return view
     out = np.zeros((len(rec), 4), dtype=np.float32)
     for i, n in enumerate("xyz"):
         out[:, i] = _scalar(rec, n)
     if intensity_field in names:
         out[:, 3] = _scalar(rec, intensity_field)
     return out
+
+
+def _xyzi_view(rec: np.ndarray, intensity_field: str) -> np.ndarray | None:
+    """The common layout (native-order float32 x, y, z, intensity at offsets 0, 4, 8, 12) as an
+    (N, 4) float32 view of the message's bytes, without a copy (read-only when they are); None for
+    any other layout."""
+    native = np.dtype(np.float32).newbyteorder("=")
+    for k, name in enumerate(("x", "y", "z", intensity_field)):
+        field = rec.dtype.fields.get(name)
+        if field is None or field[0] != native or field[1] != 4 * k:
+            return None
+    if rec.dtype.itemsize % 4 or rec.strides[0] != rec.dtype.itemsize:
+        return None
+    return rec.view(np.uint8).reshape(len(rec), -1).view(np.float32)[:, :4]
 
 
 def _scalar(rec: np.ndarray, name: str) -> np.ndarray:

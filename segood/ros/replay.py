@@ -156,10 +156,11 @@ def replay(opts: ReplayOptions, predictor: Predictor | None = None) -> dict:
                 ids = lm.train_to_raw(pred.label) if opts.label_ids == "raw" else pred.label
                 label = np.full(len(d.valid), 0 if opts.label_ids == "raw" else INVALID_TRAIN_ID, dtype=np.uint16)
                 label[d.valid] = ids
-                msg = with_scores(d.msg, anomaly, label, writer.typestore)
-                writer.write(seg_conn, t, writer.serialize(msg, POINTCLOUD2))
+                data = writer.serialize(with_scores(d.msg, anomaly, label, writer.typestore), POINTCLOUD2)
                 t3 = time.perf_counter()
-                stats.frame(d.decode_s, t2 - t1, t3 - t2, len(d.valid), int(d.valid.sum()),
+                writer.write(seg_conn, t, data)
+                t4 = time.perf_counter()
+                stats.frame(d.decode_s, t2 - t1, t3 - t2, t4 - t3, len(d.valid), int(d.valid.sum()),
                             int(op.above(score).sum()), d.camera_note if camera else NO_CAMERA,
                             getattr(predictor, "timer", None) and predictor.timer.last)
                 bar.set_postfix(fps=f"{1.0 / max(np.mean(stats.total[-10:]), 1e-9):.2f}", dropped=len(stats.dropped))
@@ -207,25 +208,29 @@ class _Stats:
         self.decode: list[float] = []
         self.model: list[float] = []
         self.encode: list[float] = []
+        self.write: list[float] = []
         self.total: list[float] = []
         self.points = self.valid = self.above = 0
         self.skipped_window = self.skipped_every = 0
         self.dropped: list[dict] = []
         self.lidar_only: dict[str, int] = {}
-        self.stages: dict[str, list[float]] = {}  # decode, the predictor's stages, encode
+        self.stages: dict[str, list[float]] = {}  # decode, the predictor's stages, encode, write
 
     def drop(self, index: int, t: int, reason: str) -> None:
         """A dropped cloud: its message index on the topic, its receive time ``t`` in ns from the bag's start."""
         self.dropped.append({"index": index, "time_s": t / 1e9, "reason": reason})
 
-    def frame(self, decode: float, model: float, encode: float, points: int, valid: int, above: int,
+    def frame(self, decode: float, model: float, encode: float, write: float, points: int, valid: int, above: int,
               camera_note: str, stages: dict[str, float] | None = None) -> None:
-        for name, seconds in {"decode": decode, **(stages or {}), "encode": encode}.items():
+        """One processed frame: seconds of decoding (message, image, projection), the predictor,
+        encoding (the output message's bytes) and writing them to the bag."""
+        for name, seconds in {"decode": decode, **(stages or {}), "encode": encode, "write": write}.items():
             self.stages.setdefault(name, []).append(seconds)
         self.decode.append(decode)
         self.model.append(model)
         self.encode.append(encode)
-        self.total.append(decode + model + encode)
+        self.write.append(write)
+        self.total.append(decode + model + encode + write)
         self.points += points
         self.valid += valid
         self.above += above
@@ -256,9 +261,11 @@ class _Stats:
             "decode_ms": ms(self.decode),
             "model_ms": ms(self.model),
             "encode_ms": ms(self.encode),
+            "write_ms": ms(self.write),
             "stages_ms": {name: ms(x) for name, x in self.stages.items()},
             "share_decode": float(np.sum(self.decode)) / total if total else None,
             "share_encode": float(np.sum(self.encode)) / total if total else None,
+            "share_write": float(np.sum(self.write)) / total if total else None,
             "frames_per_s": len(self.total) / total if total else None,
             "wall_s": wall,
             "points": {"total": self.points, "finite": self.valid, "above_operating_point": self.above,
