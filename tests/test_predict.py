@@ -107,8 +107,10 @@ def test_stu_format_read_back_by_stus_calculator_equals_eval_protocol_stu(ckpt, 
             frames.append((points, scores, sem))
     assert len(frames) == 3
     ref = stu_reference(frames)
+    # predict runs the fast inference path (BatchNorm folded, NHWC image branch: scores within 1e-4 of the
+    # plain path, tests/test_speed.py), eval the plain one: the metrics agree to that precision, not bit for bit
     for k in ("auroc", "aupr", "fpr95"):
-        assert got[k] == pytest.approx(ref[k], abs=1e-6), (k, got[k], ref[k])
+        assert got[k] == pytest.approx(ref[k], abs=1e-4), (k, got[k], ref[k])
 
 
 # --------------------------------------------------------------------------- nuScenes
