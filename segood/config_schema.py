@@ -152,6 +152,9 @@ SCHEMA: dict[str, Any] = {
         "threads": Opt(None, int, "torch threads for the torch parts (null: torch's default); spconv runs "
                                   "single-threaded", min=1, nullable=True),
         "channels_last": Opt(False, bool, "image branch convolutions in NHWC (not bit-exact: other conv kernels)"),
+        "parallel_branches": Opt("auto", str, "exact: the LiDAR and image branches' forward and backward on two "
+                                              "cores at once (auto: on a CPU with >= 2 torch threads, no DDP)",
+                                 choices=("auto", "always", "never")),
         "sync_bn": Opt(False, bool, "SyncBatchNorm under DDP (GPU)"),
         "log_every": Opt(10, int, "steps between log lines", min=1),
         "ckpt_every": Opt(100, int, "also writes checkpoint_stepNNNNNNN.pt every N steps, keeping the last `keep_last` "

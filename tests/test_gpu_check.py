@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_dry_run_runs_every_stage_and_writes_one_json_and_one_table(tmp_path):
     out = tmp_path / "out"
-    run = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), str(out), "--dry-run", "--time-limit", "240"],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable})
+    run = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), str(out), "--dry-run", "--time-limit", "900"],
+                         capture_output=True, text=True, timeout=960, env={**os.environ, "PYTHON": sys.executable})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads((out / "gpu_check.json").read_text())
     assert list(result["stages"]) == list(gpu_check.STAGES)
@@ -39,8 +39,9 @@ def test_dry_run_runs_every_stage_and_writes_one_json_and_one_table(tmp_path):
 
 
 def test_time_limit_stops_the_running_stage_and_skips_the_rest(tmp_path, monkeypatch):
-    """The run's clock is the test's: the env stage gets its 1 s budget (22 s limit, 5 s reserve), is
-    killed at it, and 'uses' 10 s of the run's time, so 7 s are left: below a stage's 15 s floor."""
+    """The run's clock is the test's: the env stage gets its 1 s budget (not a dry run: a dry run has
+    no stage budgets; 22 s limit, 5 s reserve), is killed at it, and 'uses' 10 s of the run's time,
+    so 7 s are left: below a stage's 15 s floor."""
     now = [0.0]
 
     def sleeping_child(name, ctx):
@@ -49,7 +50,7 @@ def test_time_limit_stops_the_running_stage_and_skips_the_rest(tmp_path, monkeyp
 
     monkeypatch.setattr(gpu_check, "_child_cmd", sleeping_child)
     monkeypatch.setitem(gpu_check.BUDGET_S, "env", 1)
-    result = gpu_check.run_check(tmp_path, device="cpu", dry_run=True, time_limit_s=22.0, stages=("env", "build"),
+    result = gpu_check.run_check(tmp_path, device="cpu", dry_run=False, time_limit_s=22.0, stages=("env", "build"),
                                  clock=lambda: now[0])
     env, build = result["stages"]["env"], result["stages"]["build"]
     assert env == {"status": "failed", "seconds": 1.0,

@@ -12,9 +12,10 @@ import torch
 
 from segood.config import CONFIG_DIR, ConfigError, load_config
 from segood.data.batching import collate
-from segood.engine import runtime
+from segood.engine import parallel_branches, runtime
 from segood.engine.builders import build_dataset, build_grid, build_label_map, build_synthesizer
 from segood.engine.step import train_step
+from segood.engine.train import freeze_encoders
 from segood.models import build_model
 from segood.models.fold import AddBias, fold_batchnorm
 from segood.ood.losses import lovasz_softmax
@@ -34,7 +35,7 @@ def _batch(cfg: dict) -> dict:
     return collate([dataset[0], dataset[1]], build_grid(cfg), None, np.random.default_rng(0))
 
 
-def _train(cfg: dict, batch: dict, steps: int = 3) -> dict:
+def _train(cfg: dict, batch: dict, steps: int = 3, parallel: bool = False, frozen: bool = False) -> dict:
     """``steps`` training steps from seed 0 with the config's runtime switches, one torch thread
     (at two threads the step itself is not bit-reproducible run to run, switches or not); the
     final weights."""
@@ -45,10 +46,11 @@ def _train(cfg: dict, batch: dict, steps: int = 3) -> dict:
     amp, _ = runtime.amp_settings(cfg["train"]["amp"], torch.device("cpu"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     synth = build_synthesizer(cfg)
+    freeze_encoders(model, frozen)
     try:
         for i in range(steps):
             train_step(model, [batch], opt, cfg["loss"], 10.0, synthesize=lambda fi, fl, b: synth(fi, fl, b, i),
-                       amp_dtype=amp)
+                       amp_dtype=amp, parallel_branches=parallel)
     finally:
         torch.set_num_threads(before)
         runtime.keep_freed_memory(True)
@@ -285,3 +287,54 @@ def test_synthesis_bench_defaults_are_small():
     assert max(kw["points"]) <= 100_000 and len(kw["dtypes"]) == 1 and kw["repeats"] <= 3
     full = synthesis.bench_kwargs(p.parse_args(["--full"]))
     assert max(full["points"]) == 1_000_000 and len(full["dtypes"]) == 3
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["trained", "encoders_frozen"])
+def test_parallel_branches_leave_weights_bit_equal(batch_cfg, frozen):
+    """The branches' forward and backward on two threads give the sequential step's weights to the
+    bit (one torch thread in each, as in the sequential step), also with frozen encoders (outlier phase)."""
+    cfg, batch = batch_cfg
+    sequential = _train(cfg, batch, parallel=False, frozen=frozen)
+    parallel = _train(cfg, batch, parallel=True, frozen=frozen)
+    assert _equal(sequential, parallel)
+    if frozen:  # the encoders did not move, the heads did
+        torch.manual_seed(0)
+        init = build_model(cfg["model"]).state_dict()
+        assert all(torch.equal(init[k], parallel[k]) for k in init if k.startswith(("lidar.", "image.")))
+        assert not torch.equal(init["seg_head.weight"], parallel["seg_head.weight"])
+
+
+def test_parallel_branches_resolve():
+    cpu = torch.device("cpu")
+    assert parallel_branches.resolve("auto", cpu, False, threads=2)
+    assert not parallel_branches.resolve("auto", cpu, False, threads=1)
+    assert not parallel_branches.resolve("auto", cpu, True, threads=2)
+    assert not parallel_branches.resolve("auto", torch.device("cuda"), False, threads=8)
+    assert not parallel_branches.resolve("never", cpu, False, threads=2)
+    with pytest.raises(ConfigError, match="at least 2 torch threads"):
+        parallel_branches.resolve("always", cpu, False, threads=1)
+    with pytest.raises(ConfigError, match="DDP"):
+        parallel_branches.resolve("always", cpu, True, threads=2)
+    with pytest.raises(ConfigError, match="expected auto, always or never"):
+        parallel_branches.resolve("yes", cpu, False)
+
+
+def test_concurrently_carries_modes_threads_and_errors():
+    """The worker runs with the caller's grad mode and autocast and its own thread count; the
+    caller's thread count is back afterwards; an exception in the worker reaches the caller."""
+    before = torch.get_num_threads()
+    seen = {}
+
+    def there():
+        seen.update(grad=torch.is_grad_enabled(), autocast=torch.is_autocast_enabled("cpu"),
+                    threads=torch.get_num_threads())
+        return "there"
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        here, result = parallel_branches.concurrently(lambda: torch.get_num_threads(), there, there_threads=1)
+    assert (here, result) == (1, "there")
+    assert seen == {"grad": False, "autocast": True, "threads": 1}
+    assert torch.get_num_threads() == before
+    with pytest.raises(ZeroDivisionError):
+        parallel_branches.concurrently(lambda: None, lambda: 1 / 0)
+    assert torch.get_num_threads() == before

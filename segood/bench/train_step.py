@@ -44,12 +44,14 @@ class Switch:
 
 
 UNOPTIMISED = ("train.keep_freed_memory=false", "loss.lovasz_sort=torch", "train.channels_last=false",
-               "train.amp=none")
+               "train.amp=none", "train.parallel_branches=never")
 STEPS = (
     Switch("keep_freed_memory", ("train.keep_freed_memory=true",), True, True),
     # no config key: an exact implementation change (KernelFeatureMixing.rows_only, default True)
     Switch("fm_rows_only", (), True, True, (("rows_only", False, True),)),
     Switch("lovasz_sort=keys", ("loss.lovasz_sort=keys",), False, True),
+    # auto: on at >= 2 threads (at one thread this row is the previous one again)
+    Switch("parallel_branches", ("train.parallel_branches=auto",), True, True),
     Switch("channels_last", ("train.channels_last=true",), False, False),
     Switch("amp=bf16", ("train.amp=bf16",), False, False),
 )
@@ -102,15 +104,19 @@ class _Row:
 
     def step(self, batch: dict, index: int, threads: int) -> tuple[float, float]:
         """One training step; (wall seconds, process CPU seconds)."""
+        import torch
+
+        from segood.engine import parallel_branches
         from segood.engine.runtime import apply_train_runtime
         from segood.engine.step import train_step
 
         apply_train_runtime({**self.cfg["train"], "threads": threads}, self.model)
+        parallel = parallel_branches.resolve(self.cfg["train"]["parallel_branches"], torch.device("cpu"), False, threads)
         synth = self.synth
         t0, c0 = time.perf_counter(), time.process_time()
         train_step(self.model, [batch], self.opt, self.cfg["loss"], float(self.cfg["train"]["grad_clip"]),
                    synthesize=(lambda fi, fl, b: synth(fi, fl, b, index)) if synth is not None else None,
-                   amp_dtype=self.amp)
+                   amp_dtype=self.amp, parallel_branches=parallel)
         return time.perf_counter() - t0, time.process_time() - c0
 
     def weights(self) -> dict:

@@ -10,6 +10,8 @@ times every switch against the path without it, in one run):
 - ``train.threads`` (exact on the CPU): torch intra-op threads for the torch parts (``null``: torch's
   default). spconv's sparse U-Net always runs single-threaded (:mod:`segood.models.spconv_guard`).
 - ``train.channels_last``: the image branch's convolutions in NHWC (oneDNN's native layout).
+- ``train.parallel_branches`` (exact): the encoders' forward and backward on two cores at once
+  (:mod:`segood.engine.parallel_branches`; resolved by the trainer, not here).
 - ``train.amp: bf16`` on the CPU where the CPU has native bf16 (AVX512-BF16 or AMX); refused with
   a clear message elsewhere. Losses, softmaxes and reductions stay fp32
   (:func:`segood.engine.step.to_fp32`), and so does the sparse U-Net (spconv has no CPU bf16).

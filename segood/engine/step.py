@@ -7,6 +7,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 
 from segood.engine.objective import compute_losses
+from segood.engine.parallel_branches import BranchCut
 
 Synthesize = Callable[[torch.Tensor, torch.Tensor, Mapping], tuple]
 
@@ -22,7 +23,8 @@ def train_step(model: torch.nn.Module, batches: Sequence[Mapping], opt: torch.op
                scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
                clip_params: Iterable[torch.nn.Parameter] | None = None,
                prepare: Callable[[Mapping], Mapping] | None = None,
-               observe: Callable[[Mapping, Mapping], None] | None = None) -> dict[str, float]:
+               observe: Callable[[Mapping, Mapping], None] | None = None,
+               parallel_branches: bool = False) -> dict[str, float]:
     """One optimizer step over ``batches`` (gradient accumulation: the loss of each is divided by
     their number); returns the mean loss terms (floats).
 
@@ -30,7 +32,9 @@ def train_step(model: torch.nn.Module, batches: Sequence[Mapping], opt: torch.op
     ``scaler`` / ``amp_dtype``: mixed precision (fp16 needs the scaler); ``clip_params``: the
     parameters whose gradient norm is clipped (default: the model's; the module under DDP);
     ``prepare(batch)``: e.g. the move to the device, applied to one batch at a time; ``observe(out, batch)``
-    sees each forward's output (the shortcut monitor, :mod:`segood.engine.monitor`).
+    sees each forward's output (the shortcut monitor, :mod:`segood.engine.monitor`);
+    ``parallel_branches``: the two encoders' forward and backward run at once
+    (:mod:`segood.engine.parallel_branches`; exact; CPU, no DDP: see its ``resolve``).
     """
     scaler = scaler or torch.amp.GradScaler(enabled=False)
     device_type = next(model.parameters()).device.type
@@ -39,11 +43,14 @@ def train_step(model: torch.nn.Module, batches: Sequence[Mapping], opt: torch.op
     for batch in batches:
         batch = prepare(batch) if prepare is not None else batch
         with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model(batch, synthesize=synthesize)
+            cut = BranchCut(model, batch) if parallel_branches else None
+            out = model(batch, synthesize=synthesize, branches=cut.branches if cut else None)
         terms = compute_losses(to_fp32(out), batch, loss_cfg)  # losses, softmax and reductions in fp32
         if observe is not None:
             observe(out, batch)
         scaler.scale(terms["total"] / len(batches)).backward()
+        if cut is not None:
+            cut.backward()
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(batches)
     scaler.unscale_(opt)

@@ -29,6 +29,7 @@ from segood.engine.distributed import (DistInfo, all_reduce_sum, barrier, broadc
                                        init_distributed, shutdown, weights_checksum)
 from segood.engine.interrupt import SIGNALS, Interrupted, StopRequest, ignore_signals
 from segood.engine.monitor import Monitor
+from segood.engine import parallel_branches
 from segood.engine.runtime import amp_settings, apply_train_runtime
 from segood.engine.resume import ResumableSampler, rng_state, seed_everything, set_rng_state, trim_history
 from segood.engine.step import train_step
@@ -147,6 +148,7 @@ class Trainer:
             int(self.tcfg["warmup_steps"]), self.total, self.phase, float(self.tcfg["outlier_phase_lr"]),
             self.tcfg["outlier_phase_schedule"]))
         apply_train_runtime(self.tcfg, self.model)
+        self.parallel_branches = parallel_branches.resolve(self.tcfg["parallel_branches"], info.device, info.enabled)
         self.amp_dtype, use_scaler = amp_settings(self.tcfg["amp"], info.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.synthesizer = build_synthesizer(cfg, rank=info.rank)
@@ -303,7 +305,8 @@ class Trainer:
                           synthesize=(lambda fi, fl, b: synth(fi, fl, b, step)) if synth else None,
                           scaler=self.scaler, amp_dtype=self.amp_dtype, clip_params=self.model.parameters(),
                           prepare=lambda b: to_device(b, self.info.device),
-                          observe=self.monitor.observe_train if self._monitor_step(step + 1) else None)
+                          observe=self.monitor.observe_train if self._monitor_step(step + 1) else None,
+                          parallel_branches=self.parallel_branches)
         self.sched.step()
         return {k: round(v, 4) for k, v in sums.items()}
 

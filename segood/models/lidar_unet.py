@@ -169,7 +169,14 @@ class LidarBranch(nn.Module):
         One layer only: it runs on every point (P ~ 64k per step), so it is
         where width costs most.
         """
-        voxel = self.voxel_features(batch)
-        per_point = voxel[batch["point2voxel"]]
-        raw = self.point_mlp(batch["points"])
-        return self.out(torch.cat([per_point, raw], dim=1))
+        return self.combine(batch, self.voxel_features(batch), self.point_features(batch))
+
+    def point_features(self, batch: dict) -> torch.Tensor:
+        """The per-point MLP on the raw points (P, point_hidden)."""
+        return self.point_mlp(batch["points"])
+
+    def combine(self, batch: dict, voxel: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+        """Each point's voxel feature beside its point feature, through the output layer (P, out_channels).
+        Separate from :meth:`forward` so that the training step can run the sparse U-Net and the point MLP
+        on two threads (:mod:`segood.engine.parallel_branches`)."""
+        return self.out(torch.cat([voxel[batch["point2voxel"]], point], dim=1))

@@ -99,9 +99,13 @@ class FusionSegmenter(nn.Module):
             standardize_outputs(lidar.out, nn.BatchNorm1d(d_l, affine=False))
             standardize_outputs(image.decoder.smooth, nn.BatchNorm2d(d_c, affine=False))
 
-    def encode(self, batch: dict) -> dict:
-        """Per-point features of each modality: feat_image (P, d_c), feat_lidar (P, d_l)."""
-        fi, fl = self.norm_image(self.image(batch)), self.norm_lidar(self.lidar(batch))
+    def encode(self, batch: dict, branches: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+        """Per-point features of each modality: feat_image (P, d_c), feat_lidar (P, d_l).
+
+        ``branches``: the image and LiDAR branches' outputs, computed already (the training step's
+        :class:`segood.engine.parallel_branches.BranchCut` runs them at once); None: run them here."""
+        image, lidar = branches if branches is not None else (self.image(batch), self.lidar(batch))
+        fi, fl = self.norm_image(image), self.norm_lidar(lidar)
         common = torch.promote_types(fi.dtype, fl.dtype)  # under autocast the branches may differ
         return {"feat_image": fi.to(common), "feat_lidar": fl.to(common)}
 
@@ -150,9 +154,11 @@ class FusionSegmenter(nn.Module):
             return torch.zeros(n_points, dtype=torch.bool, device=device)
         return batch["visible"]
 
-    def forward(self, batch: dict, synthesize: Optional[Synthesizer] = None) -> dict:
-        """Encode, fuse and run all heads; optionally synthesize and score outliers."""
-        out = self.encode(batch)
+    def forward(self, batch: dict, synthesize: Optional[Synthesizer] = None,
+                branches: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+        """Encode (``branches``: the branch outputs, see :meth:`encode`), fuse and run all heads;
+        optionally synthesize and score outliers."""
+        out = self.encode(batch, branches)
         fl = out["feat_lidar"]
         visible = self._visible(batch, fl.shape[0], fl.device)
         out.update(self.complete_camera(out["feat_image"], fl, visible))

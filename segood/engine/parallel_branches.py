@@ -1,0 +1,141 @@
+"""The two encoders of a training step, forward and backward, on two cores at once (``train.parallel_branches``).
+
+The sparse U-Net (spconv) must run single-threaded on the CPU (:mod:`segood.models.spconv_guard`),
+so in a sequential step one core idles while it runs, and the image branch's two threads wait for
+it. Here the step is cut at the two branch outputs:
+
+1. forward: the sparse U-Net in the calling thread and, at the same time, the image branch and the
+   LiDAR branch's point MLP in a worker thread (about equal costs), one torch thread each;
+2. the rest of the forward (the LiDAR branch's per-point output layer, fusion, heads, synthesis),
+   the losses and their backward run on those outputs as detached leaves, with the process's
+   threads; the leaves collect the gradients;
+3. backward from the leaves' gradients, again the sparse U-Net here and the image branch and point
+   MLP in the worker, at the same time.
+
+Exact: every operation and every gradient sum is the one of the sequential step (the leaves' gradients
+are the sums the sequential backward hands to the branches), so at one thread the weights are
+bit-equal to the sequential step's (tests/test_parallel_branches.py). The branches own disjoint
+parameters, so the two concurrent backward passes never write to the same gradient; autograd runs
+concurrent backward calls on disjoint graphs (torch's documented thread-safe autograd).
+
+Threads: torch's intra-op thread count (OpenMP) is per thread, so the worker sets its own and the
+calling thread drops to one for phases 1 and 3 and returns to its count for phase 2. Autocast and
+grad mode are thread-local too: the worker enters the caller's. CPU only, without DDP (its gradient
+hooks expect one backward); :func:`resolve` says when it is on.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterator
+
+import torch
+
+from segood.config import ConfigError
+
+__all__ = ["resolve", "BranchCut", "concurrently"]
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One worker thread for the process (created on first use)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segood-branch")
+        atexit.register(_POOL.shutdown, wait=False)
+    return _POOL
+
+
+def resolve(mode: str, device: torch.device, distributed: bool, threads: int | None = None) -> bool:
+    """``train.parallel_branches`` (``auto`` | ``always`` | ``never``) -> on or off for this process.
+
+    ``auto``: on where it pays, on a CPU with at least two torch threads (``threads``; default
+    torch's count) and no DDP; ``always``: the same conditions, and a ConfigError naming the one that
+    fails; ``never``: off."""
+    if mode not in ("auto", "always", "never"):
+        raise ConfigError(f"train.parallel_branches: {mode!r}: expected auto, always or never")
+    if mode == "never":
+        return False
+    threads = torch.get_num_threads() if threads is None else threads
+    why = ("it runs on the CPU only" if device.type != "cpu" else
+           "it does not run under DDP (one backward per step)" if distributed else
+           f"it needs at least 2 torch threads (this process has {threads})" if threads < 2 else None)
+    if why and mode == "always":
+        raise ConfigError(f"train.parallel_branches: always, but {why}; set it to auto or never")
+    return why is None
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """This thread's torch intra-op threads set to ``n`` for the block, then restored."""
+    previous = torch.get_num_threads()
+    if previous != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
+def concurrently(here: Callable[[], Any], there: Callable[[], Any], there_threads: int = 1) -> tuple[Any, Any]:
+    """(``here()``, ``there()``): ``there`` in the worker thread with ``there_threads`` torch threads
+    and the caller's autocast and grad mode, ``here`` in this thread with one torch thread. An
+    exception in either is raised here (after both have finished)."""
+    grad = torch.is_grad_enabled()
+    autocast = [(d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
+
+    def run_there() -> Any:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.set_grad_enabled(grad))
+            for device_type, dtype in autocast:
+                stack.enter_context(torch.autocast(device_type, dtype=dtype))
+            stack.enter_context(_threads(there_threads))
+            return there()
+
+    future: Future = _pool().submit(run_there)
+    try:
+        with _threads(1):
+            result_here = here()
+    finally:
+        result_there = future.result()  # waits, and raises the worker's exception
+    return result_here, result_there
+
+
+class BranchCut:
+    """One batch's encoders, run at once; their outputs are detached leaves for the rest of the step.
+
+    The cut: the sparse U-Net's voxel features (calling thread) against the image branch and the
+    LiDAR branch's point MLP (worker), whose costs are about equal; the LiDAR branch's output layer
+    (voxel feature beside point feature, on every point) then runs with the process's threads as
+    the first layer of the rest of the step. ``branches``: (image output, LiDAR output) to hand to
+    ``model(batch, branches=...)``; :meth:`backward` (after the loss's backward) sends the leaves'
+    gradients back through both sides at once."""
+
+    def __init__(self, model: torch.nn.Module, batch: dict, threads: int | None = None) -> None:
+        self.threads = threads or torch.get_num_threads()
+        lidar = model.lidar
+        voxel, (image, point) = concurrently(lambda: lidar.voxel_features(batch),
+                                             lambda: (model.image(batch), lidar.point_features(batch)),
+                                             max(1, self.threads - 1))
+        self.outputs = (voxel, image, point)
+        self.leaves = tuple(t.detach().requires_grad_(t.requires_grad) for t in self.outputs)
+        leaf_voxel, leaf_image, leaf_point = self.leaves
+        self.branches = (leaf_image, lidar.combine(batch, leaf_voxel, leaf_point))
+
+    def backward(self) -> None:
+        """Backward from the leaves' gradients: the sparse U-Net here, the image branch and the point
+        MLP in the worker, at once (an output without gradient, e.g. of an encoder frozen in an
+        outlier phase, is skipped); frees the graphs."""
+        pairs = [(out, leaf.grad) for out, leaf in zip(self.outputs, self.leaves)
+                 if out.requires_grad and leaf.grad is not None]
+        here = [p for p in pairs if p[0] is self.outputs[0]]
+        there = [p for p in pairs if p[0] is not self.outputs[0]]
+
+        def run(group: list) -> Callable[[], None]:
+            return lambda: torch.autograd.backward([o for o, _ in group], [g for _, g in group]) if group else None
+
+        concurrently(run(here), run(there), max(1, self.threads - 1))
+        self.outputs = self.leaves = self.branches = ()
