@@ -4,13 +4,14 @@ The sparse U-Net (spconv) must run single-threaded on the CPU (:mod:`segood.mode
 so in a sequential step one core idles while it runs, and the image branch's two threads wait for
 it. Here the step is cut at the two branch outputs:
 
-1. forward: the sparse U-Net in the calling thread and, at the same time, the image branch and the
-   LiDAR branch's point MLP in a worker thread (about equal costs), one torch thread each;
-2. the rest of the forward (the LiDAR branch's per-point output layer, fusion, heads, synthesis),
-   the losses and their backward run on those outputs as detached leaves, with the process's
-   threads; the leaves collect the gradients;
-3. backward from the leaves' gradients, again the sparse U-Net here and the image branch and point
-   MLP in the worker, at the same time.
+1. forward: the LiDAR branch in the calling thread and the image branch in a worker thread, at the
+   same time, one torch thread each (their costs are close: ~80 ms forward, ~125-160 ms backward
+   on the demo batch; a cut that moved the LiDAR branch's per-point layers to the two-thread part
+   measured slower, 516 against 469 ms per step);
+2. the rest of the forward (fusion, heads, synthesis), the losses and their backward run on the
+   branch outputs as detached leaves, with the process's threads; the leaves collect the gradients;
+3. backward of each branch from its leaf's gradient, again the LiDAR branch here and the image
+   branch in the worker, at the same time.
 
 Exact: every operation and every gradient sum is the one of the sequential step (the leaves' gradients
 are the sums the sequential backward hands to the branches), so at one thread the weights are
@@ -107,35 +108,26 @@ def concurrently(here: Callable[[], Any], there: Callable[[], Any], there_thread
 class BranchCut:
     """One batch's encoders, run at once; their outputs are detached leaves for the rest of the step.
 
-    The cut: the sparse U-Net's voxel features (calling thread) against the image branch and the
-    LiDAR branch's point MLP (worker), whose costs are about equal; the LiDAR branch's output layer
-    (voxel feature beside point feature, on every point) then runs with the process's threads as
-    the first layer of the rest of the step. ``branches``: (image output, LiDAR output) to hand to
-    ``model(batch, branches=...)``; :meth:`backward` (after the loss's backward) sends the leaves'
-    gradients back through both sides at once."""
+    ``branches``: (image output, LiDAR output) as leaves to hand to ``model(batch, branches=...)``;
+    :meth:`backward` (after the loss's backward) sends the leaves' gradients through both branches
+    at once."""
 
     def __init__(self, model: torch.nn.Module, batch: dict, threads: int | None = None) -> None:
         self.threads = threads or torch.get_num_threads()
-        lidar = model.lidar
-        voxel, (image, point) = concurrently(lambda: lidar.voxel_features(batch),
-                                             lambda: (model.image(batch), lidar.point_features(batch)),
-                                             max(1, self.threads - 1))
-        self.outputs = (voxel, image, point)
-        self.leaves = tuple(t.detach().requires_grad_(t.requires_grad) for t in self.outputs)
-        leaf_voxel, leaf_image, leaf_point = self.leaves
-        self.branches = (leaf_image, lidar.combine(batch, leaf_voxel, leaf_point))
+        lidar, image = concurrently(lambda: model.lidar(batch), lambda: model.image(batch), max(1, self.threads - 1))
+        self.outputs = (image, lidar)
+        self.branches = tuple(t.detach().requires_grad_(t.requires_grad) for t in self.outputs)
 
     def backward(self) -> None:
-        """Backward from the leaves' gradients: the sparse U-Net here, the image branch and the point
-        MLP in the worker, at once (an output without gradient, e.g. of an encoder frozen in an
-        outlier phase, is skipped); frees the graphs."""
-        pairs = [(out, leaf.grad) for out, leaf in zip(self.outputs, self.leaves)
-                 if out.requires_grad and leaf.grad is not None]
-        here = [p for p in pairs if p[0] is self.outputs[0]]
-        there = [p for p in pairs if p[0] is not self.outputs[0]]
+        """Backward of both branches from their leaves' gradients (a branch without gradient, e.g.
+        frozen in an outlier phase, is skipped); frees both graphs."""
+        (image, lidar), (leaf_image, leaf_lidar) = self.outputs, self.branches
 
-        def run(group: list) -> Callable[[], None]:
-            return lambda: torch.autograd.backward([o for o, _ in group], [g for _, g in group]) if group else None
+        def run(out: torch.Tensor, leaf: torch.Tensor) -> Callable[[], None]:
+            def go() -> None:
+                if out.requires_grad and leaf.grad is not None:
+                    out.backward(leaf.grad)
+            return go
 
-        concurrently(run(here), run(there), max(1, self.threads - 1))
-        self.outputs = self.leaves = self.branches = ()
+        concurrently(run(lidar, leaf_lidar), run(image, leaf_image), max(1, self.threads - 1))
+        self.outputs = self.branches = ()

@@ -169,14 +169,9 @@ class LidarBranch(nn.Module):
         One layer only: it runs on every point (P ~ 64k per step), so it is
         where width costs most.
         """
-        return self.combine(batch, self.voxel_features(batch), self.point_features(batch))
-
-    def point_features(self, batch: dict) -> torch.Tensor:
-        """The per-point MLP on the raw points (P, point_hidden)."""
-        return self.point_mlp(batch["points"])
-
-    def combine(self, batch: dict, voxel: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
-        """Each point's voxel feature beside its point feature, through the output layer (P, out_channels).
-        Separate from :meth:`forward` so that the training step can run the sparse U-Net and the point MLP
-        on two threads (:mod:`segood.engine.parallel_branches`)."""
-        return self.out(torch.cat([voxel[batch["point2voxel"]], point], dim=1))
+        voxel = self.voxel_features(batch)
+        # index_select, not voxel[point2voxel]: the same values, and a backward (index_add_) that is
+        # bit-equal at one thread and ~5x faster at two than advanced indexing's index_put_
+        per_point = voxel.index_select(0, batch["point2voxel"])
+        raw = self.point_mlp(batch["points"])
+        return self.out(torch.cat([per_point, raw], dim=1))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cross_entropy", "focal_loss", "lovasz_softmax", "entropy_maximization", "anomaly_bce",
+__all__ = ["masked_rows", "cross_entropy", "focal_loss", "lovasz_softmax", "entropy_maximization", "anomaly_bce",
            "margin_hinge", "hellinger_distance", "a2d_loss", "discrepancy_loss"]
 
 
@@ -22,12 +22,20 @@ def _zero(like: torch.Tensor) -> torch.Tensor:
     return like.sum() * 0.0
 
 
+def masked_rows(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``t[mask]`` for a boolean ``mask`` over the first dimension, as ``index_select`` of its rows:
+    the same values, and a backward that is an ``index_add_`` instead of the advanced-indexing
+    ``index_put_`` with accumulation, bit-equal at one thread and 3-4x faster on ~120k rows (much
+    more at two threads, where the latter is slow); ``segood bench train-step`` times the losses."""
+    return t.index_select(0, mask.nonzero().squeeze(1))
+
+
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over points with ``target >= 0`` (0 if there is none)."""
     valid = target >= 0
     if not valid.any():
         return _zero(logits)
-    return F.cross_entropy(logits[valid], target[valid])
+    return F.cross_entropy(masked_rows(logits, valid), target[valid])
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -35,7 +43,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -
     valid = target >= 0
     if not valid.any():
         return _zero(logits)
-    ce = F.cross_entropy(logits[valid], target[valid], reduction="none")
+    ce = F.cross_entropy(masked_rows(logits, valid), target[valid], reduction="none")
     p_t = torch.exp(-ce)
     return ((1.0 - p_t).pow(gamma) * ce).mean()
 
@@ -63,7 +71,7 @@ def _descending_by_keys(errors: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     bits = errors.detach().numpy().view(np.uint32)
     keys = ((~bits).astype(np.uint64) << np.uint64(32)) | np.arange(bits.size, dtype=np.uint64)
     perm = torch.from_numpy((np.sort(keys) & np.uint64(0xFFFFFFFF)).astype(np.int64))
-    return errors[perm], perm
+    return errors.index_select(0, perm), perm
 
 
 def lovasz_softmax(probs: torch.Tensor, target: torch.Tensor, sort: str = "torch") -> torch.Tensor:
@@ -82,7 +90,7 @@ def lovasz_softmax(probs: torch.Tensor, target: torch.Tensor, sort: str = "torch
     valid = target >= 0
     if not valid.any():
         return _zero(probs)
-    probs, target = probs[valid], target[valid]
+    probs, target = masked_rows(probs, valid), target[valid]
     by_keys = sort == "keys" and probs.device.type == "cpu" and probs.dtype == torch.float32
     losses = []
     for c in torch.unique(target).tolist():
@@ -175,8 +183,8 @@ def a2d_loss(logits_image: torch.Tensor, logits_lidar: torch.Tensor, target: tor
     if logits_image.shape[1] < 2:
         raise ValueError(f"a2d_loss needs C >= 2 classes, got {logits_image.shape[1]}")
     t = target[valid]
-    log_p = F.log_softmax(_drop_class(logits_image[valid], t), dim=1)
-    log_q = F.log_softmax(_drop_class(logits_lidar[valid], t), dim=1)
+    log_p = F.log_softmax(_drop_class(masked_rows(logits_image, valid), t), dim=1)
+    log_q = F.log_softmax(_drop_class(masked_rows(logits_lidar, valid), t), dim=1)
     return -hellinger_distance(log_p, log_q).mean()
 
 
