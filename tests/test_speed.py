@@ -338,3 +338,19 @@ def test_concurrently_carries_modes_threads_and_errors():
     with pytest.raises(ZeroDivisionError):
         parallel_branches.concurrently(lambda: None, lambda: 1 / 0)
     assert torch.get_num_threads() == before
+
+
+def test_index_select_gathers_leave_weights_bit_equal(batch_cfg, monkeypatch):
+    """segood.models.gather (index_select, whose backward is index_add_) against advanced indexing
+    (index_put_ with accumulation): the same weights after training, to the bit, at one thread."""
+    from segood.models import gather
+
+    cfg, batch = batch_cfg
+    fast = _train(cfg, batch)
+    monkeypatch.setattr(gather, "INDEX_SELECT", False)
+    plain = _train(cfg, batch)
+    assert _equal(fast, plain)
+    x = torch.randn(5, 3, requires_grad=True)
+    mask = torch.tensor([True, False, True, True, False])
+    assert torch.equal(gather.masked_rows(x, mask), x[mask]) and torch.equal(gather.rows(x, torch.tensor([4, 0, 4])),
+                                                                               x[torch.tensor([4, 0, 4])])

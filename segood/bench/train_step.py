@@ -19,6 +19,7 @@ dataset of ``configs/synthetic_feature_mixing.yaml`` (augmentation, ``collate``)
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -41,6 +42,7 @@ class Switch:
     exact: bool  # meant to leave the weights bit-equal
     default: bool  # on in configs/base.yaml
     synth_attrs: tuple[tuple[str, object, object], ...] = ()  # (attribute, off, on) of the synthesizer
+    module_attrs: tuple[tuple[str, str, object, object], ...] = ()  # (module, attribute, off, on)
 
 
 UNOPTIMISED = ("train.keep_freed_memory=false", "loss.lovasz_sort=torch", "train.channels_last=false",
@@ -49,6 +51,8 @@ STEPS = (
     Switch("keep_freed_memory", ("train.keep_freed_memory=true",), True, True),
     # no config key: an exact implementation change (KernelFeatureMixing.rows_only, default True)
     Switch("fm_rows_only", (), True, True, (("rows_only", False, True),)),
+    # no config key: an exact implementation change (segood.models.gather: index_select gathers)
+    Switch("index_select", (), True, True, module_attrs=(("segood.models.gather", "INDEX_SELECT", False, True),)),
     Switch("lovasz_sort=keys", ("loss.lovasz_sort=keys",), False, True),
     # auto: on at >= 2 threads (at one thread this row is the previous one again)
     Switch("parallel_branches", ("train.parallel_branches=auto",), True, True),
@@ -82,7 +86,8 @@ def demo_batch(azimuth_columns: int = 1024, image_size: tuple[int, int] | None =
 class _Row:
     """One variant: its config, its own model / optimizer / synthesizer from the shared seed."""
 
-    def __init__(self, name: str, cfg: dict, seed: int, switch: Switch | None, synth_attrs: dict) -> None:
+    def __init__(self, name: str, cfg: dict, seed: int, switch: Switch | None, synth_attrs: dict,
+                 module_attrs: dict | None = None) -> None:
         import torch
 
         from segood.engine.builders import build_synthesizer
@@ -90,6 +95,7 @@ class _Row:
         from segood.models import build_model
 
         self.name, self.cfg, self.switch = name, cfg, switch
+        self.module_attrs = dict(module_attrs or {})  # (module, attribute) -> value, set before each step
         torch.manual_seed(seed)
         self.model = build_model(cfg["model"]).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=float(cfg["train"]["lr"]),
@@ -110,6 +116,8 @@ class _Row:
         from segood.engine.runtime import apply_train_runtime
         from segood.engine.step import train_step
 
+        for (module, attr), value in self.module_attrs.items():
+            setattr(importlib.import_module(module), attr, value)
         apply_train_runtime({**self.cfg["train"], "threads": threads}, self.model)
         parallel = parallel_branches.resolve(self.cfg["train"]["parallel_branches"], torch.device("cpu"), False, threads)
         synth = self.synth
@@ -132,12 +140,14 @@ def _rows(base_cfg_overrides: tuple[str, ...], azimuth_columns: int, image_size,
     root = cfg["data"]["root"]
     overrides = [f"data.root={root}", f"seed={seed}", *base_cfg_overrides, *UNOPTIMISED]
     attrs = {a: off for sw in switches for a, off, _ in sw.synth_attrs}
-    rows = [_Row("unoptimised", load_config(CONFIG_DIR / CONFIG, overrides), seed, None, attrs)]
+    mods = {(m, a): off for sw in switches for m, a, off, _ in sw.module_attrs}
+    rows = [_Row("unoptimised", load_config(CONFIG_DIR / CONFIG, overrides), seed, None, attrs, mods)]
     for sw in switches:
         attrs = {**attrs, **{a: on for a, _, on in sw.synth_attrs}}
+        mods = {**mods, **{(m, a): on for m, a, _, on in sw.module_attrs}}
         try:
             row = _Row(f"+ {sw.name}", load_config(CONFIG_DIR / CONFIG, overrides + list(sw.overrides)), seed, sw,
-                       attrs)
+                       attrs, mods)
         except ConfigError as e:  # e.g. bf16 on a CPU without it: the row is left out, and says why
             print(f"[bench] {sw.name} left out: {e}")
             continue
@@ -228,6 +238,8 @@ def run_train_step_bench(threads: tuple[int, ...] = (1, 2), repeats: int = 3, wa
             index += 1
     finally:
         torch.set_num_threads(previous_threads)
+        for module, attr, _, on in (a for sw in switches for a in sw.module_attrs):
+            setattr(importlib.import_module(module), attr, on)  # the implementation's default again
     say("[bench] keep_freed_memory in fresh processes (untouched glibc vs kept) ...")
     fresh = fresh_process_check(azimuth_columns, image_size, tuple(overrides), fresh_steps) if fresh_steps else None
     result = _result(rows, same, threads, profiles, dict(points=n_points, voxels=n_voxels, repeats=repeats,

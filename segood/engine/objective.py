@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from segood.config import ConfigError
+from segood.models.gather import masked_rows
 from segood.ood import losses as L
 from segood.ood.outlier_losses import outlier_loss, outlier_options, outlier_terms
 from segood.options import OptionError
@@ -40,7 +41,7 @@ def out_of_view_mse(out: dict, visible: torch.Tensor) -> torch.Tensor:
     """MSE of the predicted camera features against the DETACHED real ones, on visible points only
     (MSeg3D's completion loss): it trains the completion MLP (and, through its input, the LiDAR
     branch) to imitate the camera, never the camera to imitate the prediction."""
-    predicted, real = L.masked_rows(out["feat_image_predicted"], visible), out["feat_image"][visible].detach()
+    predicted, real = masked_rows(out["feat_image_predicted"], visible), out["feat_image"][visible].detach()
     if predicted.shape[0] == 0:
         return predicted.sum() * 0.0
     return F.mse_loss(predicted, real)
@@ -60,8 +61,8 @@ def compute_losses(out: dict, batch: dict, weights: dict) -> dict[str, torch.Ten
         terms["image"] = weights["modality"] * L.cross_entropy(out["logits_image"], image_target)
     if weights["a2d"]:
         rows = batch["visible"] & (target >= 0)
-        terms["a2d"] = weights["a2d"] * L.a2d_loss(L.masked_rows(out["logits_image"], rows),
-                                                   L.masked_rows(out["logits_lidar"], rows), target[rows])
+        terms["a2d"] = weights["a2d"] * L.a2d_loss(masked_rows(out["logits_image"], rows),
+                                                   masked_rows(out["logits_lidar"], rows), target[rows])
     if "feat_image_predicted" in out and weights["out_of_view_mse"]:
         terms["out_of_view_mse"] = weights["out_of_view_mse"] * out_of_view_mse(out, batch["visible"])
     if "outlier_logits" in out and len(out["outlier_index"]) > 0:
@@ -70,7 +71,7 @@ def compute_losses(out: dict, batch: dict, weights: dict) -> dict[str, torch.Ten
         if weights["anomaly"]:
             id_mask = target >= 0
             terms["anomaly"] = weights["anomaly"] * L.anomaly_bce(
-                L.masked_rows(out["anomaly_logit"], id_mask), out["outlier_anomaly_logit"]
+                masked_rows(out["anomaly_logit"], id_mask), out["outlier_anomaly_logit"]
             )
     terms["total"] = sum(terms.values())
     return terms

@@ -13,21 +13,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["masked_rows", "cross_entropy", "focal_loss", "lovasz_softmax", "entropy_maximization", "anomaly_bce",
+from segood.models.gather import masked_rows, rows
+
+__all__ = ["cross_entropy", "focal_loss", "lovasz_softmax", "entropy_maximization", "anomaly_bce",
            "margin_hinge", "hellinger_distance", "a2d_loss", "discrepancy_loss"]
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:
     """A scalar 0 that keeps the autograd graph of ``like`` (so empty batches still backprop)."""
     return like.sum() * 0.0
-
-
-def masked_rows(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``t[mask]`` for a boolean ``mask`` over the first dimension, as ``index_select`` of its rows:
-    the same values, and a backward that is an ``index_add_`` instead of the advanced-indexing
-    ``index_put_`` with accumulation, bit-equal at one thread and 3-4x faster on ~120k rows (much
-    more at two threads, where the latter is slow); ``segood bench train-step`` times the losses."""
-    return t.index_select(0, mask.nonzero().squeeze(1))
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -71,7 +65,7 @@ def _descending_by_keys(errors: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     bits = errors.detach().numpy().view(np.uint32)
     keys = ((~bits).astype(np.uint64) << np.uint64(32)) | np.arange(bits.size, dtype=np.uint64)
     perm = torch.from_numpy((np.sort(keys) & np.uint64(0xFFFFFFFF)).astype(np.int64))
-    return errors.index_select(0, perm), perm
+    return rows(errors, perm), perm
 
 
 def lovasz_softmax(probs: torch.Tensor, target: torch.Tensor, sort: str = "torch") -> torch.Tensor:

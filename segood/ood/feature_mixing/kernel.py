@@ -147,7 +147,7 @@ def _mix_rows(feat_image: torch.Tensor, feat_lidar: torch.Tensor, index: torch.T
     backward over two dense (P, d) gradients, wasted when M = 4096 of P = 120k rows are outliers
     (``segood bench train-step``, row ``fm_rows_only``; weights after training bit-equal,
     tests/test_speed.py)."""
-    fi, fl = feat_image.index_select(0, index), feat_lidar.index_select(0, index)
+    fi, fl = feat_image[index], feat_lidar[index]
     _check_args(fi, fl, None, n_swap, seed, step)
     ic = draw_dims(index, feat_image.shape[1], n_swap, seed, step, 0)
     il = draw_dims(index, feat_lidar.shape[1], n_swap, seed, step, 1)
