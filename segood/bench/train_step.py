@@ -283,10 +283,19 @@ def _result(rows: list[_Row], same: list, threads, profiles: dict, meta: dict) -
                           "cpu_vs_unoptimised": base_cpu / cpu, "same_weights_as_previous": eq,
                           "exact": None if row.switch is None else row.switch.exact,
                           "default": None if row.switch is None else row.switch.default,
-                          "samples_ms": [1e3 * t for t in row.times[n]]})
+                          "samples_ms": [1e3 * t for t in row.times[n]], "spread": _spread(row.times[n])})
             prev, prev_cpu = ms, cpu
     default = _default_row(rows).name
     return {"meta": meta, "rows": table, "default_row": default, "profiles": profiles}
+
+
+def _spread(samples: list[float]) -> float:
+    """Interquartile range over median of a row's samples: how far apart its rounds were (on a
+    shared or virtual machine a switch worth less than about this much is not resolved)."""
+    if len(samples) < 4:
+        return float("nan")
+    q = statistics.quantiles(samples, n=4)
+    return (q[2] - q[0]) / statistics.median(samples)
 
 
 def format_result(result: dict) -> str:
@@ -302,7 +311,7 @@ def format_result(result: dict) -> str:
                  f"{tuple(round(x, 1) for x in m['loadavg_before'])}, after "
                  f"{tuple(round(x, 1) for x in m['loadavg_after'])}; CPU bf16: {m['cpu_bf16']}")
     lines.append(f"{'thr':>3}  {'row':22s} {'wall: old':>9} {'new ms':>7} {'ratio':>6} {'vs unopt':>8} | "
-                 f"{'cpu: old':>8} {'new ms':>7} {'ratio':>6} {'vs unopt':>8} | exact default same-weights")
+                 f"{'cpu: old':>8} {'new ms':>7} {'ratio':>6} {'vs unopt':>8} | exact default same-weights spread")
     prev = None
     yn = lambda v: "-" if v is None else ("yes" if v else "no")  # noqa: E731
     for r in result["rows"]:
@@ -311,9 +320,13 @@ def format_result(result: dict) -> str:
                      f"{r['step_ms']:7.0f} {r['vs_previous']:6.2f} {r['vs_unoptimised']:8.2f} | "
                      f"{'' if old is None else f'{old[1]:8.0f}':>8} {r['cpu_ms']:7.0f} {r['cpu_vs_previous']:6.2f} "
                      f"{r['cpu_vs_unoptimised']:8.2f} | {yn(r['exact']):5s} {yn(r['default']):7s} "
-                     f"{yn(r['same_weights_as_previous'])}")
+                     f"{yn(r['same_weights_as_previous']):10s} {100 * r.get('spread', float('nan')):4.0f}%")
         prev = (r["step_ms"], r["cpu_ms"])
-    lines.append(f"default path (configs/base.yaml) = row '{result['default_row']}'")
+    lines.append(f"default path (configs/base.yaml) = row '{result['default_row']}'; spread = interquartile range "
+                 "of a row's rounds over their median (with 4+ rounds): ratios closer to 1 than that are not resolved; "
+                 "same-weights compares the weights after every round, both thread counts (parallel_branches runs "
+                 "its branches at one thread each, so at two threads its weights differ from the row before by "
+                 "float reassociation; tests/test_speed.py checks it bit-equal at one thread)")
     fresh = result.get("fresh_process")
     if fresh:
         lines.append(f"keep_freed_memory against an untouched glibc (fresh processes, 1 thread, unoptimised step, "
