@@ -15,7 +15,7 @@ it. Here the step is cut at the two branch outputs:
 
 Exact: every operation and every gradient sum is the one of the sequential step (the leaves' gradients
 are the sums the sequential backward hands to the branches), so at one thread the weights are
-bit-equal to the sequential step's (tests/test_parallel_branches.py). The branches own disjoint
+bit-equal to the sequential step's (tests/test_speed.py). The branches own disjoint
 parameters, so the two concurrent backward passes never write to the same gradient; autograd runs
 concurrent backward calls on disjoint graphs (torch's documented thread-safe autograd).
 
