@@ -354,3 +354,20 @@ def test_index_select_gathers_leave_weights_bit_equal(batch_cfg, monkeypatch):
     mask = torch.tensor([True, False, True, True, False])
     assert torch.equal(gather.masked_rows(x, mask), x[mask]) and torch.equal(gather.rows(x, torch.tensor([4, 0, 4])),
                                                                                x[torch.tensor([4, 0, 4])])
+
+
+def test_loader_workers_and_training_run_numpy_blas_on_one_thread():
+    """In a fresh process with numpy's BLAS on several threads, the data loader's worker init (and
+    the trainer's runtime setup, which calls the same function) leaves it one."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json; from threadpoolctl import threadpool_info; from segood.engine.runtime import "
+            "loader_worker_init; blas = lambda: [x['num_threads'] for x in threadpool_info() if x['user_api'] == "
+            "'blas']; before = blas(); loader_worker_init(0); print(json.dumps([before, blas()]))")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
+    before, after = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                              check=True, env=env).stdout)
+    assert before and max(before) == 2 and after == [1] * len(before)

@@ -10,7 +10,7 @@ from segood.config import ConfigError
 from segood.data.batching import Augment, ScanDataset, VoxelGrid, collate
 from segood.data.labels import LabelMap, load_label_map
 from segood.data.readers import open_reader
-from segood.engine.interrupt import ignore_signals
+from segood.engine.runtime import loader_worker_init
 from segood.ood.synthesis import build_synthesizer as make_synthesizer
 
 
@@ -53,7 +53,7 @@ def build_loader(cfg: dict, split: str, label_map: LabelMap, shuffle: bool = Fal
         generator=torch.Generator().manual_seed(int(cfg["seed"])),
         num_workers=int(cfg["data"]["num_workers"]),
         collate_fn=partial(collate, grid=build_grid(cfg)),
-        worker_init_fn=ignore_signals,
+        worker_init_fn=loader_worker_init,
     )
 
 

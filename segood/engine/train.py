@@ -27,10 +27,10 @@ from segood.engine.model_config import check_resume_model
 from segood.engine.objective import check_objective
 from segood.engine.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, gather_objects,
                                        init_distributed, shutdown, weights_checksum)
-from segood.engine.interrupt import SIGNALS, Interrupted, StopRequest, ignore_signals
+from segood.engine.interrupt import SIGNALS, Interrupted, StopRequest
 from segood.engine.monitor import Monitor
 from segood.engine import parallel_branches
-from segood.engine.runtime import amp_settings, apply_train_runtime
+from segood.engine.runtime import amp_settings, apply_train_runtime, loader_worker_init
 from segood.engine.resume import ResumableSampler, rng_state, seed_everything, set_rng_state, trim_history
 from segood.engine.step import train_step
 from segood.metrics.iou import ConfusionMatrix
@@ -171,7 +171,7 @@ class Trainer:
 
         workers = int(self.cfg["data"]["num_workers"])
         loader = DataLoader(dataset, batch_size=bs, sampler=sampler, drop_last=True, num_workers=workers,
-                            collate_fn=collate_fn, persistent_workers=False, worker_init_fn=ignore_signals)
+                            collate_fn=collate_fn, persistent_workers=False, worker_init_fn=loader_worker_init)
         if len(loader) == 0:
             raise ConfigError(f"train.batch_size={bs} is larger than the {len(sampler)} training scans per rank")
         return loader, sampler
