@@ -238,7 +238,8 @@ def test_fast_predictor_scores_equal_plain_within_tolerance(bn_checkpoint, synth
     name = plain.op.score
     np.testing.assert_allclose(b.scores[name], a.scores[name], rtol=SCORE_RTOL, atol=SCORE_ATOL)
     assert (a.label == b.label).mean() > 0.999
-    assert set(fast.timer.last) == {"voxelise", "lidar", "image", "fusion", "heads"}
+    stages = {"voxelise", "lidar", "image", "fusion", "heads"}
+    assert set(fast.timer.last) == (stages | {"branches"} if camera and torch.get_num_threads() > 1 else stages)
     assert set(plain.timer.last) == {"voxelise", "model", "heads"}
     assert fast.model.image.channels_last and not plain.model.image.channels_last  # inference.channels_last
 
@@ -285,3 +286,56 @@ def test_synthesis_bench_defaults_are_small():
     assert max(kw["points"]) <= 100_000 and len(kw["dtypes"]) == 1 and kw["repeats"] <= 3
     full = synthesis.bench_kwargs(p.parse_args(["--full"]))
     assert max(full["points"]) == 1_000_000 and len(full["dtypes"]) == 3
+
+
+def test_run_concurrently_splits_threads_and_restores_them():
+    import threading
+
+    from segood.models.concurrency import run_concurrently
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        def probe():
+            return threading.get_ident(), torch.get_num_threads(), torch.is_inference_mode_enabled()
+
+        with torch.inference_mode():
+            (main_id, main_n, _), (side_id, side_n, side_inf) = run_concurrently(probe, probe)
+        assert main_id == threading.get_ident() != side_id and (main_n, side_n, side_inf) == (1, 1, True)
+        assert torch.get_num_threads() == 2
+
+        def boom():
+            raise RuntimeError("side failed")
+
+        with pytest.raises(RuntimeError, match="side failed"):
+            run_concurrently(lambda: 1, boom)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_parallel_branches_give_the_sequential_scores(batch_cfg):
+    """Image branch in a worker thread beside the LiDAR branch: LiDAR features bit-equal, scores
+    within the fast path's tolerance (the image convolutions at one thread may round differently)."""
+    from segood.engine.inference import StageTimer
+
+    cfg, batch = batch_cfg
+    model = build_model(cfg["model"]).eval()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            seq = model.infer(batch)
+            timer = StageTimer()
+            par = model.infer(batch, timer, parallel=True)
+            assert torch.equal(par["feat_lidar"], seq["feat_lidar"])
+            for key in ("feat_image", "anomaly_logit", "logits"):
+                torch.testing.assert_close(par[key], seq[key], rtol=SCORE_RTOL, atol=SCORE_ATOL, msg=key)
+            assert {"branches", "lidar", "image", "fusion"} <= set(timer.last)
+            lidar_only = {k: v for k, v in batch.items() if k != "images"}
+            timer.last = {}
+            model.infer(lidar_only, timer, parallel=True)
+            assert "branches" not in timer.last  # a frame without a camera runs as before
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

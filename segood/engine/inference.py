@@ -147,7 +147,13 @@ class InferenceOptions:
     ``channels_last``: the image branch's convolutions in NHWC (:func:`segood.engine.runtime.set_channels_last`);
     ``amp``: ``bf16`` autocast on a CPU with native bf16 (the sparse U-Net and the scores stay fp32);
     ``keep_freed_memory``: freed memory kept for the next frame (:func:`segood.engine.runtime.keep_freed_memory`);
-    ``threads``: torch threads for the torch parts (null: torch's default; spconv stays single-threaded).
+    ``threads``: torch threads for the torch parts (null: torch's default; spconv stays single-threaded);
+    ``parallel_branches``: with a camera, the LiDAR and the image branch at the same time, the LiDAR
+    branch on one thread, the image branch on the others (:meth:`FusionSegmenter.infer`; needs
+    ``lean_heads`` and at least two threads);
+    ``prefetch_decode`` / ``background_write``: read for ``segood replay`` (:mod:`segood.ros.replay`):
+    the next cloud decoded, and the last frame's output encoded and written, in background threads
+    while the model runs.
     """
 
     fold_bn: bool = True
@@ -156,6 +162,9 @@ class InferenceOptions:
     amp: str = "none"
     keep_freed_memory: bool = True
     threads: int | None = None
+    parallel_branches: bool = True
+    prefetch_decode: bool = True
+    background_write: bool = True
 
     @classmethod
     def from_config(cls, section: dict | None = None) -> "InferenceOptions":
@@ -166,12 +175,14 @@ class InferenceOptions:
     def plain(cls) -> "InferenceOptions":
         """Every switch off: the model as trained, all heads, fp32, torch's memory and threads."""
         return cls(fold_bn=False, lean_heads=False, channels_last=False, amp="none", keep_freed_memory=False,
-                   threads=None)
+                   threads=None, parallel_branches=False, prefetch_decode=False, background_write=False)
 
 
 class StageTimer:
     """Seconds per stage of the last frame: ``with timer("lidar"): ...``. Stages of the fast path:
-    voxelise, lidar, image, fusion, heads (the plain path: voxelise, model, heads)."""
+    voxelise, lidar, image, fusion, heads (the plain path: voxelise, model, heads); with
+    ``parallel_branches`` and a camera also ``branches``, the wall time of lidar and image run at
+    the same time (each stage is timed in the thread that runs it)."""
 
     def __init__(self) -> None:
         self.last: dict[str, float] = {}
@@ -233,7 +244,7 @@ class Predictor:
                 batch = collate([scan_to_sample(scan, None)], self.grid)
             with torch.autocast("cpu", dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
                 if opts.lean_heads:
-                    out = self.model.infer(batch, timer)
+                    out = self.model.infer(batch, timer, parallel=opts.parallel_branches)
                 else:
                     with timer("model"):
                         out = self.model(batch)

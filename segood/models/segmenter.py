@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segood.models.concurrency import run_concurrently
 from segood.models.image_net import ImageBranch
 from segood.models.lidar_unet import LidarBranch
 
@@ -167,16 +168,33 @@ class FusionSegmenter(nn.Module):
             out.update(self.score_outliers(index, mixed_image, mixed_lidar, visible[index]))
         return out
 
-    def infer(self, batch: dict, stage: Callable[[str], ContextManager] | None = None) -> "LazyOutput":
+    def infer(self, batch: dict, stage: Callable[[str], ContextManager] | None = None,
+              parallel: bool = False) -> "LazyOutput":
         """Inference: the forward's features, with each head computed only when read (fp32).
 
         ``stage(name)`` wraps each stage (``lidar``, ``image``, ``fusion``) in a context manager,
-        e.g. a timer; the heads run in the caller's reads (``out["logits"]``)."""
+        e.g. a timer; the heads run in the caller's reads (``out["logits"]``). ``parallel``: a
+        batch with images runs the LiDAR branch in this thread (one torch thread: spconv's own
+        count) and the image branch in a worker thread with the rest of the threads, at the same
+        time (:func:`segood.models.concurrency.run_concurrently`, which says why that is safe);
+        then ``branches`` is the wall time of both, and ``lidar`` / ``image`` each branch's own.
+        Same operations as one after the other; the image branch's convolutions may round
+        differently at another thread count. A batch without images runs as without ``parallel``."""
         stage = stage or (lambda name: contextlib.nullcontext())
-        with stage("lidar"):
-            fl = self.norm_lidar(self.lidar(batch))
-        with stage("image"):
-            fi = self.norm_image(self.image(batch))
+
+        def lidar() -> torch.Tensor:
+            with stage("lidar"):
+                return self.norm_lidar(self.lidar(batch))
+
+        def image() -> torch.Tensor:
+            with stage("image"):
+                return self.norm_image(self.image(batch))
+
+        if parallel and batch.get("images") is not None:
+            with stage("branches"):
+                fl, fi = run_concurrently(lidar, image)
+        else:
+            fl, fi = lidar(), image()
         with stage("fusion"):
             common = torch.promote_types(fi.dtype, fl.dtype)
             fi, fl = fi.to(common), fl.to(common)
