@@ -239,7 +239,7 @@ def test_fast_predictor_scores_equal_plain_within_tolerance(bn_checkpoint, synth
     np.testing.assert_allclose(b.scores[name], a.scores[name], rtol=SCORE_RTOL, atol=SCORE_ATOL)
     assert (a.label == b.label).mean() > 0.999
     stages = {"voxelise", "lidar", "image", "fusion", "heads"}
-    assert set(fast.timer.last) == (stages | {"branches"} if camera and torch.get_num_threads() > 1 else stages)
+    assert set(fast.timer.last) == (stages | {"inputs", "branches"} if camera and torch.get_num_threads() > 1 else stages)
     assert set(plain.timer.last) == {"voxelise", "model", "heads"}
     assert fast.model.image.channels_last and not plain.model.image.channels_last  # inference.channels_last
 
@@ -264,15 +264,21 @@ def test_replay_bench_runs_small(monkeypatch, tmp_path):
 
     monkeypatch.setitem(bench.SIZES, "tiny", dict(azimuth_columns=96, beams=16))
     res = bench.run_replay_bench(("tiny",), frames=1, repeats=1, warmup=0, config=str(CONFIG_DIR / "base.yaml"),
-                                 overrides=SMALL, top=5, out_dir=tmp_path, say=lambda *a, **k: None)
+                                 overrides=SMALL, top=5, out_dir=tmp_path, say=lambda *a, **k: None, bag_frames=2)
     entry = res["sizes"]["tiny"]
     for mode in ("lidar_only", "camera"):
         rows = entry["switches"][mode]
         assert rows[0]["row"] == "plain" and len(rows) >= 5
         assert all(r["max_abs_score_diff"] <= SCORE_ATOL for r in rows if r["row"] != "+ amp=bf16")
-    stages = {b["path"]: set(b["stages_ms_p50"]) for b in entry["bag"]}
-    assert {"decode", "voxelise", "lidar", "image", "fusion", "heads", "encode", "write"} <= stages["fast"]
-    assert all(b["cpu_ms_per_frame"] > 0 and 0 < b["share_write"] < 1 for b in entry["bag"])
+    for mode, rows in entry["bag"].items():
+        names = [r["row"] for r in rows]
+        assert names[0] == "plain" and names[-1] == "+ background_write" and "+ parallel_branches" in names
+        serial, fast = rows[1], rows[-1]
+        assert {"decode", "voxelise", "lidar", "image", "fusion", "heads", "encode", "write"} <= set(serial["stages_ms_p50"])
+        assert {"wait_input", "wait_output"} <= set(fast["stages_ms_p50"])
+        assert ("branches" in rows[2]["stages_ms_p50"]) == (mode == "camera" and torch.get_num_threads() > 1)
+        assert all(r["cpu_ms_per_frame"] > 0 and 0 < r["cpu_share_write"] < 1 and r["ms"] > 0 for r in rows)
+        assert 0 < serial["share_write"] < 1
     assert "+ channels_last" in {r["row"] for r in entry["switches"]["camera"]}
     assert (tmp_path / "bench_replay.json").is_file()
 
@@ -314,28 +320,24 @@ def test_run_concurrently_splits_threads_and_restores_them():
         torch.set_num_threads(before)
 
 
-def test_parallel_branches_give_the_sequential_scores(batch_cfg):
-    """Image branch in a worker thread beside the LiDAR branch: LiDAR features bit-equal, scores
-    within the fast path's tolerance (the image convolutions at one thread may round differently)."""
-    from segood.engine.inference import StageTimer
+def test_parallel_branches_give_the_sequential_scores(bn_checkpoint, synthetic_root):
+    """inference.parallel_branches: voxelising + the LiDAR branch beside the image branch (worker
+    thread) give the sequential path's scores within the fast path's tolerance (the image
+    convolutions at one thread may round differently); a frame without a camera runs as before."""
+    from dataclasses import replace
 
-    cfg, batch = batch_cfg
-    model = build_model(cfg["model"]).eval()
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with torch.inference_mode():
-            seq = model.infer(batch)
-            timer = StageTimer()
-            par = model.infer(batch, timer, parallel=True)
-            assert torch.equal(par["feat_lidar"], seq["feat_lidar"])
-            for key in ("feat_image", "anomaly_logit", "logits"):
-                torch.testing.assert_close(par[key], seq[key], rtol=SCORE_RTOL, atol=SCORE_ATOL, msg=key)
-            assert {"branches", "lidar", "image", "fusion"} <= set(timer.last)
-            lidar_only = {k: v for k, v in batch.items() if k != "images"}
-            timer.last = {}
-            model.infer(lidar_only, timer, parallel=True)
-            assert "branches" not in timer.last  # a frame without a camera runs as before
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+    from segood.data.readers import open_reader
+    from segood.engine.inference import InferenceOptions, Predictor
+
+    cfg = _cfg(synthetic_root)
+    scan = open_reader(cfg["data"], ["08"], build_label_map(cfg), with_labels=False)[0]
+    opts = InferenceOptions.from_config()
+    seq = Predictor(bn_checkpoint, options=replace(opts, parallel_branches=False))
+    par = Predictor(bn_checkpoint, options=replace(opts, parallel_branches=True, threads=2))
+    a, b = seq(scan), par(scan)
+    name = seq.op.score
+    np.testing.assert_allclose(b.scores[name], a.scores[name], rtol=SCORE_RTOL, atol=SCORE_ATOL)
+    assert (a.label == b.label).mean() > 0.999
+    assert set(par.timer.last) == {"inputs", "branches", "voxelise", "lidar", "image", "fusion", "heads"}
+    par(replace(scan, images=[], lidar_to_image=[], pixel_uv=None, camera_id=None))
+    assert set(par.timer.last) == {"voxelise", "lidar", "image", "fusion", "heads"}

@@ -27,10 +27,11 @@ reads (two branches of one model reading the same weights and batch: fine).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
@@ -92,3 +93,19 @@ def run_concurrently(main: Callable[[], A], side: Callable[[], B], main_threads:
         finally:
             torch.set_num_threads(total)
     return first, future.result()
+
+
+@contextlib.contextmanager
+def numpy_blas_threads(threads: int) -> Iterator[None]:
+    """numpy's BLAS (OpenBLAS; torch has its own MKL, untouched) limited to ``threads`` for the
+    block, process-wide (threadpoolctl; a no-op without it). Why: after a call on two threads,
+    OpenBLAS's second thread spins waiting for more work and takes a core from torch; one small
+    matmul per frame (the camera projection) slowed ``segood replay``'s LiDAR and image stages by
+    ~30 % on 2 cores. One thread computes the same numbers (each row's dot product is the same)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(threads, user_api="blas"):
+        yield

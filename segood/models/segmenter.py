@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segood.models.concurrency import run_concurrently
 from segood.models.image_net import ImageBranch
 from segood.models.lidar_unet import LidarBranch
 
@@ -168,33 +167,33 @@ class FusionSegmenter(nn.Module):
             out.update(self.score_outliers(index, mixed_image, mixed_lidar, visible[index]))
         return out
 
-    def infer(self, batch: dict, stage: Callable[[str], ContextManager] | None = None,
-              parallel: bool = False) -> "LazyOutput":
+    def lidar_features(self, batch: dict) -> torch.Tensor:
+        """Inference: the LiDAR branch's normalised per-point features (P, d_l), as in :meth:`encode`."""
+        return self.norm_lidar(self.lidar(batch))
+
+    def image_features(self, batch: dict) -> torch.Tensor:
+        """Inference: the image branch's normalised per-point features (P, d_c), as in :meth:`encode`;
+        reads only ``points`` (for P), ``images``, ``image_idx`` / ``batch_idx``, ``visible`` and
+        ``pixel_uv`` (:func:`segood.data.batching.camera_inputs`), so it can start before voxelising."""
+        return self.norm_image(self.image(batch))
+
+    def infer(self, batch: dict, stage: Callable[[str], ContextManager] | None = None) -> "LazyOutput":
         """Inference: the forward's features, with each head computed only when read (fp32).
 
         ``stage(name)`` wraps each stage (``lidar``, ``image``, ``fusion``) in a context manager,
-        e.g. a timer; the heads run in the caller's reads (``out["logits"]``). ``parallel``: a
-        batch with images runs the LiDAR branch in this thread (one torch thread: spconv's own
-        count) and the image branch in a worker thread with the rest of the threads, at the same
-        time (:func:`segood.models.concurrency.run_concurrently`, which says why that is safe);
-        then ``branches`` is the wall time of both, and ``lidar`` / ``image`` each branch's own.
-        Same operations as one after the other; the image branch's convolutions may round
-        differently at another thread count. A batch without images runs as without ``parallel``."""
+        e.g. a timer; the heads run in the caller's reads (``out["logits"]``)."""
         stage = stage or (lambda name: contextlib.nullcontext())
+        with stage("lidar"):
+            fl = self.lidar_features(batch)
+        with stage("image"):
+            fi = self.image_features(batch)
+        return self.infer_features(batch, fl, fi, stage)
 
-        def lidar() -> torch.Tensor:
-            with stage("lidar"):
-                return self.norm_lidar(self.lidar(batch))
-
-        def image() -> torch.Tensor:
-            with stage("image"):
-                return self.norm_image(self.image(batch))
-
-        if parallel and batch.get("images") is not None:
-            with stage("branches"):
-                fl, fi = run_concurrently(lidar, image)
-        else:
-            fl, fi = lidar(), image()
+    def infer_features(self, batch: dict, fl: torch.Tensor, fi: torch.Tensor,
+                       stage: Callable[[str], ContextManager] | None = None) -> "LazyOutput":
+        """:meth:`infer` from the two branches' features (computed by the caller, e.g. at the same
+        time: :class:`segood.engine.inference.Predictor` with ``inference.parallel_branches``)."""
+        stage = stage or (lambda name: contextlib.nullcontext())
         with stage("fusion"):
             common = torch.promote_types(fi.dtype, fl.dtype)
             fi, fl = fi.to(common), fl.to(common)

@@ -38,6 +38,7 @@ from segood.ros.frames import OUTPUT_SUFFIX, CloudDecoder, first_cloud_fields, m
 from segood.ros.pipeline import InOrder, Prefetch
 from segood.ros.pointcloud2 import CloudError, with_scores
 from segood.engine.inference import InferenceOptions, OperatingPoint, Predictor
+from segood.models.concurrency import numpy_blas_threads
 
 NO_CAMERA = "no camera topic given (--image-topic)"
 INVALID_TRAIN_ID = 65535
@@ -126,7 +127,7 @@ def replay(opts: ReplayOptions, predictor: Predictor | None = None) -> dict:
         io = getattr(predictor, "options", None) or inference_options(opts)
         stats = _Stats(io.background_write)
         t_start = time.perf_counter()
-        with BagWriter(out, out_fmt, bare, opts.overwrite) as writer:
+        with numpy_blas_threads(1), BagWriter(out, out_fmt, bare, opts.overwrite) as writer:
             out_conns = {c.id: writer.copy_connection(c, reader.typestore) for c in reader.connections}
             seg_conn = writer.add_connection(topic + OUTPUT_SUFFIX, POINTCLOUD2)
             bar = tqdm(total=n_clouds, desc="replay", unit="cloud", disable=not opts.progress, dynamic_ncols=True)
@@ -274,8 +275,8 @@ def report_lines(summary: dict) -> list[str]:
     return lines
 
 
-STAGES = ("decode", "wait_input", "voxelise", "model", "branches", "lidar", "image", "fusion", "heads", "encode",
-          "write", "wait_output")  # the summary's order of stages
+STAGES = ("decode", "wait_input", "inputs", "branches", "voxelise", "model", "lidar", "image", "fusion", "heads",
+          "encode", "write", "wait_output")  # the summary's order of stages
 
 
 def _stage_order(name: str) -> int:
