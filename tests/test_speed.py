@@ -239,7 +239,7 @@ def test_fast_predictor_scores_equal_plain_within_tolerance(bn_checkpoint, synth
     np.testing.assert_allclose(b.scores[name], a.scores[name], rtol=SCORE_RTOL, atol=SCORE_ATOL)
     assert (a.label == b.label).mean() > 0.999
     stages = {"voxelise", "lidar", "image", "fusion", "heads"}
-    assert set(fast.timer.last) == (stages | {"inputs", "branches"} if camera and torch.get_num_threads() > 1 else stages)
+    assert set(fast.timer.last) == (stages | {"inputs", "branches", "fusion_lidar"} if camera and torch.get_num_threads() > 1 else stages)
     assert set(plain.timer.last) == {"voxelise", "model", "heads"}
     assert fast.model.image.channels_last and not plain.model.image.channels_last  # inference.channels_last
 
@@ -338,6 +338,6 @@ def test_parallel_branches_give_the_sequential_scores(bn_checkpoint, synthetic_r
     name = seq.op.score
     np.testing.assert_allclose(b.scores[name], a.scores[name], rtol=SCORE_RTOL, atol=SCORE_ATOL)
     assert (a.label == b.label).mean() > 0.999
-    assert set(par.timer.last) == {"inputs", "branches", "voxelise", "lidar", "image", "fusion", "heads"}
+    assert set(par.timer.last) == {"inputs", "branches", "voxelise", "lidar", "fusion_lidar", "image", "fusion", "heads"}
     par(replace(scan, images=[], lidar_to_image=[], pixel_uv=None, camera_id=None))
     assert set(par.timer.last) == {"voxelise", "lidar", "image", "fusion", "heads"}

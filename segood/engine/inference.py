@@ -265,23 +265,28 @@ class Predictor:
         thread with the other threads (:func:`segood.models.concurrency.run_concurrently`, which
         says why that is safe); then fusion with every thread. The same operations as
         :meth:`FusionSegmenter.infer`; stages ``inputs`` (the scan as arrays, the image
-        normalised), ``branches`` (the wall time of both branches), and inside it ``voxelise`` +
-        ``lidar`` and ``image``, each timed in its own thread."""
+        normalised), ``branches`` (the wall time of both sides), and inside it ``voxelise`` +
+        ``lidar`` + ``fusion_lidar`` (the fusion's first layer without the camera terms,
+        :meth:`FusionSegmenter.fusion_lidar_term`) and ``image``, each timed in its own thread."""
         timer = self.timer
         with timer("inputs"):
             sample = scan_to_sample(scan, None)
             camera = camera_inputs([sample])
 
-        def lidar() -> tuple[dict, torch.Tensor]:
+        model, term = self.model, self.model.camera_completion is None
+
+        def lidar() -> tuple[dict, torch.Tensor, torch.Tensor | None]:
             with timer("voxelise"):
                 batch = collate([sample], self.grid)
             with timer("lidar"):
-                return batch, self.model.lidar_features(batch)
+                fl = model.lidar_features(batch)
+            with timer("fusion_lidar"):  # the image branch takes longer: the LiDAR side does this too
+                return batch, fl, model.fusion_lidar_term(fl, batch["visible"]) if term else None
 
         def image() -> torch.Tensor:
             with timer("image"):
-                return self.model.image_features(camera)
+                return model.image_features(camera)
 
         with timer("branches"):
-            (batch, fl), fi = run_concurrently(lidar, image)
-        return self.model.infer_features(batch, fl, fi, timer)
+            (batch, fl, h), fi = run_concurrently(lidar, image)
+        return model.infer_features(batch, fl, fi, timer, h)

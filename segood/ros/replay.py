@@ -24,6 +24,7 @@ from tqdm import tqdm
 from segood.atomic import check_writable, write_json
 from segood.ros.bagio import (
     POINTCLOUD2,
+    SQLITE3,
     BagWriter,
     connections_of,
     detect_format,
@@ -125,48 +126,20 @@ def replay(opts: ReplayOptions, predictor: Predictor | None = None) -> dict:
                               note=lambda text: tqdm.write(text, file=sys.stderr))
         n_clouds = sum(c.msgcount for c in connections_of(reader, topic))
         io = getattr(predictor, "options", None) or inference_options(opts)
-        stats = _Stats(io.background_write)
+        # sqlite3 objects serve only the thread that made them: a .db3 bag is read / written inline
+        prefetch, background = io.prefetch_decode and in_fmt != SQLITE3, io.background_write and out_fmt != SQLITE3
+        stats = _Stats(background)
         t_start = time.perf_counter()
         with numpy_blas_threads(1), BagWriter(out, out_fmt, bare, opts.overwrite) as writer:
             out_conns = {c.id: writer.copy_connection(c, reader.typestore) for c in reader.connections}
             seg_conn = writer.add_connection(topic + OUTPUT_SUFFIX, POINTCLOUD2)
             bar = tqdm(total=n_clouds, desc="replay", unit="cloud", disable=not opts.progress, dynamic_ncols=True)
             events = _events(reader, topic, decode, lo, hi, opts.every)
-            source = Prefetch(events, PREFETCH_DEPTH) if io.prefetch_decode else events
-            sink = InOrder(WRITE_DEPTH) if io.background_write else _Inline()
+            source = Prefetch(events, PREFETCH_DEPTH) if prefetch else events
+            sink = InOrder(WRITE_DEPTH) if background else _Inline()
             try:
-                emit = _Emitter(writer, seg_conn, op.score, lm, opts.label_ids, stats)
-                waited_in, waited_out = 0.0, 0.0
-                for event in source:
-                    if event[0] == "message":
-                        _, conn, t, raw = event
-                        sink.submit(writer.write, out_conns[conn.id], t, raw)
-                        continue
-                    bar.update(1)
-                    if event[0] != "cloud":
-                        stats.skip(*event)
-                        continue
-                    _, t, d, decode_cpu = event
-                    t1 = time.perf_counter()
-                    pred = predictor(d.scan)
-                    t2 = time.perf_counter()
-                    sink.submit(emit, t, d.msg, d.valid, pred)
-                    t3 = time.perf_counter()
-                    # the main thread's wait for this cloud: its decode, or with prefetch the time
-                    # blocked on the reader thread since the last frame; likewise for the output
-                    now_in = getattr(source, "waited", 0.0)
-                    now_out = sink.waited
-                    score = pred.scores[op.score]
-                    stats.frame(d.decode_s, decode_cpu, now_in - waited_in if io.prefetch_decode else None,
-                                t2 - t1, t3 - t2, now_out - waited_out if io.background_write else None,
-                                len(d.valid), int(d.valid.sum()), int(op.above(score).sum()),
-                                d.camera_note if camera else NO_CAMERA,
-                                getattr(predictor, "timer", None) and predictor.timer.last)
-                    waited_in, waited_out = now_in, now_out
-                    bar.set_postfix(fps=f"{1.0 / max(np.mean(stats.total[-10:]), 1e-9):.2f}", dropped=len(stats.dropped))
-                before = sink.waited
-                sink.close()  # the last frames' writes: counted in the frames' time (stats.drain)
-                stats.drain = sink.waited - before
+                emit = _Emitter(writer, seg_conn, op, lm, opts.label_ids, stats)
+                _frames(source, sink, lambda conn: out_conns[conn.id], predictor, emit, stats, bar, camera is not None)
             finally:
                 sink.abort()
                 if isinstance(source, Prefetch):
@@ -191,6 +164,42 @@ def replay(opts: ReplayOptions, predictor: Predictor | None = None) -> dict:
     }
     write_json(summary_path(out), summary)
     return summary
+
+
+def _frames(source, sink, out_conn, predictor, emit: "_Emitter", stats: "_Stats", bar, camera: bool) -> None:
+    """The replay loop over ``source``'s work items (:func:`_events`): every message passed to
+    ``sink`` (inline, or the writer thread), each cloud through the predictor and its output to
+    ``sink``; per frame the main thread's times to ``stats``, the writer's wait at the end as
+    ``stats.drain``."""
+    prefetch, background = isinstance(source, Prefetch), isinstance(sink, InOrder)
+    waited_in = waited_out = 0.0
+    for event in source:
+        if event[0] == "message":
+            _, conn, t, raw = event
+            sink.submit(emit.writer.write, out_conn(conn), t, raw)
+            continue
+        bar.update(1)
+        if event[0] != "cloud":
+            stats.skip(*event)
+            continue
+        _, t, d, decode_cpu = event
+        t1 = time.perf_counter()
+        pred = predictor(d.scan)
+        t2 = time.perf_counter()
+        sink.submit(emit, t, d.msg, d.valid, pred)
+        t3 = time.perf_counter()
+        # the main thread's wait for this cloud: its decode inline, or with prefetch the time it was
+        # blocked on the reader thread since the last frame; likewise for the output
+        now_in, now_out = getattr(source, "waited", 0.0), sink.waited
+        stats.frame(d.decode_s, decode_cpu, now_in - waited_in if prefetch else None, t2 - t1, t3 - t2,
+                    now_out - waited_out if background else None, len(d.valid), int(d.valid.sum()),
+                    int(emit.above(pred).sum()), d.camera_note if camera else NO_CAMERA,
+                    getattr(predictor, "timer", None) and predictor.timer.last)
+        waited_in, waited_out = now_in, now_out
+        bar.set_postfix(fps=f"{1.0 / max(np.mean(stats.total[-10:]), 1e-9):.2f}", dropped=len(stats.dropped))
+    before = sink.waited
+    sink.close()  # the last frames' writes: counted in the frames' time
+    stats.drain = sink.waited - before
 
 
 PREFETCH_DEPTH = 4  # messages read (and clouds decoded) ahead of the model, inference.prefetch_decode
@@ -243,14 +252,18 @@ class _Emitter:
     """One frame's output: the scored PointCloud2 built, serialised (``encode``) and written
     (``write``), each stage's wall and CPU seconds handed to the stats from the thread that ran it."""
 
-    def __init__(self, writer: BagWriter, conn, score: str, label_map, label_ids: str, stats: "_Stats") -> None:
-        self.writer, self.conn, self.score, self.stats = writer, conn, score, stats
+    def __init__(self, writer: BagWriter, conn, op: OperatingPoint, label_map, label_ids: str, stats: "_Stats") -> None:
+        self.writer, self.conn, self.op, self.stats = writer, conn, op, stats
         self.lm, self.label_ids = label_map, label_ids
+
+    def above(self, pred) -> np.ndarray:
+        """The frame's points above the operating point."""
+        return self.op.above(pred.scores[self.op.score])
 
     def __call__(self, t: int, msg, valid: np.ndarray, pred) -> None:
         t0, c0 = time.perf_counter(), time.thread_time()
         anomaly = np.full(len(valid), np.nan, dtype=np.float32)
-        anomaly[valid] = pred.scores[self.score]
+        anomaly[valid] = pred.scores[self.op.score]
         raw_ids = self.label_ids == "raw"
         label = np.full(len(valid), 0 if raw_ids else INVALID_TRAIN_ID, dtype=np.uint16)
         label[valid] = self.lm.train_to_raw(pred.label) if raw_ids else pred.label
@@ -275,8 +288,8 @@ def report_lines(summary: dict) -> list[str]:
     return lines
 
 
-STAGES = ("decode", "wait_input", "inputs", "branches", "voxelise", "model", "lidar", "image", "fusion", "heads",
-          "encode", "write", "wait_output")  # the summary's order of stages
+STAGES = ("decode", "wait_input", "inputs", "branches", "voxelise", "model", "lidar", "fusion_lidar", "image",
+          "fusion", "heads", "encode", "write", "wait_output")  # the summary's order of stages
 
 
 def _stage_order(name: str) -> int:
