@@ -237,13 +237,13 @@ def bag_replay(predictor, bag: Path, out: Path, calib: Path | None) -> dict:
 
 def bag_table(ckpt: Path, bag: Path, tmp: Path, calib: Path | None, warm_scan, repeats: int) -> list[dict]:
     """Part 2 for one bag: per row of ``BAG_ROWS`` the median over ``repeats`` interleaved rounds
-    (stage timer and shares of the median round)."""
+    (stage timer and shares of the median round); each replay after one frame of its predictor
+    (``warm_scan``)."""
     preds = _bag_predictors(ckpt)
-    for _, p in preds:
-        p(warm_scan)
     runs: dict[str, list[dict]] = {name: [] for name, _ in preds}
     for r in range(repeats):
         for k, (name, p) in enumerate(preds):
+            p(warm_scan)  # this row's memory settings in place (the plain row's give freed memory back)
             runs[name].append(bag_replay(p, bag, tmp / f"out_{k}.mcap", calib))
     rows, prev = [], None
     for name, _ in preds:
