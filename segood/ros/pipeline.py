@@ -11,18 +11,33 @@ the next item / the next submit or at :meth:`InOrder.close`); both stop their th
 consumer spent blocked on it (``waited``), the share of the work that the overlap did not hide.
 
 Nothing here knows about torch: the background threads run Python and numpy code (rosbags,
-OpenCV) that mostly releases the GIL in its large copies, decodes and writes.
+OpenCV) that mostly releases the GIL in its large copies, decodes and writes. They run at a lower
+scheduling priority (``BACKGROUND_NICE``, Linux): the model's two OpenMP threads wait for each
+other at every parallel region, so a background thread that preempts one of them stalls both;
+niced, the background work mostly fills the time a core would idle (it still gets the core when
+the model waits for it).
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
+BACKGROUND_NICE = 10  # added to the background threads' nice value (Linux; elsewhere unchanged)
 _END = object()
 _POLL_S = 0.1  # how often a blocked put looks whether the other side has stopped
+
+
+def _lower_priority() -> None:
+    """Nice the calling thread by ``BACKGROUND_NICE`` (Linux: a thread is its own scheduling entity)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE)
+    except (AttributeError, OSError):  # no setpriority on this platform, or not allowed: run as is
+        pass
 
 
 class _Failure:
@@ -56,6 +71,7 @@ class Prefetch(Generic[T]):
         return False
 
     def _run(self, source: Iterable[T]) -> None:
+        _lower_priority()
         it = iter(source)
         try:
             for item in it:
@@ -113,6 +129,7 @@ class InOrder:
         self._thread.start()
 
     def _run(self) -> None:
+        _lower_priority()
         while True:
             item = self._queue.get()
             if item is _END:
