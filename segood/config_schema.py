@@ -205,9 +205,10 @@ SCHEMA: dict[str, Any] = {
         "prefetch_decode": Opt(True, bool, "segood replay: the next cloud (message, image, projection) read and "
                                            "decoded in a background thread while the model runs (exact; .db3 input: "
                                            "inline)"),
-        "background_write": Opt(True, bool, "segood replay: each frame's output encoded and every message written "
+        "background_write": Opt(False, bool, "segood replay: each frame's output encoded and every message written "
                                             "in a background thread, in order (exact: the same bag; .db3 output: "
-                                            "inline)"),
+                                            "inline); off: its CPU time competes with the model's, no frames/s "
+                                            "gained on 2 cores (README)"),
     },
 }
 

@@ -165,7 +165,7 @@ class InferenceOptions:
     threads: int | None = None
     parallel_branches: bool = True
     prefetch_decode: bool = True
-    background_write: bool = True
+    background_write: bool = False
 
     @classmethod
     def from_config(cls, section: dict | None = None) -> "InferenceOptions":
