@@ -311,28 +311,37 @@ def run_replay_bench(sizes=("kitti_120k",), frames: int = 4, repeats: int = 5, w
     return result
 
 
+def _head(width: int) -> str:
+    return f"{'row':{width}s} {'old ms':>7} {'new ms':>7} {'ratio':>6} {'vs plain':>8} {'frames/s':>8}"
+
+
+def _cells(r: dict, width: int, digits: int, stages: dict) -> tuple[str, str]:
+    """The columns every table shares (row, old and new ms, ratio to the row before and to plain,
+    frames/s) and the stage timer, as text."""
+    old = "" if r["old_ms"] is None else f"{r['old_ms']:7.{digits}f}"
+    lead = (f"{r['row']:{width}s} {old:>7} {r['ms']:7.{digits}f} {r['vs_previous']:6.2f} {r['vs_plain']:8.2f} "
+            f"{r['frames_per_s']:8.2f}")
+    return lead, " ".join(f"{k} {v:.{digits}f}" for k, v in stages.items())
+
+
 def format_size(size: str, entry: dict) -> str:
     lines = [f"== torch profiler, one {size} frame, default fast path, LiDAR-only", entry["profile"]]
     for mode, rows in entry["switches"].items():
         lines.append(f"== {size} ({entry['points']} points), {mode}: predictor ms per frame (median, rows cumulative)")
-        lines.append(f"{'row':22s} {'old ms':>7} {'new ms':>7} {'ratio':>6} {'vs plain':>8} {'frames/s':>8} "
-                     f"{'CPU ms':>7} {'CPU ratio':>9} {'CPU vs plain':>12} {'exact':5s} {'max |d| score':>13}  stages ms")
+        lines.append(f"{_head(22)} {'CPU ms':>7} {'CPU ratio':>9} {'CPU vs plain':>12} {'exact':5s} {'max |d| score':>13}"
+                     "  stages ms")
         for r in rows:
-            old = "" if r["old_ms"] is None else f"{r['old_ms']:7.0f}"
-            st = " ".join(f"{k} {v:.0f}" for k, v in r["stages_ms"].items())
-            lines.append(f"{r['row']:22s} {old:>7} {r['ms']:7.0f} {r['vs_previous']:6.2f} {r['vs_plain']:8.2f} "
-                         f"{r['frames_per_s']:8.2f} {r['cpu_ms']:7.0f} {r['cpu_vs_previous']:9.2f} "
-                         f"{r['cpu_vs_plain']:12.2f} {'yes' if r['exact'] else 'no':5s} {r['max_abs_score_diff']:13.2e}  {st}")
+            lead, st = _cells(r, 22, 0, r["stages_ms"])
+            lines.append(f"{lead} {r['cpu_ms']:7.0f} {r['cpu_vs_previous']:9.2f} {r['cpu_vs_plain']:12.2f} "
+                         f"{'yes' if r['exact'] else 'no':5s} {r['max_abs_score_diff']:13.2e}  {st}")
     for mode, rows in entry["bag"].items():
         lines.append(f"== {size}, {mode}: segood replay of a {entry['bag_frames']}-cloud bag, end to end, ms per frame "
                      "(median, rows cumulative); shares of a frame: main thread's time (wall) and CPU time")
-        lines.append(f"{'row':26s} {'old ms':>7} {'new ms':>7} {'ratio':>6} {'vs plain':>8} {'frames/s':>8} "
-                     f"{'dec+enc wall':>12} {'write wall':>10} {'dec+enc CPU':>11} {'write CPU':>9} {'CPU ms':>7}  stages p50 ms")
+        lines.append(f"{_head(26)} {'dec+enc wall':>12} {'write wall':>10} {'dec+enc CPU':>11} {'write CPU':>9} "
+                     f"{'CPU ms':>7}  stages p50 ms")
         for b in rows:
-            old = "" if b["old_ms"] is None else f"{b['old_ms']:7.1f}"
-            st = " ".join(f"{k} {v:.1f}" for k, v in b["stages_ms_p50"].items())
-            lines.append(f"{b['row']:26s} {old:>7} {b['ms']:7.1f} {b['vs_previous']:6.2f} {b['vs_plain']:8.2f} "
-                         f"{b['frames_per_s']:8.2f} {100 * b['share_decode_encode']:11.1f}% {100 * b['share_write']:9.1f}% "
+            lead, st = _cells(b, 26, 1, b["stages_ms_p50"])
+            lines.append(f"{lead} {100 * b['share_decode_encode']:11.1f}% {100 * b['share_write']:9.1f}% "
                          f"{100 * b['cpu_share_decode_encode']:10.1f}% {100 * b['cpu_share_write']:8.1f}% "
                          f"{b['cpu_ms_per_frame']:7.0f}  {st}")
     return "\n".join(lines)
