@@ -79,7 +79,8 @@ def run_concurrently(main: Callable[[], A], side: Callable[[], B], main_threads:
     thread or torch's thread counts are not per thread (:func:`supported`).
 
     The caller's thread count is restored afterwards; an exception of ``main`` is raised after
-    ``side`` has finished, else one of ``side``."""
+    ``side`` has finished, else one of ``side``. Not from inside ``side`` (one worker: it would
+    wait for itself)."""
     total = torch.get_num_threads()
     if total < 2 or not supported():
         return main(), side()

@@ -9,6 +9,13 @@ finite in the input get ``anomaly = NaN`` and label 0 (raw) / 65535 (train ids).
 A cloud that cannot be used (truncated buffer, no x/y/z, no finite point) is dropped with its reason
 and the replay goes on; a summary JSON (``OUT.summary.json``) lists frames, drops, latency and the
 share of points above the operating point.
+
+Threads (the ``inference:`` keys of the predictor's options): with ``prefetch_decode`` a reader
+thread reads the bag and decodes the next cloud while the model runs; with ``background_write`` a
+writer thread encodes each output and writes every message, in the input's order (the same bag
+byte for byte); both niced and bounded (:mod:`segood.ros.pipeline`). numpy's BLAS runs one thread
+for the whole replay (:func:`segood.models.concurrency.numpy_blas_threads`). The summary's shares
+of a frame are given by the main thread's time and by CPU time (:class:`_Stats`).
 """
 from __future__ import annotations
 
