@@ -202,6 +202,16 @@ SCHEMA: dict[str, Any] = {
         "keep_freed_memory": Opt(True, bool, "exact: freed memory kept for the next frame"),
         "threads": Opt(None, int, "torch threads for the torch parts (null: torch's default); spconv "
                                   "single-threaded", min=1, nullable=True),
+        "parallel_branches": Opt(True, bool, "a frame with a camera: voxelising + the LiDAR branch (one thread) "
+                                             "beside the image branch (the other threads); needs lean_heads and >= 2 "
+                                             "threads (scores equal within the tolerance of tests/test_speed.py)"),
+        "prefetch_decode": Opt(True, bool, "segood replay: the next cloud (message, image, projection) read and "
+                                           "decoded in a background thread while the model runs (exact; .db3 input: "
+                                           "inline)"),
+        "background_write": Opt(False, bool, "segood replay: each frame's output encoded and every message written "
+                                            "in a background thread, in order (exact: the same bag; .db3 output: "
+                                            "inline); off: its CPU time competes with the model's, no frames/s "
+                                            "gained on 2 cores (README)"),
     },
 }
 

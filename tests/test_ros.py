@@ -378,3 +378,58 @@ def test_kitti_calib_txt_in_both_layouts(tmp_path):
     (tmp_path / "bad.txt").write_text(line("P2", p2) + "\n")
     with pytest.raises(CameraError, match="bad.txt: KITTI calibration has no 'Tr_velo_to_cam'"):
         load_calib(tmp_path / "bad.txt")
+
+
+def test_background_decode_and_write_give_the_same_bag(tmp_path, ckpt, predictor, monkeypatch):
+    """inference.prefetch_decode / background_write: the output bag equals the inline one byte for
+    byte (every message, same order), with a camera and a dropped cloud in the stream."""
+    from dataclasses import replace
+
+    frames, calib = kitti_frames(image_dt=[0.03, -0.02, 0.2])
+    frames[1] = replace(frames[1], records=frames[1].records[:0])  # a cloud without points: dropped
+    bag = write_sensor_bag(tmp_path / "cam.mcap", frames)
+    (tmp_path / "calib.yaml").write_text(f"lidar_to_camera: {calib['lidar_to_camera']}\n")
+    outs, summaries = {}, {}
+    for background in (False, True):
+        monkeypatch.setattr(predictor, "options", replace(predictor.options, prefetch_decode=background,
+                                                          background_write=background))
+        out = tmp_path / f"{background}" / "out.mcap"  # one name: MCAP's metadata holds it
+        out.parent.mkdir()
+        summaries[background] = replay(ReplayOptions(bag, out, ckpt, image_topic="/camera/image/compressed",
+                                                     info_topic="/camera/camera_info", calib=tmp_path / "calib.yaml",
+                                                     progress=False), predictor)
+        outs[background] = out.read_bytes()
+    assert outs[True] == outs[False]
+    for s in summaries.values():
+        assert s["frames"]["processed"] == 2 and s["frames"]["dropped"] == 1
+        assert 0 < s["cpu_share_decode"] < 1 and 0 < s["cpu_share_write"] < 1
+    assert {"wait_input", "wait_output", "encode", "write"} <= set(summaries[True]["stages_ms"])
+    assert "wait_input" not in summaries[False]["stages_ms"] and summaries[True]["share_encode"] == 0.0
+
+
+def test_pipeline_threads_keep_order_and_hand_errors_over():
+    from segood.ros.pipeline import InOrder, Prefetch
+
+    def source():
+        yield 1
+        yield 2
+        raise OSError("read error")
+
+    got = []
+    with Prefetch(source(), depth=1) as items:
+        with pytest.raises(OSError, match="read error"):
+            for x in items:
+                got.append(x)
+    assert got == [1, 2]
+    done = []
+    worker = InOrder(depth=2)
+    for k in range(5):
+        worker.submit(done.append, k)
+    worker.close()
+    assert done == [0, 1, 2, 3, 4]
+    worker = InOrder(depth=1)
+    worker.submit(lambda: 1 / 0)
+    worker.submit(done.append, "not run")  # may be queued before the failure is seen
+    with pytest.raises(ZeroDivisionError):
+        worker.close()
+    assert "not run" not in done

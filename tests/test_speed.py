@@ -240,7 +240,8 @@ def test_fast_predictor_scores_equal_plain_within_tolerance(bn_checkpoint, synth
     name = plain.op.score
     np.testing.assert_allclose(b.scores[name], a.scores[name], rtol=SCORE_RTOL, atol=SCORE_ATOL)
     assert (a.label == b.label).mean() > 0.999
-    assert set(fast.timer.last) == {"voxelise", "lidar", "image", "fusion", "heads"}
+    stages = {"voxelise", "lidar", "image", "fusion", "heads"}
+    assert set(fast.timer.last) == (stages | {"inputs", "branches", "fusion_lidar"} if camera and torch.get_num_threads() > 1 else stages)
     assert set(plain.timer.last) == {"voxelise", "model", "heads"}
     assert fast.model.image.channels_last and not plain.model.image.channels_last  # inference.channels_last
 
@@ -265,15 +266,21 @@ def test_replay_bench_runs_small(monkeypatch, tmp_path):
 
     monkeypatch.setitem(bench.SIZES, "tiny", dict(azimuth_columns=96, beams=16))
     res = bench.run_replay_bench(("tiny",), frames=1, repeats=1, warmup=0, config=str(CONFIG_DIR / "base.yaml"),
-                                 overrides=SMALL, top=5, out_dir=tmp_path, say=lambda *a, **k: None)
+                                 overrides=SMALL, top=5, out_dir=tmp_path, say=lambda *a, **k: None, bag_frames=2)
     entry = res["sizes"]["tiny"]
     for mode in ("lidar_only", "camera"):
         rows = entry["switches"][mode]
         assert rows[0]["row"] == "plain" and len(rows) >= 5
         assert all(r["max_abs_score_diff"] <= SCORE_ATOL for r in rows if r["row"] != "+ amp=bf16")
-    stages = {b["path"]: set(b["stages_ms_p50"]) for b in entry["bag"]}
-    assert {"decode", "voxelise", "lidar", "image", "fusion", "heads", "encode", "write"} <= stages["fast"]
-    assert all(b["cpu_ms_per_frame"] > 0 and 0 < b["share_write"] < 1 for b in entry["bag"])
+    for mode, rows in entry["bag"].items():
+        names = [r["row"] for r in rows]
+        assert names[0] == "plain" and names[-1] == "+ background_write" and "+ parallel_branches" in names
+        serial, fast = rows[1], rows[-1]
+        assert {"decode", "voxelise", "lidar", "image", "fusion", "heads", "encode", "write"} <= set(serial["stages_ms_p50"])
+        assert {"wait_input", "wait_output"} <= set(fast["stages_ms_p50"])
+        assert ("branches" in rows[2]["stages_ms_p50"]) == (mode == "camera" and torch.get_num_threads() > 1)
+        assert all(r["cpu_ms_per_frame"] > 0 and 0 < r["cpu_share_write"] < 1 and r["ms"] > 0 for r in rows)
+        assert 0 < serial["share_write"] < 1
     assert "+ channels_last" in {r["row"] for r in entry["switches"]["camera"]}
     assert (tmp_path / "bench_replay.json").is_file()
 
@@ -319,27 +326,6 @@ def test_parallel_branches_resolve():
         parallel_branches.resolve("yes", cpu, False)
 
 
-def test_concurrently_carries_modes_threads_and_errors():
-    """The worker runs with the caller's grad mode and autocast and its own thread count; the
-    caller's thread count is back afterwards; an exception in the worker reaches the caller."""
-    before = torch.get_num_threads()
-    seen = {}
-
-    def there():
-        seen.update(grad=torch.is_grad_enabled(), autocast=torch.is_autocast_enabled("cpu"),
-                    threads=torch.get_num_threads())
-        return "there"
-
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        here, result = parallel_branches.concurrently(lambda: torch.get_num_threads(), there, there_threads=1)
-    assert (here, result) == (1, "there")
-    assert seen == {"grad": False, "autocast": True, "threads": 1}
-    assert torch.get_num_threads() == before
-    with pytest.raises(ZeroDivisionError):
-        parallel_branches.concurrently(lambda: None, lambda: 1 / 0)
-    assert torch.get_num_threads() == before
-
-
 def test_index_select_gathers_leave_weights_bit_equal(batch_cfg, monkeypatch):
     """segood.models.gather (index_select, whose backward is index_add_) against advanced indexing
     (index_put_ with accumulation): the same weights after training, to the bit, at one thread."""
@@ -371,3 +357,52 @@ def test_loader_workers_and_training_run_numpy_blas_on_one_thread():
     before, after = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                               check=True, env=env).stdout)
     assert before and max(before) == 2 and after == [1] * len(before)
+
+
+def test_run_concurrently_splits_threads_and_restores_them():
+    import threading
+
+    from segood.models.concurrency import run_concurrently
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        def probe():
+            return threading.get_ident(), torch.get_num_threads(), torch.is_inference_mode_enabled()
+
+        with torch.inference_mode():
+            (main_id, main_n, _), (side_id, side_n, side_inf) = run_concurrently(probe, probe)
+        assert main_id == threading.get_ident() != side_id and (main_n, side_n, side_inf) == (1, 1, True)
+        assert torch.get_num_threads() == 2
+
+        def boom():
+            raise RuntimeError("side failed")
+
+        with pytest.raises(RuntimeError, match="side failed"):
+            run_concurrently(lambda: 1, boom)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_parallel_branches_give_the_sequential_scores(bn_checkpoint, synthetic_root):
+    """inference.parallel_branches: voxelising + the LiDAR branch beside the image branch (worker
+    thread) give the sequential path's scores within the fast path's tolerance (the image
+    convolutions at one thread may round differently); a frame without a camera runs as before."""
+    from dataclasses import replace
+
+    from segood.data.readers import open_reader
+    from segood.engine.inference import InferenceOptions, Predictor
+
+    cfg = _cfg(synthetic_root)
+    scan = open_reader(cfg["data"], ["08"], build_label_map(cfg), with_labels=False)[0]
+    opts = InferenceOptions.from_config()
+    seq = Predictor(bn_checkpoint, options=replace(opts, parallel_branches=False))
+    par = Predictor(bn_checkpoint, options=replace(opts, parallel_branches=True, threads=2))
+    a, b = seq(scan), par(scan)
+    name = seq.op.score
+    np.testing.assert_allclose(b.scores[name], a.scores[name], rtol=SCORE_RTOL, atol=SCORE_ATOL)
+    assert (a.label == b.label).mean() > 0.999
+    assert set(par.timer.last) == {"inputs", "branches", "voxelise", "lidar", "fusion_lidar", "image", "fusion", "heads"}
+    par(replace(scan, images=[], lidar_to_image=[], pixel_uv=None, camera_id=None))
+    assert set(par.timer.last) == {"voxelise", "lidar", "image", "fusion", "heads"}

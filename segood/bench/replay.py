@@ -13,11 +13,15 @@ predictor alone (voxelise + model + heads + score), LiDAR-only and with the came
 in process CPU time (at ``--threads 1`` the time one idle core would take, whatever else the
 machine runs); ``max |d|`` is the largest score difference from the plain path on those frames.
 
-Part 2, the bag: ``segood replay`` end to end (decode, predictor, encode, bag write) with the
-default fast path and with the plain path, each with a predictor that has run one frame already
-(the steady state of a long replay): frames per second, the share of decode + encode and of the bag
-write, CPU ms per frame (the whole replay call: opening the bag and copying its other messages
-included) and the stage timer.
+Part 2, the bag: ``segood replay`` end to end (decode, predictor, encode, bag write) of a bag of
+``--bag-frames`` clouds (the synthetic frames repeated), one row per path, cumulative: the plain
+path, the fast path with everything one after the other (``parallel_branches``,
+``prefetch_decode``, ``background_write`` off), then those three switched on one by one; each with
+a predictor that has run one frame already (the steady state of a long replay), rounds interleaved,
+median over ``--repeats``: ms per frame (the main thread's time, :class:`segood.ros.replay._Stats`)
+and frames per second, the shares of decode + encode and of the bag write in the main thread's
+time (what the frame pays) and in CPU time (whichever thread ran them), CPU ms per frame (the whole
+replay call: opening the bag and copying its other messages included) and the stage timer.
 """
 from __future__ import annotations
 
@@ -45,7 +49,18 @@ ROWS = (
     ("+ fold_bn", {"fold_bn": True}, False),
     ("+ channels_last", {"channels_last": True}, False),
     ("+ threads=2", {"threads": 2}, True),
+    ("+ parallel_branches", {"parallel_branches": True}, False),
     ("+ amp=bf16", {"amp": "bf16"}, False),
+)
+# part 2, cumulative: (name, InferenceOptions fields changed from the row before; the first fast row
+# from configs/base.yaml's inference: section); "plain" is InferenceOptions.plain()
+_SERIAL = {"parallel_branches": False, "prefetch_decode": False, "background_write": False}
+BAG_ROWS = (
+    ("plain", None),
+    ("fast, one after the other", _SERIAL),
+    ("+ parallel_branches", {"parallel_branches": True}),
+    ("+ prefetch_decode", {"prefetch_decode": True}),
+    ("+ background_write", {"background_write": True}),
 )
 
 
@@ -63,15 +78,18 @@ def make_frames(size: str, frames: int) -> tuple[list, "object"]:
     return out, lidar_to_image(cfg)
 
 
-def make_bag(path: Path, frames: list, with_image: bool = True) -> int:
-    """Write ``frames`` as an MCAP bag (10 Hz, camera as JPEG); returns the mean points per cloud."""
+def make_bag(path: Path, frames: list, with_image: bool = True, count: int | None = None) -> int:
+    """Write ``count`` clouds (default: one per frame; ``frames`` repeated) as an MCAP bag (10 Hz,
+    camera as JPEG); returns the mean points per cloud."""
     import numpy as np
 
     from segood.ros.export import SensorFrame, write_sensor_bag
     from segood.ros.pointcloud2 import xyzi_records
 
-    out = [SensorFrame(10**9 + k * 10**8, xyzi_records(pts), image=image if with_image else None, projection=None)
-           for k, (pts, image) in enumerate(frames)]
+    count = count or len(frames)
+    records = [(xyzi_records(pts), image if with_image else None) for pts, image in frames]
+    out = [SensorFrame(10**9 + k * 10**8, records[k % len(records)][0], image=records[k % len(records)][1],
+                       projection=None) for k in range(count)]
     write_sensor_bag(path, out)
     return int(np.mean([len(f.records) for f in out]))
 
@@ -184,25 +202,59 @@ def profile_table(ckpt: Path, scan, top: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=48)
 
 
-def bag_replay(ckpt: Path, bag: Path, tmp: Path, calib: Path | None, plain: bool, warm_scan) -> dict:
-    """Part 2: ``segood replay`` of ``bag`` (camera when ``calib``), fast or plain path, with a
-    predictor that has already run one frame (``warm_scan``, a scan of the same size): the steady
-    state of a long replay, without the first frame's one-off set-up (oneDNN kernels, memory)."""
-    from segood.engine.inference import Predictor
-    from segood.ros.replay import ReplayOptions, inference_options, replay
+def _bag_predictors(ckpt: Path) -> list[tuple[str, object]]:
+    """One predictor per row of ``BAG_ROWS``."""
+    from dataclasses import replace
 
-    out = tmp / f"out_{bag.stem}_{'cam' if calib else 'lidar'}_{'plain' if plain else 'fast'}.mcap"
-    opts = ReplayOptions(bag, out, ckpt, progress=False, plain=plain, overwrite=True,
+    from segood.engine.inference import InferenceOptions, Predictor
+
+    out, opts = [], InferenceOptions.from_config()
+    for name, change in BAG_ROWS:
+        if change is None:
+            out.append((name, Predictor(ckpt, options=InferenceOptions.plain())))
+            continue
+        opts = replace(opts, **change)
+        out.append((name, Predictor(ckpt, options=opts)))
+    return out
+
+
+def bag_replay(predictor, bag: Path, out: Path, calib: Path | None) -> dict:
+    """``segood replay`` of ``bag`` (camera when ``calib``) with ``predictor`` (which should have
+    run one frame: the steady state of a long replay, without the first frame's one-off set-up)."""
+    from segood.ros.replay import ReplayOptions, replay
+
+    opts = ReplayOptions(bag, out, Path(predictor.source), progress=False, overwrite=True,
                          image_topic="/camera/image/compressed" if calib else None, calib=calib)
-    predictor = Predictor(ckpt, options=inference_options(opts))
-    predictor(warm_scan)
     c0 = time.process_time()
     s = replay(opts, predictor)
-    frames = s["frames"]["processed"]
-    return {"path": "plain" if plain else "fast", "camera": calib is not None, "frames_per_s": s["frames_per_s"],
+    frames = max(s["frames"]["processed"], 1)
+    return {"ms": 1e3 / s["frames_per_s"], "frames_per_s": s["frames_per_s"],
             "latency_ms_p50": s["latency_ms"]["p50"], "share_decode_encode": s["share_decode"] + s["share_encode"],
-            "share_write": s["share_write"], "cpu_ms_per_frame": 1e3 * (time.process_time() - c0) / max(frames, 1),
+            "share_write": s["share_write"], "cpu_share_decode_encode": s["cpu_share_decode"] + s["cpu_share_encode"],
+            "cpu_share_write": s["cpu_share_write"], "cpu_ms_per_frame": 1e3 * (time.process_time() - c0) / frames,
             "stages_ms_p50": {k: v["p50"] for k, v in s["stages_ms"].items()}}
+
+
+def bag_table(ckpt: Path, bag: Path, tmp: Path, calib: Path | None, warm_scan, repeats: int) -> list[dict]:
+    """Part 2 for one bag: per row of ``BAG_ROWS`` the median over ``repeats`` interleaved rounds
+    (stage timer and shares of the median round); each replay after one frame of its predictor
+    (``warm_scan``)."""
+    preds = _bag_predictors(ckpt)
+    runs: dict[str, list[dict]] = {name: [] for name, _ in preds}
+    for r in range(repeats):
+        for k, (name, p) in enumerate(preds):
+            p(warm_scan)  # this row's memory settings in place (the plain row's give freed memory back)
+            runs[name].append(bag_replay(p, bag, tmp / f"out_{k}.mcap", calib))
+    rows, prev = [], None
+    for name, _ in preds:
+        ordered = sorted(runs[name], key=lambda x: x["ms"])
+        row = {"row": name, **ordered[len(ordered) // 2], "camera": calib is not None,
+               "old_ms": None if prev is None else prev}
+        row["vs_previous"] = 1.0 if prev is None else prev / row["ms"]
+        row["vs_plain"] = rows[0]["ms"] / row["ms"] if rows else 1.0
+        rows.append(row)
+        prev = row["ms"]
+    return rows
 
 
 def _limit_blas_threads(threads: int) -> None:
@@ -217,7 +269,7 @@ def _limit_blas_threads(threads: int) -> None:
 
 def run_replay_bench(sizes=("kitti_120k",), frames: int = 4, repeats: int = 5, warmup: int = 1,
                      config: str | None = None, overrides: list[str] | None = None, threads: int | None = None,
-                     top: int = 15, out_dir: Path | None = None, say=print) -> dict:
+                     top: int = 15, out_dir: Path | None = None, say=print, bag_frames: int = 8) -> dict:
     """Both parts for each size (module docstring); returns the results (and writes them to
     ``out_dir``/bench_replay.json)."""
     import torch
@@ -237,16 +289,16 @@ def run_replay_bench(sizes=("kitti_120k",), frames: int = 4, repeats: int = 5, w
         for size in sizes:
             data, matrix = make_frames(size, frames)
             (tmp / "calib.json").write_text(json.dumps({"lidar_to_image": matrix.tolist()}))
-            n = make_bag(tmp / f"{size}.mcap", data)
-            entry = {"points": n, "switches": {}, "bag": []}
+            n = make_bag(tmp / f"{size}.mcap", data, count=bag_frames)
+            entry = {"points": n, "bag_frames": bag_frames, "switches": {}, "bag": {}}
             for camera in (False, True):
+                mode = "camera" if camera else "lidar_only"
                 scans = _scans(data, matrix, camera)
-                entry["switches"]["camera" if camera else "lidar_only"] = switch_table(ckpt, scans, repeats, warmup)
+                entry["switches"][mode] = switch_table(ckpt, scans, repeats, warmup)
                 if not camera:
                     entry["profile"] = profile_table(ckpt, scans[0], top)
-                for plain in (True, False):
-                    entry["bag"].append(bag_replay(ckpt, tmp / f"{size}.mcap", tmp, tmp / "calib.json" if camera
-                                                   else None, plain, scans[-1]))
+                entry["bag"][mode] = bag_table(ckpt, tmp / f"{size}.mcap", tmp, tmp / "calib.json" if camera else None,
+                                               scans[-1], repeats)
             result["sizes"][size] = entry
             say(format_size(size, entry))
     result["meta"].update(loadavg_after=os.getloadavg(), seconds=round(time.time() - t_start, 1))
@@ -259,25 +311,39 @@ def run_replay_bench(sizes=("kitti_120k",), frames: int = 4, repeats: int = 5, w
     return result
 
 
+def _head(width: int) -> str:
+    return f"{'row':{width}s} {'old ms':>7} {'new ms':>7} {'ratio':>6} {'vs plain':>8} {'frames/s':>8}"
+
+
+def _cells(r: dict, width: int, digits: int, stages: dict) -> tuple[str, str]:
+    """The columns every table shares (row, old and new ms, ratio to the row before and to plain,
+    frames/s) and the stage timer, as text."""
+    old = "" if r["old_ms"] is None else f"{r['old_ms']:7.{digits}f}"
+    lead = (f"{r['row']:{width}s} {old:>7} {r['ms']:7.{digits}f} {r['vs_previous']:6.2f} {r['vs_plain']:8.2f} "
+            f"{r['frames_per_s']:8.2f}")
+    return lead, " ".join(f"{k} {v:.{digits}f}" for k, v in stages.items())
+
+
 def format_size(size: str, entry: dict) -> str:
     lines = [f"== torch profiler, one {size} frame, default fast path, LiDAR-only", entry["profile"]]
     for mode, rows in entry["switches"].items():
         lines.append(f"== {size} ({entry['points']} points), {mode}: predictor ms per frame (median, rows cumulative)")
-        lines.append(f"{'row':22s} {'old ms':>7} {'new ms':>7} {'ratio':>6} {'vs plain':>8} {'frames/s':>8} "
-                     f"{'CPU ms':>7} {'CPU ratio':>9} {'CPU vs plain':>12} {'exact':5s} {'max |d| score':>13}  stages ms")
+        lines.append(f"{_head(22)} {'CPU ms':>7} {'CPU ratio':>9} {'CPU vs plain':>12} {'exact':5s} {'max |d| score':>13}"
+                     "  stages ms")
         for r in rows:
-            old = "" if r["old_ms"] is None else f"{r['old_ms']:7.0f}"
-            st = " ".join(f"{k} {v:.0f}" for k, v in r["stages_ms"].items())
-            lines.append(f"{r['row']:22s} {old:>7} {r['ms']:7.0f} {r['vs_previous']:6.2f} {r['vs_plain']:8.2f} "
-                         f"{r['frames_per_s']:8.2f} {r['cpu_ms']:7.0f} {r['cpu_vs_previous']:9.2f} "
-                         f"{r['cpu_vs_plain']:12.2f} {'yes' if r['exact'] else 'no':5s} {r['max_abs_score_diff']:13.2e}  {st}")
-    lines.append(f"== {size}: segood replay of the bag, end to end")
-    for b in entry["bag"]:
-        st = " ".join(f"{k} {v:.1f}" for k, v in b["stages_ms_p50"].items())
-        lines.append(f"{b['path']:5s} camera={'yes' if b['camera'] else 'no ':3s} {b['frames_per_s']:6.2f} frames/s, "
-                     f"p50 {b['latency_ms_p50']:.0f} ms, CPU {b['cpu_ms_per_frame']:.0f} ms/frame, decode+encode "
-                     f"{100 * b['share_decode_encode']:.1f}%, bag write {100 * b['share_write']:.1f}% | "
-                     f"stages p50 ms: {st}")
+            lead, st = _cells(r, 22, 0, r["stages_ms"])
+            lines.append(f"{lead} {r['cpu_ms']:7.0f} {r['cpu_vs_previous']:9.2f} {r['cpu_vs_plain']:12.2f} "
+                         f"{'yes' if r['exact'] else 'no':5s} {r['max_abs_score_diff']:13.2e}  {st}")
+    for mode, rows in entry["bag"].items():
+        lines.append(f"== {size}, {mode}: segood replay of a {entry['bag_frames']}-cloud bag, end to end, ms per frame "
+                     "(median, rows cumulative); shares of a frame: main thread's time (wall) and CPU time")
+        lines.append(f"{_head(26)} {'dec+enc wall':>12} {'write wall':>10} {'dec+enc CPU':>11} {'write CPU':>9} "
+                     f"{'CPU ms':>7}  stages p50 ms")
+        for b in rows:
+            lead, st = _cells(b, 26, 1, b["stages_ms_p50"])
+            lines.append(f"{lead} {100 * b['share_decode_encode']:11.1f}% {100 * b['share_write']:9.1f}% "
+                         f"{100 * b['cpu_share_decode_encode']:10.1f}% {100 * b['cpu_share_write']:8.1f}% "
+                         f"{b['cpu_ms_per_frame']:7.0f}  {st}")
     return "\n".join(lines)
 
 
@@ -291,6 +357,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_overrides(p, "model.lidar.backend=torch")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads, and numpy BLAS threads with threadpoolctl (default: torch's); 1 makes CPU time one core's")
+    p.add_argument("--bag-frames", type=int, default=8, help="clouds in the bag of part 2 (default 8, the frames repeated)")
     p.add_argument("--top", type=int, default=15, help="profiler rows")
     p.add_argument("--full", action="store_true", help="both sizes (120k and 35k points), 10 frames, 9 rounds")
     p.add_argument("--out", type=Path, default=None, help="folder for bench_replay.json")
@@ -301,5 +368,5 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     sizes = tuple(SIZES) if args.full else ("kitti_120k",)
     run_replay_bench(sizes, 10 if args.full else args.frames, 9 if args.full else args.repeats, 1, args.config,
-                     args.set, args.threads, args.top, args.out)
+                     args.set, args.threads, args.top, args.out, bag_frames=args.bag_frames)
     return 0

@@ -94,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
     if f["processed"]:
         print(f"latency per frame: p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms "
               f"(decode {100 * s['share_decode']:.1f}%, encode {100 * s['share_encode']:.1f}%, "
-              f"bag write {100 * s['share_write']:.1f}%); "
+              f"bag write {100 * s['share_write']:.1f}% of the frame's time; by CPU time "
+              f"{100 * s['cpu_share_decode']:.1f}%, {100 * s['cpu_share_encode']:.1f}%, "
+              f"{100 * s['cpu_share_write']:.1f}%); "
               f"points flagged by the operating point: {100 * s['points']['fraction_above']:.2f}%")
         print("stages, p50 ms: " + ", ".join(f"{k} {v['p50']:.1f}" for k, v in s["stages_ms"].items()))
     if s["operating_point"]["warning"]:

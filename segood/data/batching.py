@@ -188,16 +188,9 @@ def _collate(samples: list[dict], grid: VoxelGrid) -> dict:
         "point2voxel": torch.from_numpy(point2voxel.astype(np.int64)),
         "spatial_shape": grid.spatial_shape,
         "batch_size": len(samples),
-        "visible": torch.from_numpy(np.concatenate([s["visible"] for s in samples])),
-        "pixel_uv": torch.from_numpy(np.concatenate([s["pixel_uv"] for s in samples]).astype(np.float32)),
         "sources": [s["source"] for s in samples],
+        **_camera_part(samples, batch_idx),
     }
-    if all("images" in s for s in samples):
-        # every camera image of every scan, flattened; each point samples the image of its camera
-        offsets = np.cumsum([0] + [len(s["images"]) for s in samples])[:-1]
-        batch["images"] = torch.from_numpy(_pad_stack([im for s in samples for im in s["images"]]))
-        cam = np.concatenate([s["camera_id"] for s in samples])
-        batch["image_idx"] = torch.from_numpy(offsets[batch_idx] + np.maximum(cam, 0))
     if all("target" in s for s in samples):
         batch["target"] = torch.from_numpy(np.concatenate([s["target"] for s in samples]))
         batch["ood_target"] = torch.from_numpy(np.concatenate([s["ood_target"] for s in samples]))
@@ -205,6 +198,29 @@ def _collate(samples: list[dict], grid: VoxelGrid) -> dict:
         if all(key in s for s in samples):
             batch[key] = torch.from_numpy(np.concatenate([s[key] for s in samples]))
     return batch
+
+
+def _camera_part(samples: list[dict], batch_idx: np.ndarray) -> dict:
+    """``visible``, ``pixel_uv`` and, when every sample has images, ``images`` and ``image_idx``."""
+    part = {"visible": torch.from_numpy(np.concatenate([s["visible"] for s in samples])),
+            "pixel_uv": torch.from_numpy(np.concatenate([s["pixel_uv"] for s in samples]).astype(np.float32))}
+    if all("images" in s for s in samples):
+        # every camera image of every scan, flattened; each point samples the image of its camera
+        offsets = np.cumsum([0] + [len(s["images"]) for s in samples])[:-1]
+        part["images"] = torch.from_numpy(_pad_stack([im for s in samples for im in s["images"]]))
+        cam = np.concatenate([s["camera_id"] for s in samples])
+        part["image_idx"] = torch.from_numpy(offsets[batch_idx] + np.maximum(cam, 0))
+    return part
+
+
+def camera_inputs(samples: list[dict]) -> dict:
+    """What the image branch reads of :func:`collate`'s batch (``points``, ``batch_idx``,
+    ``visible``, ``pixel_uv``, ``images``, ``image_idx``), the same values, without voxelising:
+    inference runs the image branch on it while :func:`collate` voxelises."""
+    batch_idx = np.concatenate([np.full(len(s["points"]), b, dtype=np.int64) for b, s in enumerate(samples)])
+    points = np.concatenate([s["points"] for s in samples])
+    return {"points": torch.from_numpy(points), "batch_idx": torch.from_numpy(batch_idx),
+            **_camera_part(samples, batch_idx)}
 
 
 def _pad_stack(images: list[np.ndarray]) -> np.ndarray:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from segood.config import base_defaults
-from segood.data.batching import collate, scan_to_sample
+from segood.data.batching import camera_inputs, collate, scan_to_sample
 from segood.data.labels import LabelMap
 from segood.data.scan import Scan
 from segood.engine.builders import build_grid, build_label_map
@@ -41,6 +41,7 @@ from segood.engine.fit import load_scorers
 from segood.engine.model_config import model_config_from_checkpoint
 from segood.metrics.headline import default_score
 from segood.engine.runtime import amp_settings, keep_freed_memory, set_channels_last
+from segood.models.concurrency import run_concurrently
 from segood.models.fold import fold_batchnorm
 
 TOP_FRACTION = 0.05
@@ -147,7 +148,13 @@ class InferenceOptions:
     ``channels_last``: the image branch's convolutions in NHWC (:func:`segood.engine.runtime.set_channels_last`);
     ``amp``: ``bf16`` autocast on a CPU with native bf16 (the sparse U-Net and the scores stay fp32);
     ``keep_freed_memory``: freed memory kept for the next frame (:func:`segood.engine.runtime.keep_freed_memory`);
-    ``threads``: torch threads for the torch parts (null: torch's default; spconv stays single-threaded).
+    ``threads``: torch threads for the torch parts (null: torch's default; spconv stays single-threaded);
+    ``parallel_branches``: with a camera, the LiDAR and the image branch at the same time, the LiDAR
+    branch on one thread, the image branch on the others (:meth:`FusionSegmenter.infer`; needs
+    ``lean_heads`` and at least two threads);
+    ``prefetch_decode`` / ``background_write``: read for ``segood replay`` (:mod:`segood.ros.replay`):
+    the next cloud decoded, and the last frame's output encoded and written, in background threads
+    while the model runs.
     """
 
     fold_bn: bool = True
@@ -156,6 +163,9 @@ class InferenceOptions:
     amp: str = "none"
     keep_freed_memory: bool = True
     threads: int | None = None
+    parallel_branches: bool = True
+    prefetch_decode: bool = True
+    background_write: bool = False
 
     @classmethod
     def from_config(cls, section: dict | None = None) -> "InferenceOptions":
@@ -166,12 +176,14 @@ class InferenceOptions:
     def plain(cls) -> "InferenceOptions":
         """Every switch off: the model as trained, all heads, fp32, torch's memory and threads."""
         return cls(fold_bn=False, lean_heads=False, channels_last=False, amp="none", keep_freed_memory=False,
-                   threads=None)
+                   threads=None, parallel_branches=False, prefetch_decode=False, background_write=False)
 
 
 class StageTimer:
     """Seconds per stage of the last frame: ``with timer("lidar"): ...``. Stages of the fast path:
-    voxelise, lidar, image, fusion, heads (the plain path: voxelise, model, heads)."""
+    voxelise, lidar, image, fusion, heads (the plain path: voxelise, model, heads); with
+    ``parallel_branches`` and a camera: inputs, then branches (voxelise + lidar beside image, each
+    timed in its own thread), fusion, heads (:meth:`Predictor._infer_parallel`)."""
 
     def __init__(self) -> None:
         self.last: dict[str, float] = {}
@@ -192,7 +204,7 @@ class Predictor:
     map file that changed since training is refused (its checksum differs from the checkpoint's).
     ``options`` (default: configs/base.yaml's ``inference:``) picks the fast path's switches; the
     fast path's scores equal the plain path's within the tolerance tests/test_speed.py states.
-    ``timer`` holds each frame's seconds per stage (voxelise, lidar, image, fusion, heads).
+    ``timer`` holds each frame's seconds per stage (:class:`StageTimer`).
     """
 
     def __init__(self, ckpt: str | Path, score: str | None = None, threshold: float | None = None,
@@ -229,17 +241,52 @@ class Predictor:
         if opts.threads:
             torch.set_num_threads(int(opts.threads))
         try:
-            with timer("voxelise"):
-                batch = collate([scan_to_sample(scan, None)], self.grid)
             with torch.autocast("cpu", dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
-                if opts.lean_heads:
-                    out = self.model.infer(batch, timer)
+                if opts.lean_heads and opts.parallel_branches and scan.images and torch.get_num_threads() > 1:
+                    out = self._infer_parallel(scan)
                 else:
-                    with timer("model"):
-                        out = self.model(batch)
+                    with timer("voxelise"):
+                        batch = collate([scan_to_sample(scan, None)], self.grid)
+                    if opts.lean_heads:
+                        out = self.model.infer(batch, timer)
+                    else:
+                        with timer("model"):
+                            out = self.model(batch)
                 with timer("heads"):
                     label = out["logits"].argmax(-1).numpy()
                     score = self.scorer(out).float().numpy()
         finally:
             torch.set_num_threads(previous)
         return Prediction(label=label, scores={self.op.score: score})
+
+    def _infer_parallel(self, scan: Scan) -> Mapping[str, torch.Tensor]:
+        """``inference.parallel_branches``: voxelising and the LiDAR branch in this thread (one torch
+        thread: spconv's count anyway) while the image branch runs on the camera inputs in a worker
+        thread with the other threads (:func:`segood.models.concurrency.run_concurrently`, which
+        says why that is safe); then fusion with every thread. The same operations as
+        :meth:`FusionSegmenter.infer`; stages ``inputs`` (the scan as arrays, the image
+        normalised), ``branches`` (the wall time of both sides), and inside it ``voxelise`` +
+        ``lidar`` + ``fusion_lidar`` (the fusion's first layer without the camera terms,
+        :meth:`FusionSegmenter.fusion_lidar_term`) and ``image``, each timed in its own thread."""
+        timer = self.timer
+        with timer("inputs"):
+            sample = scan_to_sample(scan, None)
+            camera = camera_inputs([sample])
+
+        model, term = self.model, self.model.camera_completion is None
+
+        def lidar() -> tuple[dict, torch.Tensor, torch.Tensor | None]:
+            with timer("voxelise"):
+                batch = collate([sample], self.grid)
+            with timer("lidar"):
+                fl = model.lidar_features(batch)
+            with timer("fusion_lidar"):  # the image branch takes longer: the LiDAR side does this too
+                return batch, fl, model.fusion_lidar_term(fl, batch["visible"]) if term else None
+
+        def image() -> torch.Tensor:
+            with timer("image"):
+                return model.image_features(camera)
+
+        with timer("branches"):
+            (batch, fl, h), fi = run_concurrently(lidar, image)
+        return model.infer_features(batch, fl, fi, timer, h)

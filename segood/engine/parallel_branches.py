@@ -19,34 +19,22 @@ bit-equal to the sequential step's (tests/test_speed.py). The branches own disjo
 parameters, so the two concurrent backward passes never write to the same gradient; autograd runs
 concurrent backward calls on disjoint graphs (torch's documented thread-safe autograd).
 
-Threads: torch's intra-op thread count (OpenMP) is per thread, so the worker sets its own and the
-calling thread drops to one for phases 1 and 3 and returns to its count for phase 2. Autocast and
-grad mode are thread-local too: the worker enters the caller's. CPU only, without DDP (its gradient
+Threads: :func:`segood.models.concurrency.run_concurrently` (the predictor's too): torch's intra-op
+thread count (OpenMP) is per thread, so the worker sets its own and the calling thread drops to one
+for phases 1 and 3 and returns to its count for phase 2; autocast and grad mode are thread-local,
+the worker enters the caller's. CPU only, without DDP (its gradient
 hooks expect one backward); :func:`resolve` says when it is on.
 """
 from __future__ import annotations
 
-import atexit
-import contextlib
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import torch
 
 from segood.config import ConfigError
+from segood.models.concurrency import run_concurrently
 
-__all__ = ["resolve", "BranchCut", "concurrently"]
-
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    """One worker thread for the process (created on first use)."""
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segood-branch")
-        atexit.register(_POOL.shutdown, wait=False)
-    return _POOL
+__all__ = ["resolve", "BranchCut"]
 
 
 def resolve(mode: str, device: torch.device, distributed: bool, threads: int | None = None) -> bool:
@@ -68,43 +56,6 @@ def resolve(mode: str, device: torch.device, distributed: bool, threads: int | N
     return why is None
 
 
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """This thread's torch intra-op threads set to ``n`` for the block, then restored."""
-    previous = torch.get_num_threads()
-    if previous != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != previous:
-            torch.set_num_threads(previous)
-
-
-def concurrently(here: Callable[[], Any], there: Callable[[], Any], there_threads: int = 1) -> tuple[Any, Any]:
-    """(``here()``, ``there()``): ``there`` in the worker thread with ``there_threads`` torch threads
-    and the caller's autocast and grad mode, ``here`` in this thread with one torch thread. An
-    exception in either is raised here (after both have finished)."""
-    grad = torch.is_grad_enabled()
-    autocast = [(d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
-
-    def run_there() -> Any:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.set_grad_enabled(grad))
-            for device_type, dtype in autocast:
-                stack.enter_context(torch.autocast(device_type, dtype=dtype))
-            stack.enter_context(_threads(there_threads))
-            return there()
-
-    future: Future = _pool().submit(run_there)
-    try:
-        with _threads(1):
-            result_here = here()
-    finally:
-        result_there = future.result()  # waits, and raises the worker's exception
-    return result_here, result_there
-
-
 class BranchCut:
     """One batch's encoders, run at once; their outputs are detached leaves for the rest of the step.
 
@@ -112,9 +63,8 @@ class BranchCut:
     :meth:`backward` (after the loss's backward) sends the leaves' gradients through both branches
     at once."""
 
-    def __init__(self, model: torch.nn.Module, batch: dict, threads: int | None = None) -> None:
-        self.threads = threads or torch.get_num_threads()
-        lidar, image = concurrently(lambda: model.lidar(batch), lambda: model.image(batch), max(1, self.threads - 1))
+    def __init__(self, model: torch.nn.Module, batch: dict) -> None:
+        lidar, image = run_concurrently(lambda: model.lidar(batch), lambda: model.image(batch))
         self.outputs = (image, lidar)
         self.branches = tuple(t.detach().requires_grad_(t.requires_grad) for t in self.outputs)
 
@@ -129,5 +79,5 @@ class BranchCut:
                     out.backward(leaf.grad)
             return go
 
-        concurrently(run(lidar, leaf_lidar), run(image, leaf_image), max(1, self.threads - 1))
+        run_concurrently(run(lidar, leaf_lidar), run(image, leaf_image))
         self.outputs = self.branches = ()

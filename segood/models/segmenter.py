@@ -173,6 +173,16 @@ class FusionSegmenter(nn.Module):
             out.update(self.score_outliers(index, mixed_image, mixed_lidar, visible[index]))
         return out
 
+    def lidar_features(self, batch: dict) -> torch.Tensor:
+        """Inference: the LiDAR branch's normalised per-point features (P, d_l), as in :meth:`encode`."""
+        return self.norm_lidar(self.lidar(batch))
+
+    def image_features(self, batch: dict) -> torch.Tensor:
+        """Inference: the image branch's normalised per-point features (P, d_c), as in :meth:`encode`;
+        reads only ``points`` (for P), ``images``, ``image_idx`` / ``batch_idx``, ``visible`` and
+        ``pixel_uv`` (:func:`segood.data.batching.camera_inputs`), so it can start before voxelising."""
+        return self.norm_image(self.image(batch))
+
     def infer(self, batch: dict, stage: Callable[[str], ContextManager] | None = None) -> "LazyOutput":
         """Inference: the forward's features, with each head computed only when read (fp32).
 
@@ -180,36 +190,60 @@ class FusionSegmenter(nn.Module):
         e.g. a timer; the heads run in the caller's reads (``out["logits"]``)."""
         stage = stage or (lambda name: contextlib.nullcontext())
         with stage("lidar"):
-            fl = self.norm_lidar(self.lidar(batch))
+            fl = self.lidar_features(batch)
         with stage("image"):
-            fi = self.norm_image(self.image(batch))
+            fi = self.image_features(batch)
+        return self.infer_features(batch, fl, fi, stage)
+
+    def infer_features(self, batch: dict, fl: torch.Tensor, fi: torch.Tensor,
+                       stage: Callable[[str], ContextManager] | None = None,
+                       lidar_term: torch.Tensor | None = None) -> "LazyOutput":
+        """:meth:`infer` from the two branches' features (computed by the caller, e.g. at the same
+        time: :class:`segood.engine.inference.Predictor` with ``inference.parallel_branches``), and
+        optionally the fusion's :meth:`fusion_lidar_term` (computed beside the image branch)."""
+        stage = stage or (lambda name: contextlib.nullcontext())
         with stage("fusion"):
             common = torch.promote_types(fi.dtype, fl.dtype)
             fi, fl = fi.to(common), fl.to(common)
             visible = self._visible(batch, fl.shape[0], fl.device)
             if self.camera_completion is None:
-                fused = self._fuse_split(fi, fl, visible)
+                fused = self._fuse_split(fi, fl, visible, lidar_term)
             else:  # predicted camera features differ per point: no shared placeholder to split out
                 fi = self.complete_camera(fi, fl, visible)["feat_image"]
                 fused = self.fuse(fi, fl, visible)
         return LazyOutput(self, {"feat_image": fi, "feat_lidar": fl, "fused": fused})
 
-    def _fuse_split(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    def fusion_lidar_term(self, feat_lidar: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Inference: the fusion's first layer for every point as if the camera saw none (LiDAR
+        term, bias, the placeholder camera feature's term); :meth:`_fuse_split` adds the seen points'
+        camera terms. Needs no image features, so it can run beside the image branch. Only for
+        ``out_of_view: placeholder`` (the predicted camera features of ``predicted`` need them)."""
+        first, d_c = self.fusion[0], self.image.out_channels
+        h = F.linear(feat_lidar, first.weight[:, d_c:-1], first.bias)
+        if not bool(visible.all()):
+            h += F.linear(self._placeholder_feature(h.dtype), first.weight[:, :d_c])
+        return h
+
+    def _placeholder_feature(self, dtype: torch.dtype) -> torch.Tensor:
+        """(1, d_c): the normalised image feature of every point the camera does not see (the image
+        branch gives them its placeholder; the normalisation is per point)."""
+        return self.norm_image(self.image.placeholder.view(1, -1)).to(dtype)
+
+    def _fuse_split(self, feat_image: torch.Tensor, feat_lidar: torch.Tensor, visible: torch.Tensor,
+                    lidar_term: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`fuse` without the (P, d_c + d_l + 1) concatenation, for inference: the first
         layer's matmul split by modality, and the image part computed once for every point the
         camera does not see (they all carry the same placeholder feature). Equal to :meth:`fuse`
         up to float rounding."""
         first, d_c = self.fusion[0], feat_image.shape[1]
-        w_image, w_lidar, w_flag = first.weight[:, :d_c], first.weight[:, d_c:-1], first.weight[:, -1]
+        w_image, w_flag = first.weight[:, :d_c], first.weight[:, -1]
+        h = self.fusion_lidar_term(feat_lidar, visible) if lidar_term is None else lidar_term
         rows = torch.nonzero(visible, as_tuple=True)[0]
-        unseen = torch.nonzero(~visible, as_tuple=True)[0]
-        placeholder = feat_image[unseen[:1]] if unseen.numel() else feat_image[:0]
-        h = F.linear(feat_lidar, w_lidar, first.bias)
-        if unseen.numel():
-            h += F.linear(placeholder, w_image)
         if rows.numel():
             seen = F.linear(feat_image[rows], w_image) + w_flag.to(h.dtype)
-            h.index_add_(0, rows, seen - F.linear(placeholder, w_image) if unseen.numel() else seen)
+            if rows.numel() < visible.numel():
+                seen -= F.linear(self._placeholder_feature(feat_image.dtype), w_image)
+            h.index_add_(0, rows, seen)
         return self.fusion[1:](h)
 
     def score_outliers(self, index: torch.Tensor, mixed_image: torch.Tensor, mixed_lidar: torch.Tensor,

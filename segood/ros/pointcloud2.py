@@ -110,8 +110,8 @@ def _xyzi_view(rec: np.ndarray, intensity_field: str) -> np.ndarray | None:
         field = rec.dtype.fields.get(name)
         if field is None or field[0] != native or field[1] != 4 * k:
             return None
-    if rec.dtype.itemsize % 4 or rec.strides[0] != rec.dtype.itemsize:
-        return None
+    if not len(rec) or rec.dtype.itemsize % 4 or rec.strides[0] != rec.dtype.itemsize:
+        return None  # an empty cloud: the copy below (reshape cannot infer a width from 0 points)
     return rec.view(np.uint8).reshape(len(rec), -1).view(np.float32)[:, :4]
 
 
