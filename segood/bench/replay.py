@@ -257,16 +257,6 @@ def bag_table(ckpt: Path, bag: Path, tmp: Path, calib: Path | None, warm_scan, r
     return rows
 
 
-def _limit_blas_threads(threads: int) -> None:
-    """numpy's BLAS to ``threads`` threads too (the projection's matmul), so that process CPU time
-    at one thread is one core's time; a no-op without threadpoolctl."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(threads, user_api="blas")
-
-
 def run_replay_bench(sizes=("kitti_120k",), frames: int = 4, repeats: int = 5, warmup: int = 1,
                      config: str | None = None, overrides: list[str] | None = None, threads: int | None = None,
                      top: int = 15, out_dir: Path | None = None, say=print, bag_frames: int = 8) -> dict:
@@ -275,10 +265,11 @@ def run_replay_bench(sizes=("kitti_120k",), frames: int = 4, repeats: int = 5, w
     import torch
 
     from segood.config import CONFIG_DIR
+    from segood.models.concurrency import set_numpy_blas_threads
 
     if threads:
         torch.set_num_threads(threads)
-        _limit_blas_threads(threads)
+        set_numpy_blas_threads(threads)  # the projection's matmul too: CPU time at one thread is one core's
     result = {"meta": {"torch_threads": torch.get_num_threads(), "loadavg_before": os.getloadavg(),
                        "config": config or "configs/base.yaml", "overrides": overrides or [], "frames": frames,
                        "repeats": repeats}, "sizes": {}}
@@ -356,7 +347,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="model config (default configs/base.yaml)")
     add_overrides(p, "model.lidar.backend=torch")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads, and numpy BLAS threads with threadpoolctl (default: torch's); 1 makes CPU time one core's")
+                   help="torch threads and numpy BLAS threads (default: torch's); 1 makes CPU time one core's")
     p.add_argument("--bag-frames", type=int, default=8, help="clouds in the bag of part 2 (default 8, the frames repeated)")
     p.add_argument("--top", type=int, default=15, help="profiler rows")
     p.add_argument("--full", action="store_true", help="both sizes (120k and 35k points), 10 frames, 9 rounds")

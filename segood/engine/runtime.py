@@ -13,7 +13,7 @@ times every switch against the path without it, in one run):
 - numpy's BLAS at one thread in the training process and its data loader workers (exact; always):
   OpenBLAS's second thread spins for a while after every multi-threaded call and takes a core
   from torch, and the data pipeline's matmuls (projection, augmentation: (P, 3) x (3, 3)) gain
-  nothing from it (:func:`one_numpy_blas_thread`).
+  nothing from it (:func:`segood.models.concurrency.set_numpy_blas_threads`).
 - ``train.parallel_branches`` (exact): the encoders' forward and backward on two cores at once
   (:mod:`segood.engine.parallel_branches`; resolved by the trainer, not here).
 - ``train.amp: bf16`` on the CPU where the CPU has native bf16 (AVX512-BF16 or AMX); refused with
@@ -31,6 +31,7 @@ import torch
 
 from segood.config import ConfigError
 from segood.engine.interrupt import ignore_signals
+from segood.models.concurrency import set_numpy_blas_threads
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -109,8 +110,8 @@ def set_channels_last(model: torch.nn.Module, on: bool) -> None:
 
 def apply_train_runtime(train_cfg: dict, model: torch.nn.Module) -> None:
     """Apply ``train.keep_freed_memory`` (None: leave the allocator alone), ``train.threads`` and
-    ``train.channels_last``; numpy's BLAS at one thread (:func:`one_numpy_blas_thread`)."""
-    one_numpy_blas_thread()
+    ``train.channels_last``; numpy's BLAS at one thread (:func:`segood.models.concurrency.set_numpy_blas_threads`)."""
+    set_numpy_blas_threads(1)
     if train_cfg["keep_freed_memory"] is not None:
         keep_freed_memory(bool(train_cfg["keep_freed_memory"]))
     threads = train_cfg["threads"]
@@ -121,20 +122,8 @@ def apply_train_runtime(train_cfg: dict, model: torch.nn.Module) -> None:
     set_channels_last(model, bool(train_cfg["channels_last"]))
 
 
-def one_numpy_blas_thread() -> bool:
-    """numpy's BLAS (OpenBLAS; torch's own MKL is untouched) limited to one thread in this process,
-    from now on (threadpoolctl). Exact: a (P, 3) x (3, 3) product computes each row's dot products
-    the same way on one thread. Returns False where threadpoolctl is missing (then nothing changes)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return False
-    threadpool_limits(1, user_api="blas")
-    return True
-
-
 def loader_worker_init(worker_id: int) -> None:
     """``worker_init_fn`` of segood's data loaders: SIGINT left to the owner
     (:func:`segood.engine.interrupt.ignore_signals`) and one numpy BLAS thread."""
     ignore_signals(worker_id)
-    one_numpy_blas_thread()
+    set_numpy_blas_threads(1)

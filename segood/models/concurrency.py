@@ -35,6 +35,11 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # a declared dependency; the GPU check's machine installs nothing: BLAS left as it is
+    threadpool_limits = None
+
 A = TypeVar("A")
 B = TypeVar("B")
 
@@ -102,14 +107,19 @@ def run_concurrently(main: Callable[[], A], side: Callable[[], B], main_threads:
 @contextlib.contextmanager
 def numpy_blas_threads(threads: int) -> Iterator[None]:
     """numpy's BLAS (OpenBLAS; torch has its own MKL, untouched) limited to ``threads`` for the
-    block, process-wide (threadpoolctl; a no-op without it). Why: after a call on two threads,
-    OpenBLAS's second thread spins waiting for more work and takes a core from torch; one small
-    matmul per frame (the camera projection) slowed ``segood replay``'s LiDAR and image stages by
-    ~30 % on 2 cores. One thread computes the same numbers (each row's dot product is the same)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
+    block, process-wide (threadpoolctl). Why: after a call on two threads, OpenBLAS's second thread
+    spins waiting for more work and takes a core from torch; one small matmul per frame (the camera
+    projection) slowed ``segood replay``'s LiDAR and image stages by ~30 % on 2 cores. One thread
+    computes the same numbers (each row's dot product is the same)."""
+    if threadpool_limits is None:
         yield
         return
     with threadpool_limits(threads, user_api="blas"):
         yield
+
+
+def set_numpy_blas_threads(threads: int) -> None:
+    """:func:`numpy_blas_threads` for the rest of the process (a training process and its data
+    loader workers, a benchmark)."""
+    if threadpool_limits is not None:
+        threadpool_limits(threads, user_api="blas")

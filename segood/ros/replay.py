@@ -388,13 +388,13 @@ class _Stats:
             a = 1000 * np.asarray(x)
             return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "mean": float(a.mean())}
 
-        self.main["write"] += self.drain
+        main = {**self.main, "write": self.main["write"] + self.drain}  # the writer's final drain
         total = float(np.sum(self.total)) + self.drain if self.total else 0.0
         reasons: dict[str, int] = {}
         for d in self.dropped:
             key = d["reason"].split(":")[0]
             reasons[key] = reasons.get(key, 0) + 1
-        share = {f"share_{k}": v / total if total else None for k, v in self.main.items()}
+        share = {f"share_{k}": v / total if total else None for k, v in main.items()}
         cpu_share = {f"cpu_share_{k}": v / total if total else None for k, v in self.cpu.items()}
         return {
             "frames": {"processed": len(self.total), "dropped": len(self.dropped),
